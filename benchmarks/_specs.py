@@ -1,0 +1,224 @@
+"""The benchmark catalogue: which cases run, with which sizes, and the targets they are held to.
+
+A :class:`Case` is one worker invocation per implementation (``worker.py IMPL CASE PARAMS``);
+a :class:`Row` is one line of RESULTS.md, reading one metric of one case. Several rows may read
+the same case (the concurrent-writer case yields both a rate and a locked-error count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TargetKind = Literal["speedup", "max", "min", "zero"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a row must show: a speedup over Dagster, or a bound on runcore's own figure.
+
+    ``binding=False`` marks an informational row: its check is shown in parentheses and does
+    not count as a miss.
+    """
+
+    kind: TargetKind
+    value: float = 0.0
+    unit: str = ""
+    binding: bool = True
+
+    def text(self) -> str:
+        """The target as shown in the table."""
+        if self.kind == "speedup":
+            body = f">= {self.value:g}x faster"
+        elif self.kind == "max":
+            body = f"< {self.value:g} {self.unit}"
+        elif self.kind == "min":
+            body = f">= {self.value:,.0f}{self.unit}"
+        else:
+            body = "0"
+        return body if self.binding else f"{body} (info)"
+
+    def met(self, runcore: float | None, ratio: float | None) -> bool | None:
+        """Whether the figures meet the target; ``None`` when a needed figure is missing."""
+        if self.kind == "speedup":
+            return None if ratio is None else ratio >= self.value
+        if runcore is None:
+            return None
+        if self.kind == "max":
+            return runcore < self.value
+        if self.kind == "min":
+            return runcore >= self.value
+        return runcore == 0
+
+
+@dataclass(frozen=True)
+class Side:
+    """How one implementation runs a case: its parameters, and the ``--quick`` overrides."""
+
+    params: dict[str, Any]
+    quick: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, quick: bool) -> dict[str, Any]:
+        """The parameters for this run mode (``quick`` is passed on to the worker too)."""
+        return {**self.params, **(self.quick if quick else {}), "quick": quick}
+
+
+@dataclass(frozen=True)
+class SlowPlan:
+    """What ``--dagster-skip-slow`` does to a Dagster case.
+
+    With ``params`` the case runs at that smaller size and its time is scaled linearly by
+    ``scale_key`` (full size / small size) and labelled as extrapolated; without, it is skipped.
+    """
+
+    params: dict[str, Any] | None = None
+    scale_key: str = "n_ops"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case, run once per implementation in a fresh worker process."""
+
+    key: str
+    case: str
+    runcore: Side | None
+    dagster: Side | None
+    dagster_slow: SlowPlan | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    name: str
+    case: Case
+    metric: str
+    target: Target
+
+
+def _import_case() -> Case:
+    return Case(
+        key="import",
+        case="import",
+        runcore=Side({"module": "runcore", "reps": 20}, quick={"reps": 5}),
+        dagster=Side({"module": "dagster", "reps": 10}, quick={"reps": 3}),
+    )
+
+
+#: The interpreter's own start-up, reported beside the import times.
+BARE_PYTHON = Case(
+    key="python",
+    case="import",
+    runcore=Side({"module": None, "reps": 20}, quick={"reps": 5}),
+    dagster=None,
+)
+
+_SHAPES = (("1 op", "single", 1, 200), ("20-op chain", "chain", 20, 100),
+           ("100-op fan-out", "fanout", 100, 100))
+
+
+def _execute_rows() -> list[Row]:
+    rows = []
+    for label, shape, n_ops, speedup in _SHAPES:
+        for storage, storage_label in (("memory", "in-memory"), ("sqlite", "SQLite")):
+            params = {"shape": shape, "n_ops": n_ops, "storage": storage}
+            case = Case(f"execute/{shape}{n_ops}/{storage}", "execute", Side(params), Side(params))
+            rows.append(
+                Row(f"execute_in_process, {label}, {storage_label}", case, "time",
+                    Target("speedup", speedup))
+            )
+    return rows
+
+
+def _multiprocess_row() -> Row:
+    case = Case(
+        key="multiprocess/fanout100",
+        case="multiprocess",
+        runcore=Side({"n_ops": 100}),
+        dagster=Side({"n_ops": 100}),
+        dagster_slow=SlowPlan({"n_ops": 10}),
+    )
+    return Row("multiprocess executor (2 workers), 100-op fan-out, SQLite", case, "time",
+               Target("speedup", 50))
+
+
+def _runs_rows() -> list[Row]:
+    single = Case(
+        key="storage/add_run",
+        case="add_runs",
+        runcore=Side({"count": 10_000, "batch": 0}, quick={"count": 2_000}),
+        dagster=Side({"count": 500}, quick={"count": 100}),
+    )
+    batched = Case(
+        key="storage/add_runs",
+        case="add_runs",
+        runcore=Side({"count": 50_000, "batch": 100}, quick={"count": 5_000}),
+        dagster=None,
+        note="Dagster has no batch run insert",
+    )
+    return [
+        Row("runs created/s, add_run (1 per transaction)", single, "rate",
+            Target("min", 5_000, "/s")),
+        Row("runs created/s, add_runs (batches of 100)", batched, "rate",
+            Target("min", 5_000, "/s", binding=False)),
+    ]
+
+
+def _event_rows() -> list[Row]:
+    rows = []
+    for batch, how in ((0, "store_event (1 per transaction)"),
+                       (100, "store_events (batches of 100)")):
+        binding = batch == 0
+        single = Case(
+            key=f"storage/events/1/{batch}",
+            case="store_events",
+            runcore=Side({"count": 20_000, "batch": batch}, quick={"count": 2_000}),
+            dagster=Side({"count": 1_000, "batch": batch}, quick={"count": 200}),
+        )
+        many = Case(
+            key=f"storage/events/8/{batch}",
+            case="writers",
+            runcore=Side({"writers": 8, "count": 5_000, "batch": batch}, quick={"count": 500}),
+            dagster=Side({"writers": 8, "count": 100, "batch": batch}, quick={"count": 20}),
+        )
+        rows += [
+            Row(f"events/s, 1 writer, {how}", single, "rate",
+                Target("min", 20_000, "/s", binding=binding)),
+            Row(f"events/s, 8 writer processes, {how}", many, "rate",
+                Target("min", 20_000, "/s", binding=binding)),
+            Row(f"'database is locked' errors, 8 writers, {how}", many, "locked_errors",
+                Target("zero")),
+        ]
+    return rows
+
+
+def _query_rows() -> list[Row]:
+    rows = []
+    for n_runs, limit_ms in ((10_000, 5), (100_000, 10)):
+        case = Case(
+            key=f"storage/query/{n_runs}",
+            case="query",
+            runcore=Side({"n_runs": n_runs}),
+            dagster=Side({"n_runs": n_runs}),
+            dagster_slow=SlowPlan() if n_runs > 10_000 else None,
+        )
+        rows.append(
+            Row(f"query runs by status + tag, limit 100, {n_runs:,} runs", case, "time",
+                Target("max", limit_ms, "ms"))
+        )
+    return rows
+
+
+def all_rows() -> list[Row]:
+    """Every row of the results table, in table order."""
+    import_row = Row('import ("python -c \'import X\'")', _import_case(), "time",
+                     Target("speedup", 5))
+    return [
+        import_row,
+        *_execute_rows(),
+        _multiprocess_row(),
+        *_runs_rows(),
+        *_event_rows(),
+        *_query_rows(),
+    ]

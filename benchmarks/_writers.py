@@ -1,0 +1,137 @@
+"""Event-writing loops shared by the runcore and Dagster storage benchmarks.
+
+An *event sink* (``bench_runcore.open_sink`` / ``bench_dagster.open_sink``) writes LOG events
+for one run, one at a time (``store_one``: one transaction each) or in batches
+(``store_batch``: one call per batch). The concurrent benchmark starts several writer processes
+with the ``spawn`` method, lets each open its own sink, then releases them together through a
+barrier and measures from the first writer's start to the last writer's end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import queue as queue_mod
+import time
+from typing import Any, Protocol
+
+LOCKED = "database is locked"
+#: Seconds a writer waits for the others to be ready, and the parent for all of them to finish.
+BARRIER_TIMEOUT = 120.0
+FINISH_TIMEOUT = 600.0
+
+
+class EventSink(Protocol):
+    """What a writer needs from a storage under test."""
+
+    def store_one(self, i: int) -> None: ...
+    def store_batch(self, start: int, count: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _is_locked_error(exc: BaseException) -> bool:
+    """True if ``exc`` or anything it was raised from says the SQLite database was locked."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if LOCKED in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def write_events(sink: EventSink, count: int, batch: int) -> int:
+    """Write ``count`` events (``batch`` per call, or one by one if 0); return locked errors.
+
+    A call that fails with "database is locked" is counted and not retried, so the figure
+    shows what a caller of the storage would see.
+    """
+    errors = 0
+    step = batch or 1
+    for start in range(0, count, step):
+        try:
+            if batch:
+                sink.store_batch(start, min(batch, count - start))
+            else:
+                sink.store_one(start)
+        except Exception as exc:
+            if not _is_locked_error(exc):
+                raise
+            errors += 1
+    return errors
+
+
+def time_sink(sink: EventSink, count: int, batch: int) -> float:
+    """Seconds taken to write ``count`` events into ``sink`` (locked errors re-raised)."""
+    start = time.perf_counter()
+    errors = write_events(sink, count, batch)
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{errors} 'database is locked' errors from a single writer")
+    return elapsed
+
+
+def _writer_main(
+    module: str, home: str, run_id: str, count: int, batch: int, barrier: Any, queue: Any
+) -> None:
+    """Body of one writer process: open a sink, wait for the others, write, report."""
+    sink: EventSink = importlib.import_module(module).open_sink(home, run_id)
+    try:
+        barrier.wait(timeout=BARRIER_TIMEOUT)
+        start = time.monotonic()
+        errors = write_events(sink, count, batch)
+        end = time.monotonic()
+    finally:
+        sink.close()
+    queue.put({"start": start, "end": end, "errors": errors})
+
+
+def _collect(queue: Any, procs: list[Any]) -> list[dict[str, Any]]:
+    """One report per writer; raises if a writer dies or they take too long."""
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + FINISH_TIMEOUT
+    while len(reports) < len(procs):
+        try:
+            reports.append(queue.get(timeout=1.0))
+        except queue_mod.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"writer processes failed with exit codes {failed}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError("writer processes did not finish in time") from None
+    return reports
+
+
+def run_concurrent_writers(
+    module: str, home: str, run_id: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Run ``params["writers"]`` writer processes of ``module``'s sink on the same run.
+
+    Returns the total events/s over the wall time from the first start to the last end, and
+    the number of "database is locked" errors the writers saw.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    n_writers, count, batch = params["writers"], params["count"], params["batch"]
+    barrier = ctx.Barrier(n_writers)
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_writer_main, args=(module, home, run_id, count, batch, barrier, queue)
+        )
+        for _ in range(n_writers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        reports = _collect(queue, procs)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    total = n_writers * count
+    errors = sum(r["errors"] for r in reports)
+    return {
+        "rate": {"value": total / seconds, "unit": "/s", "count": total, "seconds": seconds},
+        "locked_errors": {"value": errors, "unit": "errors", "calls": total // (batch or 1)},
+    }

@@ -1,0 +1,243 @@
+"""Run the runcore vs Dagster benchmark suite and write RESULTS.md.
+
+Every measurement runs in a fresh ``python benchmarks/worker.py IMPL CASE PARAMS`` process, so
+imports, caches and open databases never leak from one measurement into another; this parent
+imports neither runcore nor Dagster.
+
+    python benchmarks/run.py                      # everything, writes benchmarks/RESULTS.md
+    python benchmarks/run.py --quick              # smoke test: fewer repetitions, smaller sizes
+    python benchmarks/run.py --only execute       # rows whose name or case key contains it
+    python benchmarks/run.py --dagster-skip-slow  # extrapolate / skip the slowest Dagster cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from _report import Line, Outcome, evaluate, render, verdict
+from _specs import BARE_PYTHON, Case, Row, Side, all_rows
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_SRC = BENCH_DIR.parent / "src"
+WORKER = BENCH_DIR / "worker.py"
+RESULT_PREFIX = "BENCH_RESULT "
+WORKER_TIMEOUT = 1800.0
+
+NOTES = [
+    "Each figure comes from a fresh worker process; times are medians over the repetitions "
+    "listed under *Measurement details*, taken after warm-up calls (imports excluded).",
+    "*ratio* is how many times better runcore is: Dagster time / runcore time, or runcore "
+    "rate / Dagster rate. Speed-up targets are judged on it; other targets on runcore's figure.",
+    "*import* is the wall time of a fresh `python -c 'import X'`, nothing subtracted; the bare "
+    "interpreter start-up (`python -c pass`) is listed under *machine*.",
+    "Job shapes: *1 op*; *20-op chain* `op_0 -> ... -> op_19`; *100-op fan-out* = one `source` "
+    "op plus 99 ops that each take `source`'s output. Op bodies return a constant or add one.",
+    "*in-memory*: `job.execute_in_process()` with no instance (runcore: ephemeral in-memory "
+    "instance; Dagster: ephemeral instance). *SQLite*: one SQLite-backed instance on a temp dir, "
+    "created once and reused for every repetition (runcore: "
+    "`Instance.from_config({'storage': {'sqlite': ...}})`; Dagster: `DagsterInstance.local_temp`, "
+    "its default SQLite run/event storage).",
+    "*multiprocess*: runcore `MultiprocessExecutor(max_concurrent=2)` via "
+    "`execute_in_process(instance=<sqlite instance>)`; Dagster `multiprocess_executor` "
+    "(`max_concurrent: 2`) via `execute_job` on a persistent SQLite instance. One execution each.",
+    "With `--dagster-skip-slow`, Dagster's multiprocess fan-out runs on 10 ops and its time is "
+    "scaled x10 (per step, linear), marked *extrapolated*; Dagster's 100,000-run query is skipped.",
+    "Storage: runcore `SqliteStorage` vs Dagster's default SQLite storages through "
+    "`DagsterInstance` (`add_run`, `store_event`, `get_run_records`). Events are LOG events "
+    "of one run. The events/s target applies to `store_event`, one event per transaction "
+    "(Dagster's figure is the same call); batch rows are informational, Dagster's "
+    "`store_event_batch` on SQLite stores events one by one.",
+    "8 writers: 8 processes (spawned, then released together by a barrier) write events of "
+    "the same run, so all share one SQLite file (runcore's `runs.db`, Dagster's per-run event "
+    "shard). A call failing with 'database is locked' is counted, not retried.",
+    "Query: the run table is filled with N runs over 10 job names, statuses cycling "
+    "SUCCESS/FAILURE/STARTED/CANCELED and tag `team` cycling a..e (plus `env`), so 1 run in 20 "
+    "matches `RunsFilter(statuses=[SUCCESS], tags={'team': 'a'})`; the query takes limit 100. "
+    "runcore fills with `add_runs`; Dagster's fill inserts rows built by its own run storage "
+    "into its tables in large transactions (untimed: `add_run` would take minutes).",
+]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="run only rows whose name or case key contains this")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
+    parser.add_argument(
+        "--dagster-skip-slow",
+        action="store_true",
+        help="measure Dagster's multiprocess fan-out on 10 ops and extrapolate; "
+        "skip Dagster's 100,000-run query",
+    )
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
+    return parser.parse_args(argv)
+
+
+def worker_env() -> dict[str, str]:
+    """The workers' environment: ours, plus ``src/`` on the path if runcore is not installed."""
+    env = dict(os.environ)
+    probe = subprocess.run([sys.executable, "-c", "import runcore"], capture_output=True)
+    if probe.returncode != 0 and REPO_SRC.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_worker(impl: str, case: str, params: dict[str, Any], env: dict[str, str]) -> Outcome:
+    """Run one worker process and parse its result line."""
+    cmd = [sys.executable, str(WORKER), impl, case, json.dumps(params)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=BENCH_DIR, timeout=WORKER_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome(error=f"timed out after {WORKER_TIMEOUT:.0f} s", seconds=WORKER_TIMEOUT)
+    seconds = time.perf_counter() - start
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return Outcome(metrics=json.loads(line[len(RESULT_PREFIX) :]), seconds=seconds)
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+    return Outcome(error=f"exit code {proc.returncode}\n{tail}", seconds=seconds)
+
+
+def scale(outcome: Outcome, factor: float, small: int) -> Outcome:
+    """Extrapolate a small run's figures linearly by ``factor``."""
+    for measurement in outcome.metrics.values():
+        measurement["value"] *= factor
+        measurement["measured_value"] = measurement["value"] / factor
+    outcome.extrapolated_from = small
+    return outcome
+
+
+def run_side(case: Case, impl: str, side: Side, args: argparse.Namespace, env: dict[str, str]
+             ) -> Outcome:  # fmt: skip
+    """Run one implementation of a case, honouring ``--dagster-skip-slow``."""
+    params = side.resolve(args.quick)
+    plan = case.dagster_slow if impl == "dagster" and args.dagster_skip_slow else None
+    if plan is None:
+        return run_worker(impl, case.case, params, env)
+    if plan.params is None:
+        return Outcome(skipped="--dagster-skip-slow")
+    small = {**params, **plan.params}
+    outcome = run_worker(impl, case.case, small, env)
+    if outcome.error:
+        return outcome
+    factor = params[plan.scale_key] / small[plan.scale_key]
+    return scale(outcome, factor, small[plan.scale_key])
+
+
+def log(text: str) -> None:
+    """Progress on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_cases(cases: list[Case], args: argparse.Namespace) -> dict[tuple[str, str], Outcome]:
+    """Run every case for runcore, then Dagster; return outcomes by (case key, impl)."""
+    env = worker_env()
+    outcomes: dict[tuple[str, str], Outcome] = {}
+    for number, case in enumerate(cases, 1):
+        for impl in ("runcore", "dagster"):
+            side: Side | None = getattr(case, impl)
+            if side is None:
+                continue
+            log(f"[{number}/{len(cases)}] {case.key} / {impl} ...")
+            outcome = run_side(case, impl, side, args, env)
+            outcomes[case.key, impl] = outcome
+            status = outcome.skipped or ("ERROR" if outcome.error else "ok")
+            log(f"    {status} in {outcome.seconds:.1f} s {json.dumps(outcome.metrics)}")
+            if outcome.error:
+                log(outcome.error)
+    return outcomes
+
+
+def select(rows: list[Row], only: str | None) -> list[Row]:
+    """Rows matching ``--only`` (case-insensitive substring of the name or case key)."""
+    if not only:
+        return rows
+    needle = only.lower()
+    return [r for r in rows if needle in r.name.lower() or needle in r.case.key.lower()]
+
+
+def unique_cases(rows: list[Row]) -> list[Case]:
+    """The cases the rows read, in order, each once (plus bare start-up beside ``import``)."""
+    cases: dict[str, Case] = {}
+    for row in rows:
+        cases.setdefault(row.case.key, row.case)
+        if row.case.case == "import":
+            cases.setdefault(BARE_PYTHON.key, BARE_PYTHON)
+    return list(cases.values())
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed (source tree)" if dist == "runcore" else "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(args: argparse.Namespace, bare: Outcome | None) -> dict[str, str]:
+    """The machine and software the figures were taken on."""
+    info = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu count": str(os.cpu_count()),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "dagster": _version("dagster"),
+        "runcore": _version("runcore"),
+        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+    }
+    if bare and bare.metrics:
+        info["`python -c pass`"] = f"{bare.metrics['time']['value']:.1f} ms (median)"
+    if args.quick:
+        info["mode"] = "--quick: smoke-test sizes and repetitions, not for comparison"
+    return info
+
+
+def main(argv: list[str]) -> int:
+    """Run the selected benchmarks, write the report; exit 1 if a worker failed."""
+    args = parse_args(argv)
+    rows = select(all_rows(), args.only)
+    if not rows:
+        log(f"no benchmark matches --only {args.only!r}")
+        return 2
+    outcomes = run_cases(unique_cases(rows), args)
+    lines: list[Line] = [
+        evaluate(row, outcomes.get((row.case.key, "runcore")), outcomes.get((row.case.key, "dagster")))
+        for row in rows
+    ]  # fmt: skip
+    errors = {
+        f"{key} / {impl}": outcome.error
+        for (key, impl), outcome in outcomes.items()
+        if outcome.error
+    }
+    machine = machine_info(args, outcomes.get((BARE_PYTHON.key, "runcore")))
+    args.out.write_text(render(lines, machine, errors, NOTES))
+    for line in lines:
+        log(f"{verdict(line):>8}  {line.row.name}: {line.runcore_cell} vs {line.dagster_cell}")
+    log(f"wrote {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

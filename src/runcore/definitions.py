@@ -1,0 +1,518 @@
+"""Ops, jobs and definitions, and loading them from a code location.
+
+An op is a Python function. Its parameters name the ops whose outputs it takes, except the
+reserved ``context``. A job is a named set of ops; its dependency graph is derived from those
+parameter names and checked when the job is defined, so a cycle, an unknown upstream or a
+duplicate op name is an error at import time, not at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+import attrs
+
+from runcore.errors import CodeLocationError, DefinitionError, UnknownJobError
+
+if TYPE_CHECKING:
+    from runcore.executors.base import Executor
+    from runcore.instance import Instance
+    from runcore.result import ExecuteInProcessResult
+
+CONTEXT_PARAM = "context"
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise DefinitionError(
+            f"{kind} name {name!r} is not valid: use letters, digits and underscores, "
+            "not starting with a digit"
+        )
+    return name
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often a failing step is tried again, and how long to wait between tries.
+
+    The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)`` seconds, plus a
+    random extra of up to ``jitter`` seconds.
+    """
+
+    max_retries: int = 1
+    delay: float = 0.0
+    backoff: float = 1.0
+    jitter: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise DefinitionError(
+                f"RetryPolicy.max_retries must be an int >= 0, got {self.max_retries!r}"
+            )
+        for name in ("delay", "backoff", "jitter"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise DefinitionError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
+
+    def wait_before(self, retry_number: int) -> float:
+        """Seconds to wait before retry ``retry_number`` (1-based), jitter excluded."""
+        return float(self.delay * self.backoff ** (retry_number - 1))
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class OpDefinition:
+    """A step function with its name, upstream parameter names and options.
+
+    Calling an ``OpDefinition`` calls the function itself, so ops stay unit-testable.
+    """
+
+    fn: Callable[..., Any]
+    name: str
+    description: str | None = None
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    pool: str | None = None
+    retry_policy: RetryPolicy | None = None
+    inputs: tuple[str, ...] = ()
+    input_defaults: Mapping[str, Any] = attrs.field(factory=dict)
+    takes_context: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+def _make_op(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    description: str | None,
+    tags: Mapping[str, str] | None,
+    pool: str | None,
+    retry_policy: RetryPolicy | None,
+) -> OpDefinition:
+    if not callable(fn):
+        raise DefinitionError(f"@op decorates a function, got {fn!r}")
+    op_name = _check_name("op", name or fn.__name__)
+    if pool is not None and (not isinstance(pool, str) or not pool.strip()):
+        raise DefinitionError(f"op {op_name!r}: pool must be a non-empty string, got {pool!r}")
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise DefinitionError(
+            f"op {op_name!r}: retry_policy must be a runcore.RetryPolicy, got {retry_policy!r}"
+        )
+    tag_map = dict(tags or {})
+    for key, value in tag_map.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise DefinitionError(
+                f"op {op_name!r}: tags must map strings to strings, got {key!r}: {value!r}"
+            )
+    inputs: list[str] = []
+    defaults: dict[str, Any] = {}
+    takes_context = False
+    for position, param in enumerate(inspect.signature(fn).parameters.values()):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise DefinitionError(
+                f"op {op_name!r}: *args and **kwargs cannot name upstream ops; "
+                "give each upstream op its own parameter"
+            )
+        if param.name == CONTEXT_PARAM:
+            if position != 0:
+                raise DefinitionError(
+                    f"op {op_name!r}: 'context' is reserved and must be the first parameter"
+                )
+            takes_context = True
+            continue
+        inputs.append(param.name)
+        if param.default is not param.empty:
+            defaults[param.name] = param.default
+    return OpDefinition(
+        fn=fn,
+        name=op_name,
+        description=description if description is not None else inspect.getdoc(fn),
+        tags=tag_map,
+        pool=pool.strip() if pool else None,
+        retry_policy=retry_policy,
+        inputs=tuple(inputs),
+        input_defaults=defaults,
+        takes_context=takes_context,
+    )
+
+
+@overload
+def op(fn: Callable[..., Any], /) -> OpDefinition: ...
+
+
+@overload
+def op(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    pool: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> Callable[[Callable[..., Any]], OpDefinition]: ...
+
+
+def op(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    pool: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> OpDefinition | Callable[[Callable[..., Any]], OpDefinition]:
+    """Turn a function into an op: ``@op`` or ``@op(name=..., pool=..., retry_policy=...)``.
+
+    Parameters name upstream ops by their op name; a parameter with a default may name nothing
+    and then takes its default. ``context`` (first parameter, optional) receives the step's
+    :class:`~runcore.context.OpContext`. The return value is the op's output.
+    """
+    if fn is not None:
+        return _make_op(
+            fn, name=name, description=description, tags=tags, pool=pool, retry_policy=retry_policy
+        )
+
+    def decorate(f: Callable[..., Any]) -> OpDefinition:
+        return _make_op(
+            f, name=name, description=description, tags=tags, pool=pool, retry_policy=retry_policy
+        )
+
+    return decorate
+
+
+@attrs.frozen(eq=False)
+class Job:
+    """A named, checked graph of ops. Build one with :func:`job`.
+
+    ``upstream[op]`` lists, per input parameter, the op it takes its value from (or ``None``
+    where a default is used); ``order`` is a topological order of op names.
+    """
+
+    name: str
+    ops: Mapping[str, OpDefinition]
+    upstream: Mapping[str, Mapping[str, str | None]]
+    order: tuple[str, ...]
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    executor: Executor | None = None
+    description: str | None = None
+    code_location: str | None = None
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
+
+    def downstream(self) -> dict[str, list[str]]:
+        """For each op, the ops that take its output (in topological order)."""
+        result: dict[str, list[str]] = {name: [] for name in self.order}
+        for name in self.order:
+            for source in self.upstream[name].values():
+                if source is not None and name not in result[source]:
+                    result[source].append(name)
+        return result
+
+    def execute_in_process(
+        self,
+        *,
+        instance: Instance | None = None,
+        tags: Mapping[str, str] | None = None,
+        op_selection: Sequence[str] | None = None,
+        raise_on_error: bool = True,
+        run_id: str | None = None,
+        executor: Executor | None = None,
+    ) -> ExecuteInProcessResult:
+        """Run this job now, in this thread, and return its result.
+
+        With no ``instance`` an ephemeral in-memory one is used. Outputs stay in memory and are
+        available from the result. ``raise_on_error=False`` returns a failed result instead of
+        raising :class:`~runcore.errors.RunFailedError`.
+        """
+        from runcore.execution import execute_job_in_process
+
+        return execute_job_in_process(
+            self,
+            instance=instance,
+            tags=tags,
+            op_selection=op_selection,
+            raise_on_error=raise_on_error,
+            run_id=run_id,
+            executor=executor,
+        )
+
+
+def _toposort(job_name: str, upstream: Mapping[str, Mapping[str, str | None]]) -> tuple[str, ...]:
+    """Kahn's algorithm, stable in the order the ops were given; a cycle is an error."""
+    remaining = {
+        name: {u for u in sources.values() if u is not None} for name, sources in upstream.items()
+    }
+    order: list[str] = []
+    while remaining:
+        ready = [name for name, deps in remaining.items() if not deps]
+        if not ready:
+            cycle = _find_cycle(remaining)
+            raise DefinitionError(
+                f"job {job_name!r} has a dependency cycle: {' -> '.join(cycle)}"
+            )
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return tuple(order)
+
+
+def _find_cycle(graph: Mapping[str, set[str]]) -> list[str]:
+    start = next(iter(graph))
+    path = [start]
+    seen = {start: 0}
+    node = start
+    while True:
+        node = sorted(graph[node])[0]
+        if node in seen:
+            return [*path[seen[node] :], node]
+        seen[node] = len(path)
+        path.append(node)
+
+
+def job(
+    name: str,
+    ops: Iterable[OpDefinition],
+    *,
+    tags: Mapping[str, str] | None = None,
+    executor: Executor | None = None,
+    description: str | None = None,
+) -> Job:
+    """Define a job from ops; their parameters wire them together by op name.
+
+    Raises :class:`~runcore.errors.DefinitionError` naming the offending op for a duplicate
+    op name, a parameter that names no op of the job (and has no default), or a cycle.
+    """
+    _check_name("job", name)
+    by_name: dict[str, OpDefinition] = {}
+    for item in ops:
+        if not isinstance(item, OpDefinition):
+            raise DefinitionError(
+                f"job {name!r}: {item!r} is not an op; decorate the function with @runcore.op"
+            )
+        if item.name in by_name:
+            raise DefinitionError(f"job {name!r} has two ops named {item.name!r}")
+        by_name[item.name] = item
+    if not by_name:
+        raise DefinitionError(f"job {name!r} has no ops")
+    upstream: dict[str, dict[str, str | None]] = {}
+    for op_def in by_name.values():
+        sources: dict[str, str | None] = {}
+        for param in op_def.inputs:
+            if param in by_name:
+                if param == op_def.name:
+                    raise DefinitionError(
+                        f"job {name!r}: op {op_def.name!r} takes its own output ({param!r})"
+                    )
+                sources[param] = param
+            elif param in op_def.input_defaults:
+                sources[param] = None
+            else:
+                raise DefinitionError(
+                    f"job {name!r}: op {op_def.name!r} has a parameter {param!r} that names no op "
+                    f"of the job (ops: {', '.join(sorted(by_name))}); rename it to an upstream "
+                    "op, give it a default, or add the op to the job"
+                )
+        upstream[op_def.name] = sources
+    order = _toposort(name, upstream)
+    tag_map = dict(tags or {})
+    for key, value in tag_map.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise DefinitionError(
+                f"job {name!r}: tags must map strings to strings, got {key!r}: {value!r}"
+            )
+    return Job(
+        name=name,
+        ops=by_name,
+        upstream=upstream,
+        order=order,
+        tags=tag_map,
+        executor=executor,
+        description=description,
+    )
+
+
+@attrs.frozen(eq=False)
+class Definitions:
+    """The jobs of one code location."""
+
+    jobs: Sequence[Job] = ()
+    _by_name: dict[str, Job] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        by_name: dict[str, Job] = {}
+        for item in self.jobs:
+            if not isinstance(item, Job):
+                raise DefinitionError(f"Definitions(jobs=...) takes jobs, got {item!r}")
+            if item.name in by_name and by_name[item.name] is not item:
+                raise DefinitionError(f"two jobs named {item.name!r} in one Definitions")
+            by_name[item.name] = item
+        object.__setattr__(self, "_by_name", by_name)
+
+    @property
+    def job_names(self) -> list[str]:
+        """The names of the jobs, sorted."""
+        return sorted(self._by_name)
+
+    def get_job(self, name: str) -> Job:
+        """The job called ``name``; :class:`~runcore.errors.UnknownJobError` if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(self.job_names) or "none"
+            raise UnknownJobError(f"no job named {name!r}; the jobs defined are: {known}") from None
+
+
+# --- code locations -------------------------------------------------------------------------
+
+_location_lock = threading.Lock()
+
+
+def _split_location(location: str) -> tuple[str, str | None]:
+    target, sep, attr = location.rpartition(":")
+    # "C:\\path" on Windows and "pkg.mod" with no attribute both leave no usable attr.
+    if not sep or not target or os.sep in attr or "/" in attr:
+        return location, None
+    return target, attr or None
+
+
+def _import_target(target: str, location: str) -> Any:
+    is_file = target.endswith(".py") or os.sep in target or "/" in target
+    try:
+        if is_file:
+            return _import_file(target)
+        return importlib.import_module(target)
+    except CodeLocationError:
+        raise
+    except ModuleNotFoundError as exc:
+        if not is_file and exc.name and target.startswith(exc.name):
+            raise CodeLocationError(
+                f"code location {location!r}: no module named {exc.name!r}; check the name and "
+                "that its package is installed or on PYTHONPATH (sys.path[0] is "
+                f"{sys.path[0]!r})"
+            ) from exc
+        raise _import_failed(location, exc) from exc
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        raise _import_failed(location, exc) from exc
+
+
+def _import_failed(location: str, exc: BaseException) -> CodeLocationError:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return CodeLocationError(
+        f"code location {location!r} failed to import: {type(exc).__name__}: {exc}\n{tb}"
+    )
+
+
+def _import_file(path: str) -> Any:
+    import importlib.util
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise CodeLocationError(f"code location file {path!r} does not exist (looked at {full})")
+    module_name = "_runcore_location_" + "".join(c if c.isalnum() else "_" for c in full)
+    with _location_lock:
+        existing = sys.modules.get(module_name)
+        if existing is not None:
+            return existing
+        spec = importlib.util.spec_from_file_location(module_name, full)
+        if spec is None or spec.loader is None:
+            raise CodeLocationError(f"code location file {path!r} cannot be loaded as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        directory = os.path.dirname(full)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+        return module
+
+
+def load_code_location(location: str) -> Definitions:
+    """Load the :class:`Definitions` named by ``"pkg.module:attr"`` or ``"path/file.py:attr"``.
+
+    ``attr`` may name a ``Definitions`` or a single ``Job``; without ``:attr`` the module must hold
+    exactly one ``Definitions`` (or, failing that, its jobs are collected). Import errors in the
+    user's module are raised as :class:`~runcore.errors.CodeLocationError` with the traceback.
+    """
+    if not isinstance(location, str) or not location.strip():
+        raise CodeLocationError(f"a code location must be 'pkg.module:attr' or 'file.py:attr', "
+                                f"got {location!r}")
+    target, attr = _split_location(location.strip())
+    module = _import_target(target, location)
+    if attr is not None:
+        if not hasattr(module, attr):
+            raise CodeLocationError(
+                f"code location {location!r}: module {target!r} has no attribute {attr!r}"
+            )
+        return _as_definitions(getattr(module, attr), location, attr, location)
+    found = [v for v in vars(module).values() if isinstance(v, Definitions)]
+    if len(found) == 1:
+        return _tag_location(found[0], location)
+    if len(found) > 1:
+        raise CodeLocationError(
+            f"code location {location!r} holds {len(found)} Definitions objects; "
+            f"name one, as '{target}:<attr>'"
+        )
+    jobs = [v for v in vars(module).values() if isinstance(v, Job)]
+    if not jobs:
+        raise CodeLocationError(
+            f"code location {location!r} defines no Definitions and no jobs"
+        )
+    return _tag_location(Definitions(jobs=jobs), location)
+
+
+def _as_definitions(value: Any, location: str, attr: str, loc: str) -> Definitions:
+    if isinstance(value, Definitions):
+        return _tag_location(value, loc)
+    if isinstance(value, Job):
+        return _tag_location(Definitions(jobs=[value]), loc)
+    raise CodeLocationError(
+        f"code location {location!r}: {attr!r} is a {type(value).__name__}, "
+        "not a runcore Definitions or Job"
+    )
+
+
+def _tag_location(defs: Definitions, location: str) -> Definitions:
+    for item in defs.jobs:
+        if item.code_location is None:
+            object.__setattr__(item, "code_location", location)
+    return defs
+
+
+def infer_code_location(job_obj: Job) -> str | None:
+    """Where a worker in another process could import ``job_obj`` from, or ``None``.
+
+    An importable module gives ``"pkg.module:attr"``; a script or ``__main__`` with a file gives
+    ``"/abs/path.py:attr"``; a job built in an interactive session gives ``None``.
+    """
+    if job_obj.code_location is not None:
+        return job_obj.code_location
+    for op_def in job_obj.ops.values():
+        module = sys.modules.get(getattr(op_def.fn, "__module__", "") or "")
+        if module is None:
+            continue
+        for attr, value in vars(module).items():
+            if value is job_obj:
+                file = getattr(module, "__file__", None)
+                if module.__name__ == "__main__" or module.__name__.startswith("_runcore_location_"):
+                    return f"{os.path.abspath(file)}:{attr}" if file else None
+                return f"{module.__name__}:{attr}"
+            if isinstance(value, Definitions) and job_obj in value.jobs:
+                file = getattr(module, "__file__", None)
+                if module.__name__ == "__main__" or module.__name__.startswith("_runcore_location_"):
+                    return f"{os.path.abspath(file)}:{attr}" if file else None
+                return f"{module.__name__}:{attr}"
+        break
+    return None

@@ -1,0 +1,419 @@
+"""The run worker's core: execute one run's plan, step by step, writing events as it goes.
+
+``execute_run`` is what every launcher ends up calling, in a thread here or in a worker
+process: it moves the run to STARTED, hands the plan to the executor, and moves the run to its
+terminal status with the reason. ``StepRunner.run_step`` executes one step (inputs, op call with
+retries, output) and is shared by every executor, in this process or in a child.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runcore.context import OpContext, StepLogger
+from runcore.definitions import Job
+from runcore.errors import Failure, OutputStoreError, RunFailedError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.outputs import InMemoryOutputStore, OutputStore
+from runcore.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
+from runcore.runs import Run, RunStatus
+
+if TYPE_CHECKING:
+    from runcore.executors.base import Executor
+    from runcore.instance import Instance
+    from runcore.result import ExecuteInProcessResult
+    from runcore.storage.base import InstanceStorage
+
+
+class StepRunner:
+    """Executes single steps of one run; events go to ``emit``.
+
+    Holds no storage: in a child process ``emit`` sends events to the parent, which stores them.
+    """
+
+    def __init__(
+        self,
+        *,
+        run: Run,
+        plan: ExecutionPlan,
+        output_store: OutputStore,
+        emit: Callable[[Event], None],
+        cancel: threading.Event,
+        parent_run_id: str | None = None,
+    ) -> None:
+        self.run = run
+        self.plan = plan
+        self.output_store = output_store
+        self.emit = emit
+        self.cancel = cancel
+        self.parent_run_id = parent_run_id
+        self.interrupt: BaseException | None = None  # a KeyboardInterrupt raised by an op
+        self.errors: dict[str, BaseException] = {}  # step key -> the op's own exception
+
+    def _step_event(self, step: Step, event_type: EventType, message: str = "",
+                    data: dict[str, Any] | None = None, error: ErrorInfo | None = None) -> None:
+        self.emit(Event(run_id=self.run.run_id, event_type=event_type, step_key=step.key,
+                        message=message, data=data or {}, error=error))
+
+    def _load_inputs(self, step: Step) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        for param, source in step.inputs.items():
+            if source is None:
+                kwargs[param] = step.op.input_defaults[param]
+            elif source in step.external:
+                if self.parent_run_id is None:
+                    raise OutputStoreError(
+                        f"step {step.key!r} needs the output of {source!r}, which this run does "
+                        "not execute, and the run has no parent run to load it from"
+                    )
+                kwargs[param] = self.output_store.get(self.parent_run_id, source)
+            else:
+                kwargs[param] = self.output_store.get(self.run.run_id, source)
+        return kwargs
+
+    def run_step(self, step: Step) -> bool:
+        """Execute ``step`` in this thread; returns whether it succeeded.
+
+        Emits STEP_START, then LOG and STEP_UP_FOR_RETRY events as they come, then STEP_OUTPUT
+        and STEP_SUCCESS, or STEP_FAILURE with the error. Never raises for op errors.
+        """
+        started = time.perf_counter()
+        self._step_event(step, EventType.STEP_START)
+        try:
+            kwargs = self._load_inputs(step)
+        except OutputStoreError as exc:
+            self._step_event(step, EventType.STEP_FAILURE, str(exc),
+                             error=ErrorInfo.from_exception(exc))
+            return False
+        try:
+            value = self._call_with_retries(step, kwargs)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                self.interrupt = exc
+                self.cancel.set()
+            self.errors[step.key] = exc
+            data = dict(exc.metadata) if isinstance(exc, Failure) else {}
+            self._step_event(step, EventType.STEP_FAILURE,
+                             f"op {step.op.name!r} raised {type(exc).__name__}: {exc}",
+                             data=data, error=ErrorInfo.from_exception(exc))
+            return False
+        try:
+            self.output_store.put(self.run.run_id, step.key, value)
+        except OutputStoreError as exc:
+            self._step_event(step, EventType.STEP_FAILURE, str(exc),
+                             error=ErrorInfo.from_exception(exc))
+            return False
+        self._step_event(step, EventType.STEP_OUTPUT, data={"type": type(value).__name__})
+        self._step_event(step, EventType.STEP_SUCCESS,
+                         data={"duration_s": round(time.perf_counter() - started, 6)})
+        return True
+
+    def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
+        op_def = step.op
+        if op_def.takes_context:
+            ctx = OpContext(
+                run_id=self.run.run_id,
+                job_name=self.run.job_name,
+                op_name=op_def.name,
+                step_key=step.key,
+                tags=self.run.tags,
+                op_tags=op_def.tags,
+                log=StepLogger(self.run.run_id, step.key, self.emit),
+                cancel=self.cancel,
+                attempt=attempt,
+            )
+            return op_def.fn(ctx, **kwargs)
+        return op_def.fn(**kwargs)
+
+    def _call_with_retries(self, step: Step, kwargs: Mapping[str, Any]) -> Any:
+        policy = step.op.retry_policy
+        if policy is None or policy.max_retries == 0:
+            return self._call(step, kwargs, 1)
+        import tenacity
+
+        attempt_box = [1]
+
+        def may_retry(exc: BaseException) -> bool:
+            if not isinstance(exc, Exception) or self.cancel.is_set():
+                return False
+            return not (isinstance(exc, Failure) and not exc.allow_retry)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            extra = random.uniform(0, policy.jitter) if policy.jitter else 0.0
+            return policy.wait_before(state.attempt_number) + extra
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            attempt_box[0] = state.attempt_number + 1
+            self._step_event(
+                step, EventType.STEP_UP_FOR_RETRY,
+                f"op {step.op.name!r} failed (attempt {state.attempt_number} of "
+                f"{policy.max_retries + 1}); retrying in {state.upcoming_sleep:.3g}s",
+                data={"attempt": state.attempt_number, "wait_s": state.upcoming_sleep},
+                error=ErrorInfo.from_exception(exc) if exc else None,
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(policy.max_retries + 1),
+            wait=wait,
+            retry=tenacity.retry_if_exception(may_retry),
+            before_sleep=before_sleep,
+            sleep=self.cancel.wait,  # a cancel wakes the wait and the next attempt is skipped
+            reraise=True,
+        )
+        return retrying(lambda: self._call(step, kwargs, attempt_box[0]))
+
+
+class RunExecution:
+    """One run in progress: its plan, its step runner and the outcome of each step.
+
+    Executors drive it: they ask for ready steps, run them (here or in a child process) and
+    report outcomes with :meth:`finish_step`; it works out which steps to skip.
+    """
+
+    def __init__(
+        self,
+        *,
+        run: Run,
+        plan: ExecutionPlan,
+        storage: InstanceStorage,
+        output_store: OutputStore,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.run = run
+        self.plan = plan
+        self.storage = storage
+        self.output_store = output_store
+        self.cancel = cancel or threading.Event()
+        self.succeeded: set[str] = set()
+        self.failed: set[str] = set()
+        self.skipped: set[str] = set()
+        self._lock = threading.Lock()
+        self.runner = StepRunner(
+            run=run,
+            plan=plan,
+            output_store=output_store,
+            emit=self.emit,
+            cancel=self.cancel,
+            parent_run_id=run.parent_run_id,
+        )
+
+    def emit(self, event: Event) -> None:
+        """Store one event of this run."""
+        self.storage.store_event(event)
+
+    def emit_many(self, events: Sequence[Event]) -> None:
+        """Store several events of this run in one write."""
+        self.storage.store_events(events)
+
+    def use_output_store(self, store: OutputStore) -> None:
+        """Switch the store steps read and write (executors whose steps run elsewhere do)."""
+        self.output_store = store
+        self.runner.output_store = store
+
+    @property
+    def done(self) -> set[str]:
+        """Step keys that have finished one way or another."""
+        return self.succeeded | self.failed | self.skipped
+
+    def is_ready(self, step: Step) -> bool:
+        """Whether every upstream step of ``step`` has succeeded."""
+        return all(u in self.succeeded for u in step.upstream)
+
+    def finish_step(self, key: str, success: bool) -> list[Step]:
+        """Record a step's outcome; returns the steps that became ready because of it.
+
+        A failed step's downstream steps are skipped (with a STEP_SKIPPED event each).
+        """
+        with self._lock:
+            (self.succeeded if success else self.failed).add(key)
+            if not success:
+                self._skip_downstream(key)
+                return []
+            ready = []
+            for down in self.plan.downstream[key]:
+                step = self.plan.get_step(down)
+                if down not in self.skipped and self.is_ready(step):
+                    ready.append(step)
+            return ready
+
+    def _skip_downstream(self, key: str) -> None:
+        skipped = []
+        for down in self.plan.descendants(key):
+            if down not in self.skipped and down not in self.succeeded:
+                self.skipped.add(down)
+                skipped.append(down)
+        if skipped:
+            self.emit_many([
+                Event(run_id=self.run.run_id, event_type=EventType.STEP_SKIPPED, step_key=k,
+                      message=f"skipped: upstream step {key!r} failed")
+                for k in self.plan.step_keys if k in skipped
+            ])
+
+    def skip_remaining(self, reason: str) -> None:
+        """Skip every step that has not run (on cancel)."""
+        with self._lock:
+            remaining = [k for k in self.plan.step_keys if k not in self.done]
+            self.skipped.update(remaining)
+        if remaining:
+            self.emit_many([
+                Event(run_id=self.run.run_id, event_type=EventType.STEP_SKIPPED, step_key=k,
+                      message=reason)
+                for k in remaining
+            ])
+
+
+def _failure_reason(execution: RunExecution) -> str:
+    first = next(k for k in execution.plan.step_keys if k in execution.failed)
+    records = execution.storage.get_event_records(
+        execution.run.run_id, event_types=[EventType.STEP_FAILURE]
+    )
+    for record in records:
+        if record.event.step_key == first and record.event.error is not None:
+            return f"step {first!r} failed: {record.event.error}"
+    return f"step {first!r} failed"
+
+
+def execute_run(
+    run: Run,
+    job: Job,
+    *,
+    storage: InstanceStorage,
+    output_store: OutputStore,
+    executor: Executor | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[Run, RunExecution | None]:
+    """Execute ``run`` (NOT_STARTED or STARTING) to a terminal status; returns the final run.
+
+    A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
+    engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
+    """
+    from runcore.executors.in_process import InProcessExecutor
+
+    started = storage.transition(
+        run.run_id, [RunStatus.NOT_STARTED, RunStatus.STARTING], RunStatus.STARTED
+    )
+    if started is None:
+        current = storage.get_run(run.run_id)
+        return (current or run), None
+    execution: RunExecution | None = None
+    try:
+        plan = build_plan(
+            job, started.step_keys_to_execute, allow_external=started.parent_run_id is not None
+        )
+        execution = RunExecution(
+            run=started, plan=plan, storage=storage, output_store=output_store, cancel=cancel
+        )
+        (executor or job.executor or InProcessExecutor()).execute(execution)
+    except BaseException as exc:
+        error = ErrorInfo.from_exception(exc)
+        final = storage.transition(
+            run.run_id,
+            [RunStatus.STARTED, RunStatus.CANCELING],
+            RunStatus.FAILURE,
+            event=Event(run_id=run.run_id, event_type=EventType.RUN_FAILURE,
+                        message=f"the run's execution failed: {error}", error=error),
+        )
+        if not isinstance(exc, Exception):
+            raise
+        return (final or storage.get_run(run.run_id) or started), execution
+    return _finish(execution), execution
+
+
+def _finish(execution: RunExecution) -> Run:
+    run_id = execution.run.run_id
+    storage = execution.storage
+    canceled = execution.cancel.is_set() and execution.runner.interrupt is None
+    if execution.failed and not canceled:
+        reason = _failure_reason(execution)
+        final = storage.transition(
+            run_id, [RunStatus.STARTED, RunStatus.CANCELING], RunStatus.FAILURE,
+            event=Event(run_id=run_id, event_type=EventType.RUN_FAILURE, message=reason),
+            failure_reason=reason,
+        )
+    elif canceled or execution.skipped:
+        final = storage.transition(
+            run_id, [RunStatus.STARTED, RunStatus.CANCELING], RunStatus.CANCELED,
+            event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
+                        message="the run was canceled"),
+        )
+    else:
+        final = storage.transition(
+            run_id, [RunStatus.STARTED], RunStatus.SUCCESS,
+            event=Event(run_id=run_id, event_type=EventType.RUN_SUCCESS,
+                        message=f"{len(execution.succeeded)} steps succeeded"),
+        )
+        if final is None:  # canceled while its last step ran: the cancel wins
+            final = storage.transition(
+                run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
+                event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
+                            message="the run was canceled as it finished"),
+            )
+    return final or storage.get_run(run_id) or execution.run
+
+
+def execute_job_in_process(
+    job: Job,
+    *,
+    instance: Instance | None,
+    tags: Mapping[str, str] | None,
+    op_selection: Sequence[str] | None,
+    raise_on_error: bool,
+    run_id: str | None,
+    executor: Executor | None,
+) -> ExecuteInProcessResult:
+    """Implementation of :meth:`Job.execute_in_process`."""
+    from runcore.instance import Instance, validate_tags
+    from runcore.result import ExecuteInProcessResult
+
+    owned = instance is None
+    inst = Instance.ephemeral() if instance is None else instance
+    try:
+        step_keys = resolve_op_selection(job, op_selection) if op_selection else None
+        if step_keys is not None:
+            build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
+        kwargs: dict[str, Any] = {}
+        if run_id is not None:
+            kwargs["run_id"] = run_id
+        run = Run(
+            job_name=job.name,
+            tags={**job.tags, **validate_tags(tags)},
+            code_location=job.code_location,
+            step_keys_to_execute=step_keys,
+            **kwargs,
+        )
+        storage = inst.storage
+        storage.start()
+        storage.add_run(run)
+        outputs = InMemoryOutputStore()
+        final, execution = execute_run(
+            run, job, storage=storage, output_store=outputs, executor=executor
+        )
+        result = ExecuteInProcessResult(
+            run=final,
+            storage=storage,
+            output_store=execution.output_store if execution else outputs,
+        )
+        interrupt = execution.runner.interrupt if execution else None
+        if interrupt is not None:
+            raise interrupt
+        if raise_on_error and final.status is not RunStatus.SUCCESS:
+            failure = result.first_failure()
+            step_key = failure.step_key if failure else None
+            original = execution.runner.errors.get(step_key or "") if execution else None
+            if isinstance(original, Exception):
+                original.add_note(f"runcore: step {step_key!r} of run {final.run_id} failed")
+                raise original
+            message = final.failure_reason or f"run {final.run_id} ended {final.status.value}"
+            raise RunFailedError(
+                f"job {job.name!r} failed: {message}", run_id=final.run_id, step_key=step_key
+            )
+        return result
+    finally:
+        if owned:
+            inst.close()
+

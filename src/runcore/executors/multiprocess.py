@@ -1,0 +1,296 @@
+"""Concurrent execution in worker processes, reused across the steps of a run.
+
+The run's process starts ``max_concurrent`` workers once per run and feeds them steps, so a
+step costs a message round trip, not an interpreter start:
+
+* ``start_method="fork"`` (the default on Linux): workers are forked from the run's process
+  with the job already imported; jobs defined anywhere (even in ``__main__``) work.
+* ``"spawn"`` or ``"forkserver"``: workers start fresh and import the job from the run's code
+  location, so the job must be importable (``Run.code_location``).
+
+Parent and workers speak JSON over pipes: the parent sends a step key, the worker sends back
+the step's events and its outcome. The parent stores the events, so workers never open the
+storage. Step outputs travel through a :class:`~runcore.outputs.FileOutputStore` (pickled
+files, the one documented place user values are pickled); when the run was given an in-memory
+store, a temporary directory is used and the outputs are copied back at the end.
+
+A worker that dies (killed, segfault, ``os._exit``) fails the step it was running with its
+exit code, and is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from runcore import _serde
+from runcore.errors import DefinitionError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.executors.base import CANCELED_REASON, Executor
+from runcore.outputs import FileOutputStore, OutputStore
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+
+    from runcore.definitions import Job
+    from runcore.execution import RunExecution
+    from runcore.plan import Step
+
+_START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _worker_main(
+    conn: Connection, spec_json: str, job: Job | None
+) -> None:  # pragma: no cover - runs in the child process
+    """A worker's loop: receive a step key, run it, send its events and outcome."""
+    from runcore.definitions import load_code_location
+    from runcore.execution import StepRunner
+    from runcore.plan import build_plan
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
+    spec = json.loads(spec_json)
+    run = _serde.loads_run(spec["run"])
+    if job is None:
+        job = load_code_location(spec["code_location"]).get_job(run.job_name)
+    plan = build_plan(job, spec["step_keys"], allow_external=run.parent_run_id is not None)
+
+    def emit(event: Event) -> None:
+        conn.send_bytes(b"E" + _serde.dumps_event(event).encode())
+
+    runner = StepRunner(
+        run=run,
+        plan=plan,
+        output_store=FileOutputStore(spec["outputs_dir"]),
+        emit=emit,
+        cancel=threading.Event(),
+        parent_run_id=run.parent_run_id,
+    )
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except EOFError:
+            return
+        if message == b"stop":
+            return
+        key = message.decode()
+        ok = runner.run_step(plan.get_step(key))
+        conn.send_bytes((b"S" if ok else b"F") + message)
+
+
+class _Worker:
+    __slots__ = ("conn", "process", "step")
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.step: str | None = None
+
+
+class MultiprocessExecutor(Executor):
+    """Runs up to ``max_concurrent`` steps at once, each in a worker process.
+
+    Threads: none kept; per run, ``max_concurrent`` worker processes (or fewer, for smaller
+    plans) are started, reused for every step, and stopped before :meth:`execute` returns.
+    """
+
+    def __init__(self, max_concurrent: int | None = None, *, start_method: str = "fork") -> None:
+        if max_concurrent is not None and (
+            not isinstance(max_concurrent, int) or max_concurrent < 1
+        ):
+            raise DefinitionError(
+                "MultiprocessExecutor(max_concurrent=...) must be an int >= 1, "
+                f"got {max_concurrent!r}"
+            )
+        if start_method not in _START_METHODS:
+            raise DefinitionError(
+                f"MultiprocessExecutor(start_method=...) must be one of {_START_METHODS}, "
+                f"got {start_method!r}"
+            )
+        self.max_concurrent = max_concurrent or os.cpu_count() or 1
+        self.start_method = start_method
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiprocessExecutor(max_concurrent={self.max_concurrent}, "
+            f"start_method={self.start_method!r})"
+        )
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _spawn(self, ctx: BaseContext, execution: RunExecution, outputs_dir: str) -> _Worker:
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        run = execution.run
+        if self.start_method != "fork" and not run.code_location:
+            raise DefinitionError(
+                f"MultiprocessExecutor(start_method={self.start_method!r}) needs a job its "
+                f"workers can import, but job {run.job_name!r} has no code location; define it "
+                "in an importable module, or use start_method='fork'"
+            )
+        spec = json.dumps(
+            {
+                "run": _serde.dumps_run(run),
+                "code_location": run.code_location,
+                "step_keys": execution.plan.step_keys,
+                "outputs_dir": outputs_dir,
+            }
+        )
+        job = execution.plan.job if self.start_method == "fork" else None
+        process = ctx.Process(  # type: ignore[attr-defined]
+            target=_worker_main,
+            args=(child_conn, spec, job),
+            name=f"runcore-step-worker-{run.run_id[:8]}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Worker(process, parent_conn)
+
+    @staticmethod
+    def _stop(workers: list[_Worker], *, force: bool) -> None:
+        for worker in workers:
+            if force:
+                if worker.process.is_alive():
+                    worker.process.terminate()
+            else:
+                try:
+                    worker.conn.send_bytes(b"stop")
+                except OSError:
+                    pass
+        for worker in workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            worker.conn.close()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def execute(self, execution: RunExecution) -> None:
+        original = execution.output_store
+        temp_dir: str | None = None
+        if isinstance(original, FileOutputStore):
+            files = original
+        else:
+            temp_dir = tempfile.mkdtemp(prefix="runcore-outputs-")
+            files = FileOutputStore(temp_dir)
+            _copy_external_inputs(execution, original, files)
+            execution.use_output_store(files)
+        ctx = multiprocessing.get_context(self.start_method)
+        count = min(self.max_concurrent, len(execution.plan.steps))
+        workers: list[_Worker] = []
+        try:
+            workers = [self._spawn(ctx, execution, files.base_dir) for _ in range(count)]
+            self._drive(execution, ctx, workers, files.base_dir)
+        finally:
+            self._stop(workers, force=execution.cancel.is_set())
+            if temp_dir is not None:
+                execution.use_output_store(original)
+                for key in execution.succeeded:
+                    original.put(execution.run.run_id, key, files.get(execution.run.run_id, key))
+                shutil.rmtree(temp_dir, ignore_errors=True)
+        if execution.cancel.is_set():
+            execution.skip_remaining(CANCELED_REASON)
+
+    def _drive(
+        self, execution: RunExecution, ctx: BaseContext, workers: list[_Worker], outputs_dir: str
+    ) -> None:
+        ready: list[Step] = execution.plan.roots()
+        while True:
+            if execution.cancel.is_set():
+                for worker in workers:
+                    if worker.step is not None and worker.process.is_alive():
+                        worker.process.terminate()
+            else:
+                for worker in workers:
+                    if not ready:
+                        break
+                    if worker.step is None:
+                        step = ready.pop(0)
+                        worker.step = step.key
+                        worker.conn.send_bytes(step.key.encode())
+            busy = [w for w in workers if w.step is not None]
+            if not busy:
+                return
+            by_handle: dict[Any, _Worker] = {}
+            for worker in busy:
+                by_handle[worker.conn] = worker
+                by_handle[worker.process.sentinel] = worker
+            woken = wait(list(by_handle), timeout=0.1)
+            for worker in {id(by_handle[h]): by_handle[h] for h in woken}.values():
+                ready.extend(self._collect(execution, worker))
+                if worker.step is not None and not worker.process.is_alive():
+                    ready.extend(self._worker_died(execution, worker))
+                    workers[workers.index(worker)] = (
+                        self._spawn(ctx, execution, outputs_dir)
+                        if not execution.cancel.is_set()
+                        else worker
+                    )
+
+    @staticmethod
+    def _collect(execution: RunExecution, worker: _Worker) -> list[Step]:
+        """Read what a worker has sent; store its events; return newly ready steps."""
+        events: list[Event] = []
+        ready: list[Step] = []
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv_bytes()
+                kind, body = message[:1], message[1:]
+                if kind == b"E":
+                    events.append(_serde.loads_event(body))
+                    continue
+                if events:
+                    execution.emit_many(events)
+                    events = []
+                worker.step = None
+                ready.extend(execution.finish_step(body.decode(), kind == b"S"))
+        except (EOFError, OSError):
+            pass
+        if events:
+            execution.emit_many(events)
+        return ready
+
+    @staticmethod
+    def _worker_died(execution: RunExecution, worker: _Worker) -> list[Step]:
+        worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        key = worker.step
+        assert key is not None
+        worker.step = None
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        message = f"the worker process running step {key!r} {how}"
+        if execution.cancel.is_set():
+            message += " (the run was canceled)"
+        execution.emit(
+            Event(
+                run_id=execution.run.run_id,
+                event_type=EventType.STEP_FAILURE,
+                step_key=key,
+                message=message,
+                error=ErrorInfo(type="WorkerDied", message=message),
+                data={"exit_code": code},
+            )
+        )
+        return execution.finish_step(key, False)
+
+
+def _copy_external_inputs(
+    execution: RunExecution, source: OutputStore, target: FileOutputStore
+) -> None:
+    parent = execution.run.parent_run_id
+    if parent is None:
+        return
+    for step in execution.plan.steps:
+        for upstream in step.external:
+            if source.has(parent, upstream) and not target.has(parent, upstream):
+                target.put(parent, upstream, source.get(parent, upstream))

@@ -1,0 +1,53 @@
+"""Concurrent execution on a pool of threads in this process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING
+
+from runcore.errors import DefinitionError
+from runcore.executors.base import CANCELED_REASON, Executor
+
+if TYPE_CHECKING:
+    from runcore.execution import RunExecution
+    from runcore.plan import Step
+
+
+class ThreadPoolExecutor(Executor):
+    """Runs up to ``max_concurrent`` ready steps at once on threads.
+
+    Threads: a ``concurrent.futures`` pool created for each run and joined before
+    :meth:`execute` returns. Suits steps that wait on I/O; CPU-bound Python steps are better
+    served by :class:`~runcore.executors.MultiprocessExecutor`.
+    """
+
+    def __init__(self, max_concurrent: int = 4) -> None:
+        if not isinstance(max_concurrent, int) or max_concurrent < 1:
+            raise DefinitionError(
+                f"ThreadPoolExecutor(max_concurrent=...) must be an int >= 1, got {max_concurrent!r}"
+            )
+        self.max_concurrent = max_concurrent
+
+    def __repr__(self) -> str:
+        return f"ThreadPoolExecutor(max_concurrent={self.max_concurrent})"
+
+    def execute(self, execution: RunExecution) -> None:
+        ready: list[Step] = execution.plan.roots()
+        running: dict[concurrent.futures.Future[bool], str] = {}
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.max_concurrent, thread_name_prefix=f"runcore-step-{execution.run.run_id[:8]}"
+        ) as pool:
+            while ready or running:
+                while ready and len(running) < self.max_concurrent and not execution.cancel.is_set():
+                    step = ready.pop(0)
+                    running[pool.submit(execution.runner.run_step, step)] = step.key
+                if not running:
+                    break
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    key = running.pop(future)
+                    ready.extend(execution.finish_step(key, future.result()))
+        if execution.cancel.is_set():
+            execution.skip_remaining(CANCELED_REASON)

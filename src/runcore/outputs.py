@@ -1,0 +1,128 @@
+"""Output stores: where a step's return value waits for the steps that take it.
+
+This is the one place runcore may pickle, and only users' step outputs: runs, events, config
+and RPC messages are JSON. Two stores ship:
+
+* :class:`InMemoryOutputStore` keeps values in a dict. Used by ``execute_in_process`` and by
+  runs on threads of an in-memory instance; nothing leaves the process.
+* :class:`FileOutputStore` pickles each output to ``<base_dir>/<run_id>/<step_key>.pkl``
+  (written to a temporary name, then renamed, so a reader never sees half a file). Used when
+  steps run in other processes, and for re-execution from a parent run's outputs.
+
+A custom store subclasses :class:`OutputStore` (three methods). It must be safe to call from
+several threads, and ``get`` must see any ``put`` that returned before it was called.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from typing import Any
+
+from runcore.errors import OutputStoreError
+
+
+class OutputStore(ABC):
+    """Holds step outputs by (run id, step key)."""
+
+    @abstractmethod
+    def put(self, run_id: str, step_key: str, value: Any) -> None:
+        """Store ``value`` as the output of ``step_key`` in ``run_id``.
+
+        Raises :class:`OutputStoreError` if the value cannot be stored (e.g. not picklable).
+        """
+
+    @abstractmethod
+    def get(self, run_id: str, step_key: str) -> Any:
+        """The stored output; :class:`OutputStoreError` if there is none or it cannot be read."""
+
+    @abstractmethod
+    def has(self, run_id: str, step_key: str) -> bool:
+        """Whether an output of ``step_key`` in ``run_id`` is stored."""
+
+
+class InMemoryOutputStore(OutputStore):
+    """Outputs kept as live objects in this process (no copy, no serialization)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def put(self, run_id: str, step_key: str, value: Any) -> None:
+        with self._lock:
+            self._values[(run_id, step_key)] = value
+
+    def get(self, run_id: str, step_key: str) -> Any:
+        try:
+            return self._values[(run_id, step_key)]
+        except KeyError:
+            raise OutputStoreError(
+                f"no output of step {step_key!r} is stored for run {run_id!r}"
+            ) from None
+
+    def has(self, run_id: str, step_key: str) -> bool:
+        return (run_id, step_key) in self._values
+
+    def clear_run(self, run_id: str) -> None:
+        """Forget every output of ``run_id`` (frees memory once a run's outputs are not needed)."""
+        with self._lock:
+            for key in [k for k in self._values if k[0] == run_id]:
+                del self._values[key]
+
+
+class FileOutputStore(OutputStore):
+    """Outputs pickled to files under ``base_dir`` (one directory per run)."""
+
+    def __init__(self, base_dir: str | os.PathLike[str]) -> None:
+        self.base_dir = os.fspath(base_dir)
+
+    def _path(self, run_id: str, step_key: str) -> str:
+        return os.path.join(self.base_dir, run_id, f"{step_key}.pkl")
+
+    def put(self, run_id: str, step_key: str, value: Any) -> None:
+        import pickle
+
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise OutputStoreError(
+                f"the output of step {step_key!r} ({type(value).__name__}) cannot be stored: "
+                f"{type(exc).__name__}: {exc}. Return a picklable value (plain data, not an open "
+                "file, lock, connection or generator)"
+            ) from exc
+        path = self._path(run_id, step_key)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputStoreError(
+                f"the output of step {step_key!r} cannot be written to {path}: {exc}"
+            ) from exc
+
+    def get(self, run_id: str, step_key: str) -> Any:
+        import pickle
+
+        path = self._path(run_id, step_key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise OutputStoreError(
+                f"no output of step {step_key!r} is stored for run {run_id!r} (looked at {path})"
+            ) from None
+        except OSError as exc:
+            raise OutputStoreError(f"cannot read the output at {path}: {exc}") from exc
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise OutputStoreError(
+                f"the output of step {step_key!r} at {path} cannot be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def has(self, run_id: str, step_key: str) -> bool:
+        return os.path.exists(self._path(run_id, step_key))

@@ -1,0 +1,180 @@
+"""Runs: the status machine, the ``Run`` record, filters and the ``runcore/`` tag names."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from runcore.errors import IllegalTransitionError
+
+TAG_PREFIX = "runcore/"
+PRIORITY_TAG = "runcore/priority"
+ISOLATION_TAG = "runcore/isolation"
+MAX_RETRIES_TAG = "runcore/max_retries"
+RETRY_STRATEGY_TAG = "runcore/retry_strategy"
+MAX_RUNTIME_TAG = "runcore/max_runtime"
+BACKFILL_TAG = "runcore/backfill"
+SCHEDULE_NAME_TAG = "runcore/schedule_name"
+SENSOR_NAME_TAG = "runcore/sensor_name"
+RETRY_NUMBER_TAG = "runcore/retry_number"
+
+
+class RunStatus(enum.Enum):
+    """Where a run is in its life. See ``LEGAL_TRANSITIONS`` for the moves between them."""
+
+    NOT_STARTED = "NOT_STARTED"
+    QUEUED = "QUEUED"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    CANCELING = "CANCELING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """SUCCESS, FAILURE and CANCELED: nothing leaves them."""
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_in_progress(self) -> bool:
+        """STARTING, STARTED and CANCELING: what run limits count."""
+        return self in IN_PROGRESS_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CANCELED})
+IN_PROGRESS_STATUSES = frozenset({RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING})
+
+#: Every legal status change. A status not listed as a key has no way out.
+LEGAL_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.NOT_STARTED: frozenset({RunStatus.QUEUED, RunStatus.STARTING, RunStatus.CANCELED}),
+    RunStatus.QUEUED: frozenset({RunStatus.STARTING, RunStatus.CANCELED, RunStatus.FAILURE}),
+    RunStatus.STARTING: frozenset(
+        {RunStatus.STARTED, RunStatus.QUEUED, RunStatus.CANCELING, RunStatus.FAILURE}
+    ),
+    RunStatus.STARTED: frozenset({RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CANCELING}),
+    RunStatus.CANCELING: frozenset({RunStatus.CANCELED, RunStatus.FAILURE}),
+    RunStatus.SUCCESS: frozenset(),
+    RunStatus.FAILURE: frozenset(),
+    RunStatus.CANCELED: frozenset(),
+}
+
+
+def check_transition(from_statuses: Iterable[RunStatus], to_status: RunStatus) -> None:
+    """Raise ``IllegalTransitionError`` unless ``to_status`` is reachable from every source.
+
+    Storages call this before any I/O, so an illegal request never touches the database.
+    """
+    bad = [s for s in from_statuses if to_status not in LEGAL_TRANSITIONS[s]]
+    if bad:
+        names = ", ".join(s.value for s in bad)
+        allowed = ", ".join(
+            sorted(t.value for s in bad for t in LEGAL_TRANSITIONS[s]) or ["nothing (terminal)"]
+        )
+        raise IllegalTransitionError(
+            f"a run cannot move from {names} to {to_status.value}; from {names} it may move to: "
+            f"{allowed}"
+        )
+
+
+def new_run_id() -> str:
+    """A fresh, random run id (a UUID4 in its 36-character text form)."""
+    return str(uuid.uuid4())
+
+
+def _tags(value: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(value) if value else {}
+
+
+@attrs.frozen(kw_only=True)
+class Run:
+    """One execution of a job. Immutable: a status change makes a new ``Run`` (``attrs.evolve``).
+
+    ``code_location`` says where a worker in another process can load the job from
+    (``"pkg.module:defs"`` or ``"path/file.py:defs"``); ``None`` for a job that lives only in the
+    submitting process. ``step_keys_to_execute`` limits the run to a subset of the job's steps
+    (op selection, re-execution). Times are Unix seconds.
+    """
+
+    run_id: str = attrs.field(factory=new_run_id)
+    job_name: str
+    status: RunStatus = RunStatus.NOT_STARTED
+    tags: dict[str, str] = attrs.field(factory=dict, converter=_tags)
+    code_location: str | None = None
+    step_keys_to_execute: list[str] | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    created_at: float = attrs.field(factory=time.time)
+    updated_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    failure_reason: str | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the run is in a terminal status."""
+        return self.status.is_terminal
+
+    @property
+    def priority(self) -> int:
+        """The ``runcore/priority`` tag as an int (0 when absent)."""
+        raw = self.tags.get(PRIORITY_TAG)
+        return int(raw) if raw is not None else 0
+
+
+@attrs.frozen
+class RunRecord:
+    """A stored run with its storage-assigned sequence number (``storage_id``, increasing)."""
+
+    storage_id: int
+    run: Run
+
+
+@attrs.frozen(kw_only=True)
+class RunsFilter:
+    """Which runs to return. Every given field must match (AND); ``None`` means "any".
+
+    ``tags`` matches runs that carry every given key with the given value; a value that is a
+    sequence matches any of its items. ``created_after``/``created_before`` are Unix seconds
+    (exclusive bounds).
+    """
+
+    run_ids: Sequence[str] | None = None
+    job_name: str | None = None
+    statuses: Sequence[RunStatus] | None = None
+    tags: Mapping[str, str | Sequence[str]] | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+
+    def matches(self, run: Run) -> bool:
+        """Whether ``run`` passes this filter (the in-memory reference semantics)."""
+        if self.run_ids is not None and run.run_id not in self.run_ids:
+            return False
+        if self.job_name is not None and run.job_name != self.job_name:
+            return False
+        if self.statuses is not None and run.status not in self.statuses:
+            return False
+        if self.created_after is not None and not run.created_at > self.created_after:
+            return False
+        if self.created_before is not None and not run.created_at < self.created_before:
+            return False
+        if self.parent_run_id is not None and run.parent_run_id != self.parent_run_id:
+            return False
+        if self.root_run_id is not None and run.root_run_id != self.root_run_id:
+            return False
+        for key, want in (self.tags or {}).items():
+            have = run.tags.get(key)
+            if have is None:
+                return False
+            if isinstance(want, str):
+                if have != want:
+                    return False
+            elif have not in want:
+                return False
+        return True

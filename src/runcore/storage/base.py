@@ -1,0 +1,253 @@
+"""The storage interface, split by concern: runs, events, pools, daemon heartbeats.
+
+A backend implements :class:`InstanceStorage`, which is those four small interfaces behind one
+object, so that one transaction can span them: a status change is written together with its
+event and, when the run ends, with the release of every pool slot it holds.
+
+Contract every backend keeps (``runcore.testing.StorageContract`` checks it):
+
+* Thread-safe: any method may be called from any thread, at the same time.
+* ``transition`` is an atomic compare-and-set: of two callers moving the same run out of the
+  same status, exactly one succeeds.
+* ``storage_id`` values (runs and events) increase in insertion order.
+* Terminal runs never change status again.
+* Nothing is pickled: runs and events are stored as JSON.
+* ``start()`` does the I/O (opening, schema checks); the constructor does none. After
+  ``close()``, calls raise :class:`~runcore.errors.InstanceClosedError`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import attrs
+
+from runcore.events import STATUS_EVENT_TYPES, Event, EventRecord, EventType
+from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
+
+
+@attrs.frozen
+class SlotLease:
+    """A pool slot held by a run (and, at op granularity, one of its steps)."""
+
+    pool: str
+    run_id: str
+    step_key: str | None
+    claimed_at: float
+
+
+@attrs.frozen(kw_only=True)
+class DaemonHeartbeat:
+    """A daemon's proof of life: who, when, and free-form JSON-able detail."""
+
+    daemon_id: str
+    daemon_type: str
+    timestamp: float
+    info: dict[str, Any] = attrs.field(factory=dict)
+
+
+class RunStorage(ABC):
+    """Runs and their status."""
+
+    @abstractmethod
+    def add_run(self, run: Run) -> Run:
+        """Store a new run. Raises :class:`~runcore.errors.DuplicateRunError` for a known id."""
+
+    def add_runs(self, runs: Sequence[Run]) -> None:
+        """Store many new runs (backends make this one transaction)."""
+        for run in runs:
+            self.add_run(run)
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or ``None``."""
+
+    @abstractmethod
+    def get_run_records(
+        self,
+        filters: RunsFilter | None = None,
+        limit: int | None = None,
+        *,
+        ascending: bool = False,
+        after_storage_id: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs matching ``filters``, newest first (oldest first with ``ascending``).
+
+        ``after_storage_id`` pages: with ``ascending`` it returns runs stored after it, else
+        runs stored before it.
+        """
+
+    @abstractmethod
+    def count_runs(self, filters: RunsFilter | None = None) -> int:
+        """How many runs match ``filters``."""
+
+    @abstractmethod
+    def add_run_tags(self, run_id: str, tags: Mapping[str, str]) -> Run:
+        """Add or overwrite tags of a run; returns the updated run."""
+
+    @abstractmethod
+    def transition(
+        self,
+        run_id: str,
+        from_statuses: Sequence[RunStatus],
+        to_status: RunStatus,
+        *,
+        event: Event | None = None,
+        failure_reason: str | None = None,
+    ) -> Run | None:
+        """Move a run to ``to_status`` if it is in one of ``from_statuses``; atomic.
+
+        Writes, in one transaction: the new status and times (``started_at`` on STARTED,
+        ``ended_at`` on a terminal status), the status event (``event``, or a plain one of
+        the matching type), and on a terminal status the release of every pool slot the run
+        holds. Returns the updated run, or ``None`` if the run was not in ``from_statuses``
+        (someone else moved it first). Raises
+        :class:`~runcore.errors.IllegalTransitionError` before any I/O when the move is not in
+        :data:`~runcore.runs.LEGAL_TRANSITIONS`, and
+        :class:`~runcore.errors.RunNotFoundError` for an unknown run.
+        """
+
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run, its tags, events and slots. Unknown ids are ignored."""
+
+
+class EventStorage(ABC):
+    """Each run's event log."""
+
+    @abstractmethod
+    def store_event(self, event: Event) -> int:
+        """Append one event; returns its storage id."""
+
+    def store_events(self, events: Sequence[Event]) -> None:
+        """Append many events (backends make this one transaction)."""
+        for event in events:
+            self.store_event(event)
+
+    @abstractmethod
+    def get_event_records(
+        self,
+        run_id: str,
+        *,
+        after_storage_id: int | None = None,
+        limit: int | None = None,
+        event_types: Sequence[EventType] | None = None,
+    ) -> list[EventRecord]:
+        """A run's events in the order stored, after a cursor, optionally of some types only."""
+
+
+class PoolStorage(ABC):
+    """Named concurrency pools: their limits and the slots runs hold in them."""
+
+    @abstractmethod
+    def set_pool_limit(self, pool: str, limit: int) -> None:
+        """Set (or replace) the number of slots of ``pool``."""
+
+    @abstractmethod
+    def get_pool_limits(self) -> dict[str, int]:
+        """Every pool with an explicit limit."""
+
+    @abstractmethod
+    def delete_pool_limit(self, pool: str) -> None:
+        """Forget the explicit limit of ``pool`` (it falls back to the default limit)."""
+
+    @abstractmethod
+    def claim_pool_slot(
+        self, pool: str, run_id: str, step_key: str | None, *, limit: int
+    ) -> bool:
+        """Take a slot of ``pool`` for (run, step) if fewer than ``limit`` are held; atomic.
+
+        Claiming a slot the same (run, step) already holds succeeds without taking another.
+        """
+
+    @abstractmethod
+    def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
+        """Free the slots of a run (of one of its steps, if ``step_key``); returns how many."""
+
+    @abstractmethod
+    def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:
+        """Slots held now, in the order claimed, of one pool or all."""
+
+
+class HeartbeatStorage(ABC):
+    """Daemon heartbeats: the latest one per daemon id."""
+
+    @abstractmethod
+    def add_daemon_heartbeat(self, heartbeat: DaemonHeartbeat) -> None:
+        """Record ``heartbeat`` as the latest of its daemon."""
+
+    @abstractmethod
+    def get_daemon_heartbeats(self) -> list[DaemonHeartbeat]:
+        """The latest heartbeat of every daemon that has sent one."""
+
+
+class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
+    """Everything an instance remembers, behind one object.
+
+    ``shareable`` says whether other processes can open the same storage (a file or a server),
+    which decides whether runs can be sent to worker processes.
+    """
+
+    shareable: bool = False
+
+    def start(self) -> None:  # noqa: B027 - optional hook, most in-memory backends need nothing
+        """Open connections and check the schema. Idempotent."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def to_config(self) -> dict[str, Any] | None:
+        """The ``storage:`` config another process would use to open this storage, if any."""
+        return None
+
+
+def status_event(
+    run: Run, to_status: RunStatus, event: Event | None, now: float
+) -> Event:
+    """The event recording ``run``'s move to ``to_status`` (``event`` if the caller gave one)."""
+    if event is not None:
+        return event
+    return Event(run_id=run.run_id, event_type=STATUS_EVENT_TYPES[to_status], timestamp=now)
+
+
+def apply_transition(
+    run: Run, to_status: RunStatus, now: float, failure_reason: str | None, event: Event | None
+) -> Run:
+    """``run`` after moving to ``to_status`` at ``now`` (the fields every backend updates)."""
+    changes: dict[str, Any] = {"status": to_status, "updated_at": now}
+    if to_status is RunStatus.STARTED and run.started_at is None:
+        changes["started_at"] = now
+    if to_status.is_terminal:
+        changes["ended_at"] = now
+    reason = failure_reason
+    if reason is None and to_status is RunStatus.FAILURE and event is not None:
+        reason = event.message or (str(event.error) if event.error else None)
+    if reason is not None:
+        changes["failure_reason"] = reason
+    return attrs.evolve(run, **changes)
+
+
+def now() -> float:
+    """The storages' clock (Unix seconds)."""
+    return time.time()
+
+
+__all__ = [
+    "DaemonHeartbeat",
+    "EventStorage",
+    "HeartbeatStorage",
+    "InstanceStorage",
+    "PoolStorage",
+    "RunStorage",
+    "SlotLease",
+]

@@ -1,0 +1,246 @@
+"""In-memory storage: the default of ``Instance.ephemeral()`` and of unit tests.
+
+Real, not a stub: it keeps the whole contract (compare-and-set transitions, slot leases,
+ordering). Runs and events are held as immutable objects under one lock; nothing is serialized,
+and nothing outlives the process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from runcore.errors import DuplicateRunError, InstanceClosedError, RunNotFoundError
+from runcore.events import Event, EventRecord, EventType
+from runcore.runs import Run, RunRecord, RunsFilter, RunStatus, check_transition
+from runcore.storage.base import (
+    DaemonHeartbeat,
+    InstanceStorage,
+    SlotLease,
+    apply_transition,
+    now,
+    status_event,
+)
+
+
+class InMemoryStorage(InstanceStorage):
+    """Everything in dicts and lists, guarded by one re-entrant lock."""
+
+    shareable = False
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+        self._runs: dict[str, RunRecord] = {}
+        self._run_seq = 0
+        self._events: dict[str, list[EventRecord]] = {}
+        self._event_seq = 0
+        self._pool_limits: dict[str, int] = {}
+        self._leases: list[SlotLease] = []
+        self._heartbeats: dict[str, DaemonHeartbeat] = {}
+
+    def close(self) -> None:
+        self._closed = True
+
+    def to_config(self) -> dict[str, object]:
+        return {"in_memory": {}}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InstanceClosedError("this InMemoryStorage is closed")
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def add_run(self, run: Run) -> Run:
+        with self._lock:
+            self._check_open()
+            if run.run_id in self._runs:
+                raise DuplicateRunError(run.run_id)
+            self._run_seq += 1
+            self._runs[run.run_id] = RunRecord(self._run_seq, run)
+            return run
+
+    def add_runs(self, runs: Sequence[Run]) -> None:
+        with self._lock:
+            for run in runs:
+                if run.run_id in self._runs:
+                    raise DuplicateRunError(run.run_id)
+            for run in runs:
+                self.add_run(run)
+
+    def get_run(self, run_id: str) -> Run | None:
+        self._check_open()
+        record = self._runs.get(run_id)
+        return record.run if record is not None else None
+
+    def get_run_records(
+        self,
+        filters: RunsFilter | None = None,
+        limit: int | None = None,
+        *,
+        ascending: bool = False,
+        after_storage_id: int | None = None,
+    ) -> list[RunRecord]:
+        with self._lock:
+            self._check_open()
+            records = list(self._runs.values())
+        if not ascending:
+            records.reverse()
+        out: list[RunRecord] = []
+        for record in records:
+            if after_storage_id is not None and (
+                record.storage_id <= after_storage_id
+                if ascending
+                else record.storage_id >= after_storage_id
+            ):
+                continue
+            if filters is None or filters.matches(record.run):
+                out.append(record)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def count_runs(self, filters: RunsFilter | None = None) -> int:
+        return len(self.get_run_records(filters))
+
+    def add_run_tags(self, run_id: str, tags: Mapping[str, str]) -> Run:
+        with self._lock:
+            self._check_open()
+            record = self._runs.get(run_id)
+            if record is None:
+                raise RunNotFoundError(run_id)
+            run = attrs.evolve(record.run, tags={**record.run.tags, **tags})
+            self._runs[run_id] = RunRecord(record.storage_id, run)
+            return run
+
+    def transition(
+        self,
+        run_id: str,
+        from_statuses: Sequence[RunStatus],
+        to_status: RunStatus,
+        *,
+        event: Event | None = None,
+        failure_reason: str | None = None,
+    ) -> Run | None:
+        check_transition(from_statuses, to_status)
+        with self._lock:
+            self._check_open()
+            record = self._runs.get(run_id)
+            if record is None:
+                raise RunNotFoundError(run_id)
+            if record.run.status not in from_statuses:
+                return None
+            ts = now()
+            run = apply_transition(record.run, to_status, ts, failure_reason, event)
+            self._runs[run_id] = RunRecord(record.storage_id, run)
+            self._append_event(status_event(run, to_status, event, ts))
+            if to_status.is_terminal:
+                self._release(run_id, None)
+            return run
+
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._runs.pop(run_id, None)
+            self._events.pop(run_id, None)
+            self._release(run_id, None)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _append_event(self, event: Event) -> int:
+        self._event_seq += 1
+        self._events.setdefault(event.run_id, []).append(EventRecord(self._event_seq, event))
+        return self._event_seq
+
+    def store_event(self, event: Event) -> int:
+        with self._lock:
+            self._check_open()
+            return self._append_event(event)
+
+    def store_events(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            self._check_open()
+            for event in events:
+                self._append_event(event)
+
+    def get_event_records(
+        self,
+        run_id: str,
+        *,
+        after_storage_id: int | None = None,
+        limit: int | None = None,
+        event_types: Sequence[EventType] | None = None,
+    ) -> list[EventRecord]:
+        with self._lock:
+            self._check_open()
+            records = list(self._events.get(run_id, ()))
+        if after_storage_id is not None:
+            records = [r for r in records if r.storage_id > after_storage_id]
+        if event_types is not None:
+            wanted = set(event_types)
+            records = [r for r in records if r.event.event_type in wanted]
+        return records[:limit] if limit is not None else records
+
+    # --- pools ------------------------------------------------------------------------------
+
+    def set_pool_limit(self, pool: str, limit: int) -> None:
+        with self._lock:
+            self._check_open()
+            self._pool_limits[pool] = limit
+
+    def get_pool_limits(self) -> dict[str, int]:
+        with self._lock:
+            self._check_open()
+            return dict(self._pool_limits)
+
+    def delete_pool_limit(self, pool: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._pool_limits.pop(pool, None)
+
+    def claim_pool_slot(
+        self, pool: str, run_id: str, step_key: str | None, *, limit: int
+    ) -> bool:
+        with self._lock:
+            self._check_open()
+            held = [lease for lease in self._leases if lease.pool == pool]
+            if any(lease.run_id == run_id and lease.step_key == step_key for lease in held):
+                return True
+            if len(held) >= limit:
+                return False
+            self._leases.append(SlotLease(pool, run_id, step_key, now()))
+            return True
+
+    def _release(self, run_id: str, step_key: str | None) -> int:
+        keep = [
+            lease
+            for lease in self._leases
+            if lease.run_id != run_id or (step_key is not None and lease.step_key != step_key)
+        ]
+        freed = len(self._leases) - len(keep)
+        self._leases = keep
+        return freed
+
+    def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
+        with self._lock:
+            self._check_open()
+            return self._release(run_id, step_key)
+
+    def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:
+        with self._lock:
+            self._check_open()
+            return [lease for lease in self._leases if pool is None or lease.pool == pool]
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    def add_daemon_heartbeat(self, heartbeat: DaemonHeartbeat) -> None:
+        with self._lock:
+            self._check_open()
+            self._heartbeats[heartbeat.daemon_id] = heartbeat
+
+    def get_daemon_heartbeats(self) -> list[DaemonHeartbeat]:
+        with self._lock:
+            self._check_open()
+            return list(self._heartbeats.values())
