@@ -114,8 +114,11 @@ BARE_PYTHON = Case(
     dagster=None,
 )
 
-_SHAPES = (("1 op", "single", 1, 200), ("20-op chain", "chain", 20, 100),
-           ("100-op fan-out", "fanout", 100, 100))
+_SHAPES = (
+    ("1 op", "single", 1, 200),
+    ("20-op chain", "chain", 20, 100),
+    ("100-op fan-out", "fanout", 100, 100),
+)
 
 
 def _execute_rows() -> list[Row]:
@@ -125,8 +128,12 @@ def _execute_rows() -> list[Row]:
             params = {"shape": shape, "n_ops": n_ops, "storage": storage}
             case = Case(f"execute/{shape}{n_ops}/{storage}", "execute", Side(params), Side(params))
             rows.append(
-                Row(f"execute_in_process, {label}, {storage_label}", case, "time",
-                    Target("speedup", speedup))
+                Row(
+                    f"execute_in_process, {label}, {storage_label}",
+                    case,
+                    "time",
+                    Target("speedup", speedup),
+                )
             )
     return rows
 
@@ -139,8 +146,12 @@ def _multiprocess_row() -> Row:
         dagster=Side({"n_ops": 100}),
         dagster_slow=SlowPlan({"n_ops": 10}),
     )
-    return Row("multiprocess executor (2 workers), 100-op fan-out, SQLite", case, "time",
-               Target("speedup", 50))
+    return Row(
+        "multiprocess executor (2 workers), 100-op fan-out, SQLite",
+        case,
+        "time",
+        Target("speedup", 50),
+    )
 
 
 def _runs_rows() -> list[Row]:
@@ -158,17 +169,27 @@ def _runs_rows() -> list[Row]:
         note="Dagster has no batch run insert",
     )
     return [
-        Row("runs created/s, add_run (1 per transaction)", single, "rate",
-            Target("min", 5_000, "/s")),
-        Row("runs created/s, add_runs (batches of 100)", batched, "rate",
-            Target("min", 5_000, "/s", binding=False)),
+        Row(
+            "runs created/s, add_run (1 per transaction)",
+            single,
+            "rate",
+            Target("min", 5_000, "/s"),
+        ),
+        Row(
+            "runs created/s, add_runs (batches of 100)",
+            batched,
+            "rate",
+            Target("min", 5_000, "/s", binding=False),
+        ),
     ]
 
 
 def _event_rows() -> list[Row]:
     rows = []
-    for batch, how in ((0, "store_event (1 per transaction)"),
-                       (100, "store_events (batches of 100)")):
+    for batch, how in (
+        (0, "store_event (1 per transaction)"),
+        (100, "store_events (batches of 100)"),
+    ):
         binding = batch == 0
         single = Case(
             key=f"storage/events/1/{batch}",
@@ -183,12 +204,24 @@ def _event_rows() -> list[Row]:
             dagster=Side({"writers": 8, "count": 100, "batch": batch}, quick={"count": 20}),
         )
         rows += [
-            Row(f"events/s, 1 writer, {how}", single, "rate",
-                Target("min", 20_000, "/s", binding=binding)),
-            Row(f"events/s, 8 writer processes, {how}", many, "rate",
-                Target("min", 20_000, "/s", binding=binding)),
-            Row(f"'database is locked' errors, 8 writers, {how}", many, "locked_errors",
-                Target("zero")),
+            Row(
+                f"events/s, 1 writer, {how}",
+                single,
+                "rate",
+                Target("min", 20_000, "/s", binding=binding),
+            ),
+            Row(
+                f"events/s, 8 writer processes, {how}",
+                many,
+                "rate",
+                Target("min", 20_000, "/s", binding=binding),
+            ),
+            Row(
+                f"'database is locked' errors, 8 writers, {how}",
+                many,
+                "locked_errors",
+                Target("zero"),
+            ),
         ]
     return rows
 
@@ -204,16 +237,21 @@ def _query_rows() -> list[Row]:
             dagster_slow=SlowPlan() if n_runs > 10_000 else None,
         )
         rows.append(
-            Row(f"query runs by status + tag, limit 100, {n_runs:,} runs", case, "time",
-                Target("max", limit_ms, "ms"))
+            Row(
+                f"query runs by status + tag, limit 100, {n_runs:,} runs",
+                case,
+                "time",
+                Target("max", limit_ms, "ms"),
+            )
         )
     return rows
 
 
 def all_rows() -> list[Row]:
     """Every row of the results table, in table order."""
-    import_row = Row('import ("python -c \'import X\'")', _import_case(), "time",
-                     Target("speedup", 5))
+    import_row = Row(
+        "import (\"python -c 'import X'\")", _import_case(), "time", Target("speedup", 5)
+    )
     return [
         import_row,
         *_execute_rows(),

@@ -70,15 +70,16 @@ def time_sink(sink: EventSink, count: int, batch: int) -> float:
     return elapsed
 
 
-def _writer_main(
-    module: str, home: str, run_id: str, count: int, batch: int, barrier: Any, queue: Any
-) -> None:
-    """Body of one writer process: open a sink, wait for the others, write, report."""
-    sink: EventSink = importlib.import_module(module).open_sink(home, run_id)
+def _writer_main(job: dict[str, Any], barrier: Any, queue: Any) -> None:
+    """Body of one writer process: open a sink, wait for the others, write, report.
+
+    ``job`` holds the sink's ``module``, ``home`` and ``run_id``, and ``count`` and ``batch``.
+    """
+    sink: EventSink = importlib.import_module(job["module"]).open_sink(job["home"], job["run_id"])
     try:
         barrier.wait(timeout=BARRIER_TIMEOUT)
         start = time.monotonic()
-        errors = write_events(sink, count, batch)
+        errors = write_events(sink, job["count"], job["batch"])
         end = time.monotonic()
     finally:
         sink.close()
@@ -113,12 +114,8 @@ def run_concurrent_writers(
     n_writers, count, batch = params["writers"], params["count"], params["batch"]
     barrier = ctx.Barrier(n_writers)
     queue = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_writer_main, args=(module, home, run_id, count, batch, barrier, queue)
-        )
-        for _ in range(n_writers)
-    ]
+    job = {"module": module, "home": home, "run_id": run_id, "count": count, "batch": batch}
+    procs = [ctx.Process(target=_writer_main, args=(job, barrier, queue)) for _ in range(n_writers)]
     for proc in procs:
         proc.start()
     try:

@@ -32,6 +32,7 @@ REPO_SRC = BENCH_DIR.parent / "src"
 WORKER = BENCH_DIR / "worker.py"
 RESULT_PREFIX = "BENCH_RESULT "
 WORKER_TIMEOUT = 1800.0
+IMPLS = ("runcore", "dagster")
 
 NOTES = [
     "Each figure comes from a fresh worker process; times are medians over the repetitions "
@@ -86,7 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def worker_env() -> dict[str, str]:
     """The workers' environment: ours, plus ``src/`` on the path if runcore is not installed."""
     env = dict(os.environ)
-    probe = subprocess.run([sys.executable, "-c", "import runcore"], capture_output=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import runcore"], capture_output=True, check=False
+    )
     if probe.returncode != 0 and REPO_SRC.is_dir():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
     return env
@@ -98,7 +101,13 @@ def run_worker(impl: str, case: str, params: dict[str, Any], env: dict[str, str]
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, cwd=BENCH_DIR, timeout=WORKER_TIMEOUT
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=BENCH_DIR,
+            timeout=WORKER_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return Outcome(error=f"timed out after {WORKER_TIMEOUT:.0f} s", seconds=WORKER_TIMEOUT)
@@ -119,8 +128,9 @@ def scale(outcome: Outcome, factor: float, small: int) -> Outcome:
     return outcome
 
 
-def run_side(case: Case, impl: str, side: Side, args: argparse.Namespace, env: dict[str, str]
-             ) -> Outcome:  # fmt: skip
+def run_side(
+    case: Case, impl: str, side: Side, args: argparse.Namespace, env: dict[str, str]
+) -> Outcome:
     """Run one implementation of a case, honouring ``--dagster-skip-slow``."""
     params = side.resolve(args.quick)
     plan = case.dagster_slow if impl == "dagster" and args.dagster_skip_slow else None
@@ -146,7 +156,7 @@ def run_cases(cases: list[Case], args: argparse.Namespace) -> dict[tuple[str, st
     env = worker_env()
     outcomes: dict[tuple[str, str], Outcome] = {}
     for number, case in enumerate(cases, 1):
-        for impl in ("runcore", "dagster"):
+        for impl in IMPLS:
             side: Side | None = getattr(case, impl)
             if side is None:
                 continue
@@ -222,10 +232,10 @@ def main(argv: list[str]) -> int:
         log(f"no benchmark matches --only {args.only!r}")
         return 2
     outcomes = run_cases(unique_cases(rows), args)
-    lines: list[Line] = [
-        evaluate(row, outcomes.get((row.case.key, "runcore")), outcomes.get((row.case.key, "dagster")))
-        for row in rows
-    ]  # fmt: skip
+    lines: list[Line] = []
+    for row in rows:
+        key = row.case.key
+        lines.append(evaluate(row, outcomes.get((key, "runcore")), outcomes.get((key, "dagster"))))
     errors = {
         f"{key} / {impl}": outcome.error
         for (key, impl), outcome in outcomes.items()

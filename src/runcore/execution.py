@@ -287,19 +287,22 @@ def execute_run(
     executor: Executor | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[Run, RunExecution | None]:
-    """Execute ``run`` (NOT_STARTED or STARTING) to a terminal status; returns the final run.
+    """Execute ``run`` (STARTING) to a terminal status; returns the final run.
 
     A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
     engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
     """
     from runcore.executors.in_process import InProcessExecutor
 
-    started = storage.transition(
-        run.run_id, [RunStatus.NOT_STARTED, RunStatus.STARTING], RunStatus.STARTED
-    )
+    started = storage.transition(run.run_id, [RunStatus.STARTING], RunStatus.STARTED)
     if started is None:
-        current = storage.get_run(run.run_id)
-        return (current or run), None
+        # Canceled before a worker picked it up: finish the cancel, start nothing.
+        canceled = storage.transition(
+            run.run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
+            event=Event(run_id=run.run_id, event_type=EventType.RUN_CANCELED,
+                        message="the run was canceled before it started"),
+        )
+        return (canceled or storage.get_run(run.run_id) or run), None
     execution: RunExecution | None = None
     try:
         plan = build_plan(
@@ -370,50 +373,48 @@ def execute_job_in_process(
     from runcore.instance import Instance, validate_tags
     from runcore.result import ExecuteInProcessResult
 
-    owned = instance is None
+    # An owned ephemeral instance is left open: it holds no threads or files, and the
+    # result reads its events from the in-memory storage later.
     inst = Instance.ephemeral() if instance is None else instance
-    try:
-        step_keys = resolve_op_selection(job, op_selection) if op_selection else None
-        if step_keys is not None:
-            build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
-        kwargs: dict[str, Any] = {}
-        if run_id is not None:
-            kwargs["run_id"] = run_id
-        run = Run(
-            job_name=job.name,
-            tags={**job.tags, **validate_tags(tags)},
-            code_location=job.code_location,
-            step_keys_to_execute=step_keys,
-            **kwargs,
+    step_keys = resolve_op_selection(job, op_selection) if op_selection else None
+    if step_keys is not None:
+        build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
+    kwargs: dict[str, Any] = {}
+    if run_id is not None:
+        kwargs["run_id"] = run_id
+    run = Run(
+        job_name=job.name,
+        tags={**job.tags, **validate_tags(tags)},
+        code_location=job.code_location,
+        step_keys_to_execute=step_keys,
+        **kwargs,
+    )
+    storage = inst.storage
+    storage.start()
+    storage.add_run(run)
+    storage.transition(run.run_id, [RunStatus.NOT_STARTED], RunStatus.STARTING)
+    outputs = InMemoryOutputStore()
+    final, execution = execute_run(
+        run, job, storage=storage, output_store=outputs, executor=executor
+    )
+    result = ExecuteInProcessResult(
+        run=final,
+        storage=storage,
+        output_store=execution.output_store if execution else outputs,
+    )
+    interrupt = execution.runner.interrupt if execution else None
+    if interrupt is not None:
+        raise interrupt
+    if raise_on_error and final.status is not RunStatus.SUCCESS:
+        failure = result.first_failure()
+        step_key = failure.step_key if failure else None
+        original = execution.runner.errors.get(step_key or "") if execution else None
+        if isinstance(original, Exception):
+            original.add_note(f"runcore: step {step_key!r} of run {final.run_id} failed")
+            raise original
+        message = final.failure_reason or f"run {final.run_id} ended {final.status.value}"
+        raise RunFailedError(
+            f"job {job.name!r} failed: {message}", run_id=final.run_id, step_key=step_key
         )
-        storage = inst.storage
-        storage.start()
-        storage.add_run(run)
-        outputs = InMemoryOutputStore()
-        final, execution = execute_run(
-            run, job, storage=storage, output_store=outputs, executor=executor
-        )
-        result = ExecuteInProcessResult(
-            run=final,
-            storage=storage,
-            output_store=execution.output_store if execution else outputs,
-        )
-        interrupt = execution.runner.interrupt if execution else None
-        if interrupt is not None:
-            raise interrupt
-        if raise_on_error and final.status is not RunStatus.SUCCESS:
-            failure = result.first_failure()
-            step_key = failure.step_key if failure else None
-            original = execution.runner.errors.get(step_key or "") if execution else None
-            if isinstance(original, Exception):
-                original.add_note(f"runcore: step {step_key!r} of run {final.run_id} failed")
-                raise original
-            message = final.failure_reason or f"run {final.run_id} ended {final.status.value}"
-            raise RunFailedError(
-                f"job {job.name!r} failed: {message}", run_id=final.run_id, step_key=step_key
-            )
-        return result
-    finally:
-        if owned:
-            inst.close()
+    return result
 

@@ -1,0 +1,87 @@
+"""runcore: an embeddable run-execution core for Python data pipelines.
+
+Define ops and jobs, hand them to an :class:`Instance`, and it queues, launches, executes and
+remembers their runs. See ``docs/`` for the guide; the public names are listed in ``__all__``.
+"""
+
+from runcore.coordinators import DefaultRunCoordinator, RunCoordinator
+from runcore.definitions import Definitions, Job, OpDefinition, RetryPolicy, job, load_code_location, op
+from runcore.errors import (
+    CodeLocationError,
+    ConfigError,
+    DefinitionError,
+    DuplicateRunError,
+    Failure,
+    IllegalTransitionError,
+    InstanceClosedError,
+    OutputStoreError,
+    RunFailedError,
+    RunLaunchError,
+    RunNotFoundError,
+    RuncoreError,
+    RunTimeoutError,
+    SchemaVersionError,
+    StorageError,
+    UnknownJobError,
+)
+from runcore.events import ErrorInfo, Event, EventRecord, EventType
+from runcore.executors import Executor, InProcessExecutor, MultiprocessExecutor, ThreadPoolExecutor
+from runcore.instance import Instance
+from runcore.launchers import RunLauncher, ThreadPoolRunLauncher, WorkerHealth
+from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+from runcore.result import ExecuteInProcessResult
+from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
+from runcore.storage import InMemoryStorage, InstanceStorage
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CodeLocationError",
+    "ConfigError",
+    "DefaultRunCoordinator",
+    "DefinitionError",
+    "Definitions",
+    "DuplicateRunError",
+    "ErrorInfo",
+    "Event",
+    "EventRecord",
+    "EventType",
+    "ExecuteInProcessResult",
+    "Executor",
+    "Failure",
+    "FileOutputStore",
+    "IllegalTransitionError",
+    "InMemoryOutputStore",
+    "InMemoryStorage",
+    "InProcessExecutor",
+    "Instance",
+    "InstanceClosedError",
+    "InstanceStorage",
+    "Job",
+    "MultiprocessExecutor",
+    "OpDefinition",
+    "OutputStore",
+    "OutputStoreError",
+    "RetryPolicy",
+    "Run",
+    "RunCoordinator",
+    "RunFailedError",
+    "RunLaunchError",
+    "RunLauncher",
+    "RunNotFoundError",
+    "RunRecord",
+    "RunStatus",
+    "RunTimeoutError",
+    "RuncoreError",
+    "RunsFilter",
+    "SchemaVersionError",
+    "StorageError",
+    "ThreadPoolExecutor",
+    "ThreadPoolRunLauncher",
+    "UnknownJobError",
+    "WorkerHealth",
+    "__version__",
+    "job",
+    "load_code_location",
+    "op",
+]

@@ -1,0 +1,355 @@
+"""Typed instance configuration (attrs + cattrs), read from a dict or a YAML file.
+
+The structure mirrors what ``dagster.yaml`` users know; see ``docs/configuration.md``. Errors
+name the key and what was expected (``ConfigError: storage.sqlite.path: expected a string``).
+Unknown keys are errors, so a typo is caught rather than silently ignored.
+
+Components are plug-ins named ``"module:Class"`` with a ``config:`` mapping beside them. A class
+may declare ``config_schema``, an attrs class, to have its config typed and checked; otherwise
+the mapping is passed as keyword arguments and checked against the constructor's signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import attrs
+
+from runcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    import cattrs
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class SqliteStorageConfig:
+    """``storage: {sqlite: {path: ...}}``; a relative path is relative to the config file."""
+
+    path: str = ".runcore/runs.db"
+
+
+@attrs.frozen
+class PostgresStorageConfig:
+    """``storage: {postgres: {url: postgresql://...}}``."""
+
+    url: str
+
+
+@attrs.frozen
+class InMemoryStorageConfig:
+    """``storage: {in_memory: {}}``."""
+
+
+@attrs.frozen
+class StorageConfig:
+    """Exactly one of the backends."""
+
+    sqlite: SqliteStorageConfig | None = None
+    in_memory: InMemoryStorageConfig | None = None
+    postgres: PostgresStorageConfig | None = None
+
+    def __attrs_post_init__(self) -> None:
+        chosen = [n for n in ("sqlite", "in_memory", "postgres") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ConfigError(
+                "storage: give exactly one of sqlite, in_memory, postgres"
+                + (f" (got {', '.join(chosen)})" if chosen else " (got none)")
+            )
+
+
+@attrs.frozen
+class PluginConfig:
+    """``{class: "module:Class", config: {...}}``."""
+
+    class_name: str
+    config: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class UniqueValue:
+    """``value: {applyLimitPerUniqueValue: true}`` in a tag limit."""
+
+    apply_limit_per_unique_value: bool = True
+
+
+@attrs.frozen
+class TagConcurrencyLimit:
+    """At most ``limit`` in-progress runs carrying tag ``key`` (with ``value``, if given)."""
+
+    key: str
+    limit: int
+    value: str | UniqueValue | None = None
+
+
+@attrs.frozen
+class RunConcurrencyConfig:
+    """``concurrency.runs``: the global limit (-1: none) and the tag limits."""
+
+    max_concurrent_runs: int = -1
+    tag_concurrency_limits: list[TagConcurrencyLimit] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class PoolConcurrencyConfig:
+    """``concurrency.pools``: the limit of pools with none set, and the granularity."""
+
+    default_limit: int | None = None
+    granularity: Literal["op", "run"] = "op"
+
+
+@attrs.frozen
+class ConcurrencyConfig:
+    """``concurrency``: run limits and op pools."""
+
+    runs: RunConcurrencyConfig = attrs.field(factory=RunConcurrencyConfig)
+    pools: PoolConcurrencyConfig = attrs.field(factory=PoolConcurrencyConfig)
+
+
+@attrs.frozen
+class NonIsolatedRunsConfig:
+    """``non_isolated_runs``: runs tagged ``runcore/isolation: non_isolated``."""
+
+    enabled: bool = True
+    max_concurrent_runs: int = 1
+    launcher: PluginConfig | None = None
+
+
+@attrs.frozen
+class RunMonitoringConfig:
+    """``run_monitoring``: stuck and dead run detection by the daemon."""
+
+    enabled: bool = True
+    start_timeout_seconds: float = 180.0
+    cancel_timeout_seconds: float = 180.0
+    max_runtime_seconds: float | None = None
+    poll_interval_seconds: float = 5.0
+
+
+@attrs.frozen
+class RunRetriesConfig:
+    """``run_retries``: automatic re-runs of failed runs by the daemon."""
+
+    enabled: bool = False
+    max_retries: int = 0
+    retry_on_op_failure: bool = True
+    delay_seconds: float = 0.0
+
+
+@attrs.frozen
+class OutputsConfig:
+    """``outputs: {path: ...}``: where runs launched by the instance keep step outputs.
+
+    Default: ``outputs`` beside the SQLite file; in memory for in-memory storage.
+    """
+
+    path: str | None = None
+
+
+@attrs.frozen
+class InstanceConfig:
+    """The whole instance configuration."""
+
+    storage: StorageConfig = attrs.field(factory=lambda: StorageConfig(sqlite=SqliteStorageConfig()))
+    run_coordinator: PluginConfig | None = None
+    run_launcher: PluginConfig | None = None
+    non_isolated_runs: NonIsolatedRunsConfig = attrs.field(factory=NonIsolatedRunsConfig)
+    concurrency: ConcurrencyConfig = attrs.field(factory=ConcurrencyConfig)
+    run_monitoring: RunMonitoringConfig = attrs.field(factory=RunMonitoringConfig)
+    run_retries: RunRetriesConfig = attrs.field(factory=RunRetriesConfig)
+    outputs: OutputsConfig = attrs.field(factory=OutputsConfig)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _converter() -> cattrs.Converter:
+    import cattrs
+    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def structure_int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+
+    def structure_float(value: Any, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+
+    def structure_str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+
+    def structure_bool(value: Any, _: type) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+
+    conv.register_structure_hook(int, structure_int)
+    conv.register_structure_hook(float, structure_float)
+    conv.register_structure_hook(str, structure_str)
+    conv.register_structure_hook(bool, structure_bool)
+
+    plugin_overrides = {"class_name": override(rename="class")}
+    conv.register_structure_hook(
+        PluginConfig, make_dict_structure_fn(PluginConfig, conv, _cattrs_forbid_extra_keys=True,
+                                             **plugin_overrides)
+    )
+    conv.register_unstructure_hook(
+        PluginConfig, make_dict_unstructure_fn(PluginConfig, conv, **plugin_overrides)
+    )
+    unique_overrides = {"apply_limit_per_unique_value": override(rename="applyLimitPerUniqueValue")}
+    conv.register_structure_hook(
+        UniqueValue, make_dict_structure_fn(UniqueValue, conv, _cattrs_forbid_extra_keys=True,
+                                            **unique_overrides)
+    )
+    conv.register_unstructure_hook(
+        UniqueValue, make_dict_unstructure_fn(UniqueValue, conv, **unique_overrides)
+    )
+
+    def structure_tag_value(value: Any, _: type) -> str | UniqueValue | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, Mapping):
+            return conv.structure(value, UniqueValue)
+        raise TypeError(f"expected a string or {{applyLimitPerUniqueValue: true}}, got {value!r}")
+
+    conv.register_structure_hook(str | UniqueValue | None, structure_tag_value)
+
+    def structure_in_memory(value: Any, _: type) -> InMemoryStorageConfig:
+        if value not in (None, {}):
+            raise TypeError(f"in_memory takes no settings, got {value!r}")
+        return InMemoryStorageConfig()
+
+    conv.register_structure_hook(InMemoryStorageConfig, structure_in_memory)
+    conv.register_unstructure_hook(InMemoryStorageConfig, lambda _: {})
+    return conv
+
+
+def _describe(exc: BaseException, path: str) -> list[str]:
+    import cattrs
+
+    if isinstance(exc, ConfigError):
+        return [str(exc)]
+    if isinstance(exc, cattrs.BaseValidationError):
+        lines = []
+        for line in cattrs.transform_error(exc, path=path):
+            lines.append(line.replace("$.", "").replace("$", path or "config"))
+        return lines
+    return [f"{path or 'config'}: {exc}"]
+
+
+def parse(data: Any, cls: type[T], *, where: str = "") -> T:
+    """Structure plain data into ``cls``, raising :class:`ConfigError` naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    try:
+        return _converter().structure(dict(data), cls)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        inner = _find_config_error(exc)
+        if inner is not None:
+            raise ConfigError(f"{where + ': ' if where else ''}{inner}") from exc
+        lines = _describe(exc, where)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+
+
+def _find_config_error(exc: BaseException) -> ConfigError | None:
+    if isinstance(exc, ConfigError):
+        return exc
+    for sub in getattr(exc, "exceptions", ()):
+        found = _find_config_error(sub)
+        if found is not None:
+            return found
+    return None
+
+
+def to_dict(obj: Any) -> Any:
+    """A config object back as plain data (for passing to worker processes)."""
+    return _converter().unstructure(obj)
+
+
+def load_instance_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> tuple[InstanceConfig, str]:
+    """Parse an instance config from a mapping or a YAML file path.
+
+    Returns the config and the directory relative paths are resolved against (the file's
+    directory, or the current directory for a mapping).
+    """
+    if isinstance(source, Mapping):
+        return parse(source, InstanceConfig), os.getcwd()
+    path = os.fspath(source)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the instance config file {path!r}: {exc.strerror}") from exc
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return parse(data, InstanceConfig), os.path.dirname(os.path.abspath(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+# --- plug-ins ---------------------------------------------------------------------------------
+
+
+def import_class(name: str, *, where: str) -> type:
+    """Import ``"module:Class"`` (or ``"module.Class"``)."""
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}.class: expected 'module:Class', got {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}.class: cannot import module {module_name!r}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"{where}.class: module {module_name!r} has no class {attr!r}")
+    return cls
+
+
+def build_plugin(plugin: PluginConfig, base: type[T], *, where: str) -> T:
+    """Instantiate the configured class, checking it subclasses ``base`` and its config."""
+    cls = import_class(plugin.class_name, where=where)
+    if not issubclass(cls, base):
+        raise ConfigError(
+            f"{where}.class: {plugin.class_name} is not a {base.__name__} subclass"
+        )
+    schema = getattr(cls, "config_schema", None)
+    if schema is not None and attrs.has(schema):
+        typed = parse(plugin.config, schema, where=f"{where}.config")
+        return cls(**attrs.asdict(typed, recurse=False))  # type: ignore[no-any-return]
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in plugin.config if k not in params and not takes_any]
+    if unknown:
+        accepted = ", ".join(n for n in params if n != "self") or "nothing"
+        raise ConfigError(
+            f"{where}.config: {cls.__name__} has no setting {', '.join(map(repr, unknown))} "
+            f"(it accepts: {accepted})"
+        )
+    try:
+        return cls(**plugin.config)  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.config: {cls.__name__}: {exc}") from exc

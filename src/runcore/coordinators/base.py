@@ -1,0 +1,100 @@
+"""The coordinator interface: decide *when* a submitted run starts.
+
+Contract:
+
+* ``submit_run(run)`` takes a stored run in NOT_STARTED and returns it as it is now: QUEUED
+  (a daemon will start it) or STARTING/STARTED (handed to the launcher). If the launcher
+  cannot start it, the run ends FAILURE with the reason and
+  :class:`~runcore.errors.RunLaunchError` is raised.
+* ``cancel_run(run_id)`` cancels a run wherever it is: a run not yet launched is CANCELED at
+  once; a launched one moves to CANCELING and its launcher is asked to terminate it. Returns
+  False for a run that had already ended.
+* Every status change goes through ``storage.transition`` (compare-and-set), so a run is
+  never started twice, whoever else is looking at the same storage.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import attrs
+
+from runcore.errors import InstanceClosedError, RunNotFoundError
+from runcore.events import Event, EventType
+from runcore.runs import RunStatus
+
+if TYPE_CHECKING:
+    from runcore.launchers.base import RunLauncher
+    from runcore.runs import Run
+    from runcore.storage.base import InstanceStorage
+
+
+@attrs.frozen
+class CoordinatorContext:
+    """A coordinator's collaborators: the storage and the launcher."""
+
+    storage: InstanceStorage
+    launcher: RunLauncher
+
+
+class RunCoordinator(ABC):
+    """Decides when runs start. Subclass it and implement ``submit_run``."""
+
+    _context: CoordinatorContext | None = None
+
+    def start(self, context: CoordinatorContext) -> None:
+        """Receive collaborators. Idempotent."""
+        self._context = context
+
+    @property
+    def context(self) -> CoordinatorContext:
+        """The context given to :meth:`start`; an error before it."""
+        if self._context is None:
+            raise InstanceClosedError(f"{type(self).__name__} has not been started")
+        return self._context
+
+    @abstractmethod
+    def submit_run(self, run: Run) -> Run:
+        """Take a stored NOT_STARTED run; return it QUEUED, STARTING or later."""
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel a run (see the module docstring). Returns False if it had already ended."""
+        storage = self.context.storage
+        while True:
+            run = storage.get_run(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status.is_terminal:
+                return False
+            if run.status in (RunStatus.NOT_STARTED, RunStatus.QUEUED):
+                done = storage.transition(
+                    run_id, [run.status], RunStatus.CANCELED,
+                    event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
+                                message=f"canceled while {run.status.value}"),
+                )
+                if done is not None:
+                    return True
+                continue  # it moved meanwhile; look again
+            if run.status is RunStatus.CANCELING:
+                self.context.launcher.terminate(run_id)
+                return True
+            moved = storage.transition(
+                run_id, [run.status], RunStatus.CANCELING,
+                event=Event(run_id=run_id, event_type=EventType.RUN_CANCELING,
+                            message="cancel requested"),
+            )
+            if moved is None:
+                continue
+            if not self.context.launcher.terminate(run_id):
+                # No worker of this launcher holds it (it never got a thread, or it is gone):
+                # nothing will finish the cancel, so finish it here.
+                storage.transition(
+                    run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
+                    event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
+                                message="canceled; no worker was executing the run"),
+                )
+            return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free resources (none by default)."""

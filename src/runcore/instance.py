@@ -1,0 +1,412 @@
+"""The ``Instance``: the facade that wires storage, coordinator and launcher together.
+
+It only wires: each component gets its collaborators through ``start(context)`` and never holds
+a reference back to the instance. The instance starts its components on first use (the
+constructor does no I/O) and closes them in :meth:`Instance.close` or at the end of a ``with``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import attrs
+
+from runcore import config as _config
+from runcore.coordinators.base import CoordinatorContext, RunCoordinator
+from runcore.coordinators.default import DefaultRunCoordinator
+from runcore.definitions import Definitions, Job, infer_code_location, load_code_location
+from runcore.errors import (
+    ConfigError,
+    InstanceClosedError,
+    RunNotFoundError,
+    RunTimeoutError,
+    UnknownJobError,
+)
+from runcore.events import Event, EventType
+from runcore.launchers.base import LaunchContext, RunLauncher
+from runcore.launchers.thread_pool import ThreadPoolRunLauncher
+from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+from runcore.plan import build_plan, resolve_op_selection
+from runcore.runs import (
+    ISOLATION_TAG,
+    MAX_RETRIES_TAG,
+    MAX_RUNTIME_TAG,
+    PRIORITY_TAG,
+    RETRY_STRATEGY_TAG,
+    Run,
+    RunRecord,
+    RunsFilter,
+)
+from runcore.storage.base import InstanceStorage
+from runcore.storage.memory import InMemoryStorage
+
+_TAG_CHOICES = {
+    ISOLATION_TAG: ("isolated", "non_isolated"),
+    RETRY_STRATEGY_TAG: ("from_failure", "all_steps"),
+}
+_INT_TAGS = (PRIORITY_TAG, MAX_RETRIES_TAG)
+
+
+def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """Check run tags: strings only, and the ``runcore/`` tags well-formed. Returns a copy."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ConfigError(f"tags must be a mapping of strings to strings, got {tags!r}")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"tag keys must be non-empty strings, got {key!r}")
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"tag {key!r} has a {type(value).__name__} value {value!r}; tag values are "
+                f"strings (write {str(value)!r})"
+            )
+        if key in _INT_TAGS:
+            try:
+                number = int(value)
+            except ValueError:
+                raise ConfigError(f"tag {key!r} must be an integer, got {value!r}") from None
+            if key == MAX_RETRIES_TAG and number < 0:
+                raise ConfigError(f"tag {key!r} must be >= 0, got {value!r}")
+        elif key == MAX_RUNTIME_TAG:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ConfigError(f"tag {key!r} must be a number of seconds, got {value!r}") from None
+            if seconds <= 0:
+                raise ConfigError(f"tag {key!r} must be > 0 seconds, got {value!r}")
+        elif key in _TAG_CHOICES and value not in _TAG_CHOICES[key]:
+            raise ConfigError(
+                f"tag {key!r} must be one of {', '.join(_TAG_CHOICES[key])}, got {value!r}"
+            )
+        out[key] = value
+    return out
+
+
+class JobRegistry:
+    """Finds the job of a run: jobs submitted from this process first, then code locations."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str | None, str], Job] = {}
+        self._locations: dict[str, Definitions] = {}
+        self._lock = threading.Lock()
+
+    def register(self, job: Job, code_location: str | None) -> None:
+        """Remember ``job`` so runs of it execute this very object."""
+        with self._lock:
+            self._jobs[(code_location, job.name)] = job
+
+    def load(self, code_location: str) -> Definitions:
+        """The definitions at ``code_location`` (imported once, then cached)."""
+        with self._lock:
+            defs = self._locations.get(code_location)
+        if defs is None:
+            defs = load_code_location(code_location)
+            with self._lock:
+                self._locations[code_location] = defs
+        return defs
+
+    def resolve(self, run: Run) -> Job:
+        """The job ``run`` executes."""
+        with self._lock:
+            found = self._jobs.get((run.code_location, run.job_name))
+        if found is not None:
+            return found
+        if run.code_location is None:
+            raise UnknownJobError(
+                f"run {run.run_id} is of job {run.job_name!r}, which this process does not "
+                "know and which has no code location; submit the Job object, or give "
+                "code_location='pkg.module:defs'"
+            )
+        return self.load(run.code_location).get_job(run.job_name)
+
+
+def _build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
+    if cfg.sqlite is not None:
+        from runcore.storage.sqlite import SqliteStorage
+
+        return SqliteStorage(os.path.join(base_dir, os.path.expanduser(cfg.sqlite.path)))
+    if cfg.postgres is not None:
+        raise ConfigError(
+            "storage.postgres: PostgreSQL storage is not part of this runcore release yet; use "
+            "storage: {sqlite: {path: ...}} for now"
+        )
+    return InMemoryStorage()
+
+
+@attrs.define(eq=False)
+class Instance:
+    """Runs jobs and remembers them. The components are its fields.
+
+    Build one with :meth:`ephemeral` (in memory, runs on threads here) or :meth:`from_config`
+    (a dict or a YAML file), or pass components yourself.
+
+    Threads: none of its own; its launcher's (see the launcher's docstring). Close the
+    instance (or use it as a context manager) to wait for in-flight runs and free them.
+    """
+
+    storage: InstanceStorage = attrs.field(factory=InMemoryStorage)
+    run_coordinator: RunCoordinator = attrs.field(factory=DefaultRunCoordinator)
+    run_launcher: RunLauncher = attrs.field(factory=ThreadPoolRunLauncher)
+    output_store: OutputStore = attrs.field(factory=InMemoryOutputStore)
+    config: _config.InstanceConfig | None = None
+    jobs: JobRegistry = attrs.field(factory=JobRegistry)
+    _started: bool = attrs.field(default=False, init=False)
+    _closed: bool = attrs.field(default=False, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    # --- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def ephemeral(cls) -> Instance:
+        """An in-memory instance: nothing is written to disk, runs execute on threads here."""
+        return cls()
+
+    @classmethod
+    def from_config(cls, source: Mapping[str, Any] | str | os.PathLike[str]) -> Instance:
+        """An instance built from a config mapping or YAML file (see ``docs/configuration.md``).
+
+        Raises :class:`~runcore.errors.ConfigError` naming the key for malformed config.
+        No I/O happens until the instance is first used.
+        """
+        cfg, base_dir = _config.load_instance_config(source)
+        storage = _build_storage(cfg.storage, base_dir)
+        coordinator: RunCoordinator = (
+            _config.build_plugin(cfg.run_coordinator, RunCoordinator, where="run_coordinator")
+            if cfg.run_coordinator is not None
+            else DefaultRunCoordinator()
+        )
+        launcher: RunLauncher = (
+            _config.build_plugin(cfg.run_launcher, RunLauncher, where="run_launcher")
+            if cfg.run_launcher is not None
+            else ThreadPoolRunLauncher()
+        )
+        output_store: OutputStore
+        if cfg.outputs.path is not None:
+            output_store = FileOutputStore(os.path.join(base_dir, cfg.outputs.path))
+        elif cfg.storage.sqlite is not None:
+            db_path = os.path.join(base_dir, os.path.expanduser(cfg.storage.sqlite.path))
+            output_store = FileOutputStore(os.path.join(os.path.dirname(db_path), "outputs"))
+        else:
+            output_store = InMemoryOutputStore()
+        return cls(
+            storage=storage,
+            run_coordinator=coordinator,
+            run_launcher=launcher,
+            output_store=output_store,
+            config=cfg,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if self._closed:
+                raise InstanceClosedError("this Instance is closed; create a new one")
+            if self._started:
+                return
+            self.storage.start()
+            self.run_launcher.start(
+                LaunchContext(
+                    storage=self.storage,
+                    resolve_job=self.jobs.resolve,
+                    output_store=self.output_store,
+                    instance_config=self._config_for_workers(),
+                )
+            )
+            self.run_coordinator.start(
+                CoordinatorContext(storage=self.storage, launcher=self.run_launcher)
+            )
+            self._started = True
+
+    def _config_for_workers(self) -> dict[str, Any]:
+        data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}
+        storage_cfg = self.storage.to_config()
+        if storage_cfg is not None:
+            data["storage"] = storage_cfg
+        if isinstance(self.output_store, FileOutputStore):
+            data["outputs"] = {"path": os.path.abspath(self.output_store.base_dir)}
+        return data
+
+    def close(self) -> None:
+        """Wait for runs executing in this process, then close launcher, coordinator, storage."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started
+        if started:
+            self.run_coordinator.close()
+            self.run_launcher.close()
+        self.storage.close()
+
+    def __enter__(self) -> Self:
+        self._ensure_started()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        job: Job | str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        code_location: str | None = None,
+        op_selection: Sequence[str] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        root_run_id: str | None = None,
+    ) -> Run:
+        """Store a NOT_STARTED run of ``job`` without submitting it (see :meth:`submit_run`)."""
+        self._ensure_started()
+        job_obj = self._job_for(job, code_location)
+        location = code_location or infer_code_location(job_obj)
+        self.jobs.register(job_obj, location)
+        step_keys = resolve_op_selection(job_obj, op_selection) if op_selection else None
+        if step_keys is not None:
+            build_plan(job_obj, step_keys, allow_external=parent_run_id is not None)
+        extra: dict[str, Any] = {"run_id": run_id} if run_id is not None else {}
+        run = Run(
+            job_name=job_obj.name,
+            tags={**job_obj.tags, **validate_tags(tags)},
+            code_location=location,
+            step_keys_to_execute=step_keys,
+            parent_run_id=parent_run_id,
+            root_run_id=root_run_id or parent_run_id,
+            **extra,
+        )
+        return self.storage.add_run(run)
+
+    def _job_for(self, job: Job | str, code_location: str | None) -> Job:
+        if isinstance(job, Job):
+            return job
+        if not isinstance(job, str):
+            raise UnknownJobError(f"submit_run takes a Job or a job name, got {job!r}")
+        if code_location is None:
+            raise UnknownJobError(
+                f"to submit job {job!r} by name, give code_location='pkg.module:defs'"
+            )
+        return self.jobs.load(code_location).get_job(job)
+
+    def submit_run(
+        self,
+        job: Job | str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        code_location: str | None = None,
+        op_selection: Sequence[str] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Create a run of ``job`` and hand it to the coordinator; returns the run as it is now.
+
+        ``job`` is a :class:`Job` or, with ``code_location``, a job name. Tags are merged over
+        the job's own. Under the default coordinator the run starts at once; under a queued one
+        it is QUEUED until the daemon starts it.
+        """
+        run = self.create_run(
+            job, tags, code_location=code_location, op_selection=op_selection, run_id=run_id
+        )
+        return self.run_coordinator.submit_run(run)
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id; :class:`~runcore.errors.RunNotFoundError` if there is none."""
+        self._ensure_started()
+        run = self.storage.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    def get_run_records(
+        self,
+        filters: RunsFilter | None = None,
+        limit: int | None = None,
+        *,
+        ascending: bool = False,
+        after_storage_id: int | None = None,
+    ) -> list[RunRecord]:
+        """Stored runs matching ``filters``, newest first (see :class:`RunsFilter`)."""
+        self._ensure_started()
+        return self.storage.get_run_records(
+            filters, limit, ascending=ascending, after_storage_id=after_storage_id
+        )
+
+    def get_runs(self, filters: RunsFilter | None = None, limit: int | None = None) -> list[Run]:
+        """Like :meth:`get_run_records`, the runs only."""
+        return [r.run for r in self.get_run_records(filters, limit)]
+
+    def get_events(
+        self,
+        run_id: str,
+        *,
+        after_storage_id: int | None = None,
+        event_types: Sequence[EventType] | None = None,
+    ) -> list[Event]:
+        """A run's events in order. Raises :class:`RunNotFoundError` for an unknown run."""
+        self._ensure_started()
+        records = self.storage.get_event_records(
+            run_id, after_storage_id=after_storage_id, event_types=event_types
+        )
+        if not records and self.storage.get_run(run_id) is None:
+            raise RunNotFoundError(run_id)
+        return [r.event for r in records]
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> Run:
+        """Block until the run ends; returns it. :class:`RunTimeoutError` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            run = self.get_run(run_id)
+            if run.status.is_terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RunTimeoutError(
+                    f"run {run_id} is still {run.status.value} after {timeout} s"
+                )
+            wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            delay = min(delay * 2, 0.05)
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel a run; False if it had already ended. See :class:`RunCoordinator`."""
+        self._ensure_started()
+        return self.run_coordinator.cancel_run(run_id)
+
+    # --- pools ------------------------------------------------------------------------------
+
+    def set_pool_limit(self, pool: str, limit: int) -> None:
+        """Give ``pool`` ``limit`` slots (an int >= 0)."""
+        _check_pool(pool)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"pool {pool!r}: the limit must be an int >= 0, got {limit!r}")
+        self._ensure_started()
+        self.storage.set_pool_limit(pool, limit)
+
+    def get_pool_limit(self, pool: str) -> int | None:
+        """The explicit limit of ``pool``, or ``None`` if it has none."""
+        _check_pool(pool)
+        self._ensure_started()
+        return self.storage.get_pool_limits().get(pool)
+
+    def delete_pool_limit(self, pool: str) -> None:
+        """Remove the explicit limit of ``pool``."""
+        _check_pool(pool)
+        self._ensure_started()
+        self.storage.delete_pool_limit(pool)
+
+
+def _check_pool(pool: str) -> None:
+    if not isinstance(pool, str) or not pool.strip():
+        raise ConfigError(f"a pool name must be a non-empty string, got {pool!r}")
+
+
+__all__ = ["Instance", "JobRegistry", "validate_tags"]

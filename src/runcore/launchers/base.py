@@ -1,0 +1,108 @@
+"""The launcher interface: start a run somewhere, stop it, say whether its worker lives.
+
+Contract (``runcore.testing.LauncherContract`` checks it):
+
+* ``launch_run(run)`` is called with a stored run in STARTING. It arranges for the run to be
+  executed (the worker moves it to STARTED and on to a terminal status) and returns without
+  waiting for the run to finish. If the run cannot be started at all it raises
+  :class:`~runcore.errors.RunLaunchError`; the coordinator then fails the run.
+* ``terminate(run_id)`` asks the run's worker to stop; the run ends CANCELED. Returns False
+  when this launcher does not hold the run (already finished, unknown, or another host's).
+* ``check_run_worker_health(run)`` says whether the worker of a STARTING/STARTED run is alive.
+* Launchers get their collaborators in ``start(context)``, never a reference to the instance.
+* ``close()`` waits for runs this launcher executes in this process, then frees its threads.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from runcore.errors import InstanceClosedError
+
+if TYPE_CHECKING:
+    from runcore.definitions import Job
+    from runcore.outputs import OutputStore
+    from runcore.runs import Run
+    from runcore.storage.base import InstanceStorage
+
+
+@attrs.frozen
+class LaunchContext:
+    """What a launcher may use: the storage, how to find a run's job, where outputs go, and
+    the instance config as JSON-able data for worker processes."""
+
+    storage: InstanceStorage
+    resolve_job: Callable[[Run], Job]
+    output_store: OutputStore
+    instance_config: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class HealthStatus(enum.Enum):
+    """Whether a run's worker is alive."""
+
+    RUNNING = "RUNNING"
+    DEAD = "DEAD"
+    UNKNOWN = "UNKNOWN"
+
+
+@attrs.frozen
+class WorkerHealth:
+    """A health check's answer, with the reason when the worker is dead or unknown."""
+
+    status: HealthStatus
+    reason: str = ""
+
+    @classmethod
+    def running(cls) -> WorkerHealth:
+        """The worker is alive."""
+        return cls(HealthStatus.RUNNING)
+
+    @classmethod
+    def dead(cls, reason: str) -> WorkerHealth:
+        """The worker is gone; ``reason`` says how (exit code, signal, ...)."""
+        return cls(HealthStatus.DEAD, reason)
+
+    @classmethod
+    def unknown(cls, reason: str = "") -> WorkerHealth:
+        """This launcher cannot tell."""
+        return cls(HealthStatus.UNKNOWN, reason)
+
+
+class RunLauncher(ABC):
+    """Starts runs. Subclass it, implement the three abstract methods, pass the contract suite."""
+
+    _context: LaunchContext | None = None
+
+    def start(self, context: LaunchContext) -> None:
+        """Receive collaborators and open resources (threads, connections). Idempotent."""
+        self._context = context
+
+    @property
+    def context(self) -> LaunchContext:
+        """The context given to :meth:`start`; an error before it."""
+        if self._context is None:
+            raise InstanceClosedError(
+                f"{type(self).__name__} has not been started; an Instance starts its launcher, "
+                "or call launcher.start(context) yourself"
+            )
+        return self._context
+
+    @abstractmethod
+    def launch_run(self, run: Run) -> None:
+        """Start executing ``run`` (in STARTING); return without waiting for it to finish."""
+
+    @abstractmethod
+    def terminate(self, run_id: str) -> bool:
+        """Ask the run's worker to stop; False if this launcher does not hold the run."""
+
+    @abstractmethod
+    def check_run_worker_health(self, run: Run) -> WorkerHealth:
+        """Whether the worker executing ``run`` is alive."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Wait for the runs this launcher executes in this process; free its resources."""

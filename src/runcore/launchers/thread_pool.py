@@ -1,0 +1,104 @@
+"""Non-isolated runs on a pool of threads of this process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import TYPE_CHECKING
+
+from runcore.errors import ConfigError, RunLaunchError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.execution import execute_run
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.runs import RunStatus
+
+if TYPE_CHECKING:
+    from runcore.runs import Run
+
+
+class ThreadPoolRunLauncher(RunLauncher):
+    """Executes each run on one of ``max_workers`` threads of this process.
+
+    Fast to start (no process, no import), but runs share this process's memory and CPU, and a
+    run that crashes the interpreter takes the host with it. Runs beyond ``max_workers`` wait
+    for a free thread in STARTING.
+
+    Threads: a ``concurrent.futures`` pool of up to ``max_workers`` threads named
+    ``runcore-run-*``, created on first launch; :meth:`close` joins them.
+    """
+
+    def __init__(self, max_workers: int = 8) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(
+                f"ThreadPoolRunLauncher max_workers must be an int >= 1, got {max_workers!r}"
+            )
+        self.max_workers = max_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._active: dict[str, threading.Event] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ThreadPoolRunLauncher(max_workers={self.max_workers})"
+
+    def start(self, context: LaunchContext) -> None:
+        super().start(context)
+
+    def launch_run(self, run: Run) -> None:
+        context = self.context
+        with self._lock:
+            if self._closed:
+                raise RunLaunchError(f"cannot launch run {run.run_id}: the launcher is closed")
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.max_workers, thread_name_prefix="runcore-run"
+                )
+            cancel = threading.Event()
+            self._active[run.run_id] = cancel
+            self._pool.submit(self._execute, context, run, cancel)
+
+    def _execute(self, context: LaunchContext, run: Run, cancel: threading.Event) -> None:
+        try:
+            try:
+                job = context.resolve_job(run)
+            except Exception as exc:
+                error = ErrorInfo.from_exception(exc)
+                context.storage.transition(
+                    run.run_id,
+                    [RunStatus.STARTING],
+                    RunStatus.FAILURE,
+                    event=Event(run_id=run.run_id, event_type=EventType.RUN_FAILURE,
+                                message=f"the run's job could not be loaded: {error}", error=error),
+                )
+                return
+            execute_run(
+                run, job, storage=context.storage, output_store=context.output_store,
+                cancel=cancel,
+            )
+        finally:
+            with self._lock:
+                self._active.pop(run.run_id, None)
+
+    def terminate(self, run_id: str) -> bool:
+        with self._lock:
+            cancel = self._active.get(run_id)
+        if cancel is None:
+            return False
+        cancel.set()
+        return True
+
+    def check_run_worker_health(self, run: Run) -> WorkerHealth:
+        with self._lock:
+            if run.run_id in self._active:
+                return WorkerHealth.running()
+        current = self.context.storage.get_run(run.run_id)
+        if current is not None and current.status.is_terminal:
+            return WorkerHealth.unknown(f"the run has ended {current.status.value}")
+        return WorkerHealth.dead("no thread of this process is executing the run")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
