@@ -5,7 +5,15 @@ remembers their runs. See ``docs/`` for the guide; the public names are listed i
 """
 
 from runcore.coordinators import DefaultRunCoordinator, RunCoordinator
-from runcore.definitions import Definitions, Job, OpDefinition, RetryPolicy, job, load_code_location, op
+from runcore.definitions import (
+    Definitions,
+    Job,
+    OpDefinition,
+    RetryPolicy,
+    job,
+    load_code_location,
+    op,
+)
 from runcore.errors import (
     CodeLocationError,
     ConfigError,
@@ -15,10 +23,10 @@ from runcore.errors import (
     IllegalTransitionError,
     InstanceClosedError,
     OutputStoreError,
+    RuncoreError,
     RunFailedError,
     RunLaunchError,
     RunNotFoundError,
-    RuncoreError,
     RunTimeoutError,
     SchemaVersionError,
     StorageError,

@@ -156,7 +156,9 @@ class OutputsConfig:
 class InstanceConfig:
     """The whole instance configuration."""
 
-    storage: StorageConfig = attrs.field(factory=lambda: StorageConfig(sqlite=SqliteStorageConfig()))
+    storage: StorageConfig = attrs.field(
+        factory=lambda: StorageConfig(sqlite=SqliteStorageConfig())
+    )
     run_coordinator: PluginConfig | None = None
     run_launcher: PluginConfig | None = None
     non_isolated_runs: NonIsolatedRunsConfig = attrs.field(factory=NonIsolatedRunsConfig)
@@ -203,16 +205,20 @@ def _converter() -> cattrs.Converter:
 
     plugin_overrides = {"class_name": override(rename="class")}
     conv.register_structure_hook(
-        PluginConfig, make_dict_structure_fn(PluginConfig, conv, _cattrs_forbid_extra_keys=True,
-                                             **plugin_overrides)
+        PluginConfig,
+        make_dict_structure_fn(
+            PluginConfig, conv, _cattrs_forbid_extra_keys=True, **plugin_overrides
+        ),
     )
     conv.register_unstructure_hook(
         PluginConfig, make_dict_unstructure_fn(PluginConfig, conv, **plugin_overrides)
     )
     unique_overrides = {"apply_limit_per_unique_value": override(rename="applyLimitPerUniqueValue")}
     conv.register_structure_hook(
-        UniqueValue, make_dict_structure_fn(UniqueValue, conv, _cattrs_forbid_extra_keys=True,
-                                            **unique_overrides)
+        UniqueValue,
+        make_dict_structure_fn(
+            UniqueValue, conv, _cattrs_forbid_extra_keys=True, **unique_overrides
+        ),
     )
     conv.register_unstructure_hook(
         UniqueValue, make_dict_unstructure_fn(UniqueValue, conv, **unique_overrides)
@@ -283,7 +289,9 @@ def to_dict(obj: Any) -> Any:
     return _converter().unstructure(obj)
 
 
-def load_instance_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> tuple[InstanceConfig, str]:
+def load_instance_config(
+    source: Mapping[str, Any] | str | os.PathLike[str],
+) -> tuple[InstanceConfig, str]:
     """Parse an instance config from a mapping or a YAML file path.
 
     Returns the config and the directory relative paths are resolved against (the file's
@@ -329,17 +337,15 @@ def import_class(name: str, *, where: str) -> type:
     return cls
 
 
-def build_plugin(plugin: PluginConfig, base: type[T], *, where: str) -> T:
+def build_plugin(plugin: PluginConfig, base: type, *, where: str) -> Any:
     """Instantiate the configured class, checking it subclasses ``base`` and its config."""
     cls = import_class(plugin.class_name, where=where)
     if not issubclass(cls, base):
-        raise ConfigError(
-            f"{where}.class: {plugin.class_name} is not a {base.__name__} subclass"
-        )
+        raise ConfigError(f"{where}.class: {plugin.class_name} is not a {base.__name__} subclass")
     schema = getattr(cls, "config_schema", None)
     if schema is not None and attrs.has(schema):
         typed = parse(plugin.config, schema, where=f"{where}.config")
-        return cls(**attrs.asdict(typed, recurse=False))  # type: ignore[no-any-return]
+        return cls(**attrs.asdict(typed, recurse=False))
     params = inspect.signature(cls).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = [k for k in plugin.config if k not in params and not takes_any]
@@ -350,6 +356,6 @@ def build_plugin(plugin: PluginConfig, base: type[T], *, where: str) -> T:
             f"(it accepts: {accepted})"
         )
     try:
-        return cls(**plugin.config)  # type: ignore[no-any-return]
+        return cls(**plugin.config)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.config: {cls.__name__}: {exc}") from exc

@@ -69,8 +69,17 @@ class OpContext:
     the run is being canceled; a long op may check it and stop early.
     """
 
-    __slots__ = ("_cancel", "attempt", "job_name", "log", "op_name", "op_tags", "run_id",
-                 "step_key", "tags")
+    __slots__ = (
+        "_cancel",
+        "attempt",
+        "job_name",
+        "log",
+        "op_name",
+        "op_tags",
+        "run_id",
+        "step_key",
+        "tags",
+    )
 
     def __init__(
         self,

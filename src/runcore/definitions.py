@@ -253,9 +253,7 @@ def _toposort(job_name: str, upstream: Mapping[str, Mapping[str, str | None]]) -
         ready = [name for name, deps in remaining.items() if not deps]
         if not ready:
             cycle = _find_cycle(remaining)
-            raise DefinitionError(
-                f"job {job_name!r} has a dependency cycle: {' -> '.join(cycle)}"
-            )
+            raise DefinitionError(f"job {job_name!r} has a dependency cycle: {' -> '.join(cycle)}")
         for name in ready:
             order.append(name)
             del remaining[name]
@@ -447,8 +445,9 @@ def load_code_location(location: str) -> Definitions:
     user's module are raised as :class:`~runcore.errors.CodeLocationError` with the traceback.
     """
     if not isinstance(location, str) or not location.strip():
-        raise CodeLocationError(f"a code location must be 'pkg.module:attr' or 'file.py:attr', "
-                                f"got {location!r}")
+        raise CodeLocationError(
+            f"a code location must be 'pkg.module:attr' or 'file.py:attr', got {location!r}"
+        )
     target, attr = _split_location(location.strip())
     module = _import_target(target, location)
     if attr is not None:
@@ -467,9 +466,7 @@ def load_code_location(location: str) -> Definitions:
         )
     jobs = [v for v in vars(module).values() if isinstance(v, Job)]
     if not jobs:
-        raise CodeLocationError(
-            f"code location {location!r} defines no Definitions and no jobs"
-        )
+        raise CodeLocationError(f"code location {location!r} defines no Definitions and no jobs")
     return _tag_location(Definitions(jobs=jobs), location)
 
 
@@ -506,12 +503,16 @@ def infer_code_location(job_obj: Job) -> str | None:
         for attr, value in vars(module).items():
             if value is job_obj:
                 file = getattr(module, "__file__", None)
-                if module.__name__ == "__main__" or module.__name__.startswith("_runcore_location_"):
+                if module.__name__ == "__main__" or module.__name__.startswith(
+                    "_runcore_location_"
+                ):
                     return f"{os.path.abspath(file)}:{attr}" if file else None
                 return f"{module.__name__}:{attr}"
             if isinstance(value, Definitions) and job_obj in value.jobs:
                 file = getattr(module, "__file__", None)
-                if module.__name__ == "__main__" or module.__name__.startswith("_runcore_location_"):
+                if module.__name__ == "__main__" or module.__name__.startswith(
+                    "_runcore_location_"
+                ):
                     return f"{os.path.abspath(file)}:{attr}" if file else None
                 return f"{module.__name__}:{attr}"
         break

@@ -3,7 +3,7 @@
 The tree::
 
     RuncoreError
-    ├── DefinitionError            an op or job is defined wrongly (cycle, unknown upstream, duplicate name)
+    ├── DefinitionError            an op or job is defined wrongly (cycle, unknown upstream, ...)
     ├── CodeLocationError          a code location cannot be found or fails to import
     ├── UnknownJobError            a job name that the definitions or location do not hold
     ├── ConfigError                malformed instance or component configuration
@@ -104,7 +104,7 @@ class InstanceClosedError(RuncoreError):
     """An ``Instance`` (or a component) was used after it was closed."""
 
 
-class Failure(Exception):  # noqa: N818 - named for what op code means by raising it
+class Failure(Exception):
     """Raised by op code to fail its step on purpose.
 
     ``allow_retry=False`` stops step retries (and, later, run retries) for this failure.

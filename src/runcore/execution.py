@@ -54,10 +54,24 @@ class StepRunner:
         self.interrupt: BaseException | None = None  # a KeyboardInterrupt raised by an op
         self.errors: dict[str, BaseException] = {}  # step key -> the op's own exception
 
-    def _step_event(self, step: Step, event_type: EventType, message: str = "",
-                    data: dict[str, Any] | None = None, error: ErrorInfo | None = None) -> None:
-        self.emit(Event(run_id=self.run.run_id, event_type=event_type, step_key=step.key,
-                        message=message, data=data or {}, error=error))
+    def _step_event(
+        self,
+        step: Step,
+        event_type: EventType,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        self.emit(
+            Event(
+                run_id=self.run.run_id,
+                event_type=event_type,
+                step_key=step.key,
+                message=message,
+                data=data or {},
+                error=error,
+            )
+        )
 
     def _load_inputs(self, step: Step) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -86,8 +100,9 @@ class StepRunner:
         try:
             kwargs = self._load_inputs(step)
         except OutputStoreError as exc:
-            self._step_event(step, EventType.STEP_FAILURE, str(exc),
-                             error=ErrorInfo.from_exception(exc))
+            self._step_event(
+                step, EventType.STEP_FAILURE, str(exc), error=ErrorInfo.from_exception(exc)
+            )
             return False
         try:
             value = self._call_with_retries(step, kwargs)
@@ -97,19 +112,27 @@ class StepRunner:
                 self.cancel.set()
             self.errors[step.key] = exc
             data = dict(exc.metadata) if isinstance(exc, Failure) else {}
-            self._step_event(step, EventType.STEP_FAILURE,
-                             f"op {step.op.name!r} raised {type(exc).__name__}: {exc}",
-                             data=data, error=ErrorInfo.from_exception(exc))
+            self._step_event(
+                step,
+                EventType.STEP_FAILURE,
+                f"op {step.op.name!r} raised {type(exc).__name__}: {exc}",
+                data=data,
+                error=ErrorInfo.from_exception(exc),
+            )
             return False
         try:
             self.output_store.put(self.run.run_id, step.key, value)
         except OutputStoreError as exc:
-            self._step_event(step, EventType.STEP_FAILURE, str(exc),
-                             error=ErrorInfo.from_exception(exc))
+            self._step_event(
+                step, EventType.STEP_FAILURE, str(exc), error=ErrorInfo.from_exception(exc)
+            )
             return False
         self._step_event(step, EventType.STEP_OUTPUT, data={"type": type(value).__name__})
-        self._step_event(step, EventType.STEP_SUCCESS,
-                         data={"duration_s": round(time.perf_counter() - started, 6)})
+        self._step_event(
+            step,
+            EventType.STEP_SUCCESS,
+            data={"duration_s": round(time.perf_counter() - started, 6)},
+        )
         return True
 
     def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
@@ -150,19 +173,23 @@ class StepRunner:
             exc = state.outcome.exception() if state.outcome else None
             attempt_box[0] = state.attempt_number + 1
             self._step_event(
-                step, EventType.STEP_UP_FOR_RETRY,
+                step,
+                EventType.STEP_UP_FOR_RETRY,
                 f"op {step.op.name!r} failed (attempt {state.attempt_number} of "
                 f"{policy.max_retries + 1}); retrying in {state.upcoming_sleep:.3g}s",
                 data={"attempt": state.attempt_number, "wait_s": state.upcoming_sleep},
                 error=ErrorInfo.from_exception(exc) if exc else None,
             )
 
+        def sleep(seconds: float) -> None:
+            self.cancel.wait(seconds)  # a cancel wakes the wait and the next attempt is skipped
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(policy.max_retries + 1),
             wait=wait,
             retry=tenacity.retry_if_exception(may_retry),
             before_sleep=before_sleep,
-            sleep=self.cancel.wait,  # a cancel wakes the wait and the next attempt is skipped
+            sleep=sleep,
             reraise=True,
         )
         return retrying(lambda: self._call(step, kwargs, attempt_box[0]))
@@ -248,11 +275,18 @@ class RunExecution:
                 self.skipped.add(down)
                 skipped.append(down)
         if skipped:
-            self.emit_many([
-                Event(run_id=self.run.run_id, event_type=EventType.STEP_SKIPPED, step_key=k,
-                      message=f"skipped: upstream step {key!r} failed")
-                for k in self.plan.step_keys if k in skipped
-            ])
+            self.emit_many(
+                [
+                    Event(
+                        run_id=self.run.run_id,
+                        event_type=EventType.STEP_SKIPPED,
+                        step_key=k,
+                        message=f"skipped: upstream step {key!r} failed",
+                    )
+                    for k in self.plan.step_keys
+                    if k in skipped
+                ]
+            )
 
     def skip_remaining(self, reason: str) -> None:
         """Skip every step that has not run (on cancel)."""
@@ -260,11 +294,17 @@ class RunExecution:
             remaining = [k for k in self.plan.step_keys if k not in self.done]
             self.skipped.update(remaining)
         if remaining:
-            self.emit_many([
-                Event(run_id=self.run.run_id, event_type=EventType.STEP_SKIPPED, step_key=k,
-                      message=reason)
-                for k in remaining
-            ])
+            self.emit_many(
+                [
+                    Event(
+                        run_id=self.run.run_id,
+                        event_type=EventType.STEP_SKIPPED,
+                        step_key=k,
+                        message=reason,
+                    )
+                    for k in remaining
+                ]
+            )
 
 
 def _failure_reason(execution: RunExecution) -> str:
@@ -298,9 +338,14 @@ def execute_run(
     if started is None:
         # Canceled before a worker picked it up: finish the cancel, start nothing.
         canceled = storage.transition(
-            run.run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
-            event=Event(run_id=run.run_id, event_type=EventType.RUN_CANCELED,
-                        message="the run was canceled before it started"),
+            run.run_id,
+            [RunStatus.CANCELING],
+            RunStatus.CANCELED,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_CANCELED,
+                message="the run was canceled before it started",
+            ),
         )
         return (canceled or storage.get_run(run.run_id) or run), None
     execution: RunExecution | None = None
@@ -318,8 +363,12 @@ def execute_run(
             run.run_id,
             [RunStatus.STARTED, RunStatus.CANCELING],
             RunStatus.FAILURE,
-            event=Event(run_id=run.run_id, event_type=EventType.RUN_FAILURE,
-                        message=f"the run's execution failed: {error}", error=error),
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_FAILURE,
+                message=f"the run's execution failed: {error}",
+                error=error,
+            ),
         )
         if not isinstance(exc, Exception):
             raise
@@ -334,27 +383,42 @@ def _finish(execution: RunExecution) -> Run:
     if execution.failed and not canceled:
         reason = _failure_reason(execution)
         final = storage.transition(
-            run_id, [RunStatus.STARTED, RunStatus.CANCELING], RunStatus.FAILURE,
+            run_id,
+            [RunStatus.STARTED, RunStatus.CANCELING],
+            RunStatus.FAILURE,
             event=Event(run_id=run_id, event_type=EventType.RUN_FAILURE, message=reason),
             failure_reason=reason,
         )
     elif canceled or execution.skipped:
         final = storage.transition(
-            run_id, [RunStatus.STARTED, RunStatus.CANCELING], RunStatus.CANCELED,
-            event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
-                        message="the run was canceled"),
+            run_id,
+            [RunStatus.STARTED, RunStatus.CANCELING],
+            RunStatus.CANCELED,
+            event=Event(
+                run_id=run_id, event_type=EventType.RUN_CANCELED, message="the run was canceled"
+            ),
         )
     else:
         final = storage.transition(
-            run_id, [RunStatus.STARTED], RunStatus.SUCCESS,
-            event=Event(run_id=run_id, event_type=EventType.RUN_SUCCESS,
-                        message=f"{len(execution.succeeded)} steps succeeded"),
+            run_id,
+            [RunStatus.STARTED],
+            RunStatus.SUCCESS,
+            event=Event(
+                run_id=run_id,
+                event_type=EventType.RUN_SUCCESS,
+                message=f"{len(execution.succeeded)} steps succeeded",
+            ),
         )
         if final is None:  # canceled while its last step ran: the cancel wins
             final = storage.transition(
-                run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
-                event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
-                            message="the run was canceled as it finished"),
+                run_id,
+                [RunStatus.CANCELING],
+                RunStatus.CANCELED,
+                event=Event(
+                    run_id=run_id,
+                    event_type=EventType.RUN_CANCELED,
+                    message="the run was canceled as it finished",
+                ),
             )
     return final or storage.get_run(run_id) or execution.run
 
@@ -417,4 +481,3 @@ def execute_job_in_process(
             f"job {job.name!r} failed: {message}", run_id=final.run_id, step_key=step_key
         )
     return result
-

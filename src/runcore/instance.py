@@ -77,7 +77,9 @@ def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
             try:
                 seconds = float(value)
             except ValueError:
-                raise ConfigError(f"tag {key!r} must be a number of seconds, got {value!r}") from None
+                raise ConfigError(
+                    f"tag {key!r} must be a number of seconds, got {value!r}"
+                ) from None
             if seconds <= 0:
                 raise ConfigError(f"tag {key!r} must be > 0 seconds, got {value!r}")
         elif key in _TAG_CHOICES and value not in _TAG_CHOICES[key]:
@@ -210,21 +212,23 @@ class Instance:
         with self._lock:
             if self._closed:
                 raise InstanceClosedError("this Instance is closed; create a new one")
-            if self._started:
-                return
-            self.storage.start()
-            self.run_launcher.start(
-                LaunchContext(
-                    storage=self.storage,
-                    resolve_job=self.jobs.resolve,
-                    output_store=self.output_store,
-                    instance_config=self._config_for_workers(),
-                )
+            if not self._started:
+                self._start_components()
+                self._started = True
+
+    def _start_components(self) -> None:
+        self.storage.start()
+        self.run_launcher.start(
+            LaunchContext(
+                storage=self.storage,
+                resolve_job=self.jobs.resolve,
+                output_store=self.output_store,
+                instance_config=self._config_for_workers(),
             )
-            self.run_coordinator.start(
-                CoordinatorContext(storage=self.storage, launcher=self.run_launcher)
-            )
-            self._started = True
+        )
+        self.run_coordinator.start(
+            CoordinatorContext(storage=self.storage, launcher=self.run_launcher)
+        )
 
     def _config_for_workers(self) -> dict[str, Any]:
         data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}
@@ -369,9 +373,7 @@ class Instance:
             if run.status.is_terminal:
                 return run
             if deadline is not None and time.monotonic() >= deadline:
-                raise RunTimeoutError(
-                    f"run {run_id} is still {run.status.value} after {timeout} s"
-                )
+                raise RunTimeoutError(f"run {run_id} is still {run.status.value} after {timeout} s")
             wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(wait)
             delay = min(delay * 2, 0.05)

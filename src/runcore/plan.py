@@ -119,7 +119,9 @@ def build_plan(
         if name not in selected:
             continue
         sources = job.upstream[name]
-        upstream = tuple(dict.fromkeys(s for s in sources.values() if s is not None and s in selected))
+        upstream = tuple(
+            dict.fromkeys(s for s in sources.values() if s is not None and s in selected)
+        )
         external = tuple(
             dict.fromkeys(s for s in sources.values() if s is not None and s not in selected)
         )
@@ -129,8 +131,9 @@ def build_plan(
                 "which is not in the selection; select it too (e.g. '*" + name + "') or "
                 "re-execute from a run that has it"
             )
-        steps.append(Step(key=name, op=job.ops[name], inputs=sources, upstream=upstream,
-                          external=external))
+        steps.append(
+            Step(key=name, op=job.ops[name], inputs=sources, upstream=upstream, external=external)
+        )
         downstream[name] = []
         for u in upstream:
             downstream[u].append(name)

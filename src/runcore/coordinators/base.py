@@ -69,9 +69,14 @@ class RunCoordinator(ABC):
                 return False
             if run.status in (RunStatus.NOT_STARTED, RunStatus.QUEUED):
                 done = storage.transition(
-                    run_id, [run.status], RunStatus.CANCELED,
-                    event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
-                                message=f"canceled while {run.status.value}"),
+                    run_id,
+                    [run.status],
+                    RunStatus.CANCELED,
+                    event=Event(
+                        run_id=run_id,
+                        event_type=EventType.RUN_CANCELED,
+                        message=f"canceled while {run.status.value}",
+                    ),
                 )
                 if done is not None:
                     return True
@@ -80,9 +85,12 @@ class RunCoordinator(ABC):
                 self.context.launcher.terminate(run_id)
                 return True
             moved = storage.transition(
-                run_id, [run.status], RunStatus.CANCELING,
-                event=Event(run_id=run_id, event_type=EventType.RUN_CANCELING,
-                            message="cancel requested"),
+                run_id,
+                [run.status],
+                RunStatus.CANCELING,
+                event=Event(
+                    run_id=run_id, event_type=EventType.RUN_CANCELING, message="cancel requested"
+                ),
             )
             if moved is None:
                 continue
@@ -90,9 +98,14 @@ class RunCoordinator(ABC):
                 # No worker of this launcher holds it (it never got a thread, or it is gone):
                 # nothing will finish the cancel, so finish it here.
                 storage.transition(
-                    run_id, [RunStatus.CANCELING], RunStatus.CANCELED,
-                    event=Event(run_id=run_id, event_type=EventType.RUN_CANCELED,
-                                message="canceled; no worker was executing the run"),
+                    run_id,
+                    [RunStatus.CANCELING],
+                    RunStatus.CANCELED,
+                    event=Event(
+                        run_id=run_id,
+                        event_type=EventType.RUN_CANCELED,
+                        message="canceled; no worker was executing the run",
+                    ),
                 )
             return True
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from runcore.coordinators.base import RunCoordinator
 from runcore.errors import RunLaunchError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import RunStatus
-
-from runcore.coordinators.base import RunCoordinator
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -30,10 +29,15 @@ class DefaultRunCoordinator(RunCoordinator):
         except Exception as exc:
             error = ErrorInfo.from_exception(exc)
             storage.transition(
-                run.run_id, [RunStatus.STARTING], RunStatus.FAILURE,
-                event=Event(run_id=run.run_id, event_type=EventType.RUN_FAILURE,
-                            message=f"the launcher could not start the run: {error}",
-                            error=error),
+                run.run_id,
+                [RunStatus.STARTING],
+                RunStatus.FAILURE,
+                event=Event(
+                    run_id=run.run_id,
+                    event_type=EventType.RUN_FAILURE,
+                    message=f"the launcher could not start the run: {error}",
+                    error=error,
+                ),
             )
             if isinstance(exc, RunLaunchError):
                 raise

@@ -20,6 +20,7 @@ exit code, and is replaced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -160,10 +161,8 @@ class MultiprocessExecutor(Executor):
                 if worker.process.is_alive():
                     worker.process.terminate()
             else:
-                try:
+                with contextlib.suppress(OSError):
                     worker.conn.send_bytes(b"stop")
-                except OSError:
-                    pass
         for worker in workers:
             worker.process.join(timeout=5)
             if worker.process.is_alive():

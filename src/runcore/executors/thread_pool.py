@@ -24,7 +24,8 @@ class ThreadPoolExecutor(Executor):
     def __init__(self, max_concurrent: int = 4) -> None:
         if not isinstance(max_concurrent, int) or max_concurrent < 1:
             raise DefinitionError(
-                f"ThreadPoolExecutor(max_concurrent=...) must be an int >= 1, got {max_concurrent!r}"
+                "ThreadPoolExecutor(max_concurrent=...) must be an int >= 1, "
+                f"got {max_concurrent!r}"
             )
         self.max_concurrent = max_concurrent
 
@@ -35,10 +36,13 @@ class ThreadPoolExecutor(Executor):
         ready: list[Step] = execution.plan.roots()
         running: dict[concurrent.futures.Future[bool], str] = {}
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.max_concurrent, thread_name_prefix=f"runcore-step-{execution.run.run_id[:8]}"
+            max_workers=self.max_concurrent,
+            thread_name_prefix=f"runcore-step-{execution.run.run_id[:8]}",
         ) as pool:
             while ready or running:
-                while ready and len(running) < self.max_concurrent and not execution.cancel.is_set():
+                while (
+                    ready and len(running) < self.max_concurrent and not execution.cancel.is_set()
+                ):
                     step = ready.pop(0)
                     running[pool.submit(execution.runner.run_step, step)] = step.key
                 if not running:

@@ -67,12 +67,19 @@ class ThreadPoolRunLauncher(RunLauncher):
                     run.run_id,
                     [RunStatus.STARTING],
                     RunStatus.FAILURE,
-                    event=Event(run_id=run.run_id, event_type=EventType.RUN_FAILURE,
-                                message=f"the run's job could not be loaded: {error}", error=error),
+                    event=Event(
+                        run_id=run.run_id,
+                        event_type=EventType.RUN_FAILURE,
+                        message=f"the run's job could not be loaded: {error}",
+                        error=error,
+                    ),
                 )
                 return
             execute_run(
-                run, job, storage=context.storage, output_store=context.output_store,
+                run,
+                job,
+                storage=context.storage,
+                output_store=context.output_store,
                 cancel=cancel,
             )
         finally:

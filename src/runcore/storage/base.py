@@ -155,9 +155,7 @@ class PoolStorage(ABC):
         """Forget the explicit limit of ``pool`` (it falls back to the default limit)."""
 
     @abstractmethod
-    def claim_pool_slot(
-        self, pool: str, run_id: str, step_key: str | None, *, limit: int
-    ) -> bool:
+    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
         """Take a slot of ``pool`` for (run, step) if fewer than ``limit`` are held; atomic.
 
         Claiming a slot the same (run, step) already holds succeeds without taking another.
@@ -193,10 +191,10 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
 
     shareable: bool = False
 
-    def start(self) -> None:  # noqa: B027 - optional hook, most in-memory backends need nothing
+    def start(self) -> None:
         """Open connections and check the schema. Idempotent."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections. Idempotent."""
 
     def __enter__(self) -> Self:
@@ -211,9 +209,7 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
         return None
 
 
-def status_event(
-    run: Run, to_status: RunStatus, event: Event | None, now: float
-) -> Event:
+def status_event(run: Run, to_status: RunStatus, event: Event | None, now: float) -> Event:
     """The event recording ``run``'s move to ``to_status`` (``event`` if the caller gave one)."""
     if event is not None:
         return event

@@ -200,9 +200,7 @@ class InMemoryStorage(InstanceStorage):
             self._check_open()
             self._pool_limits.pop(pool, None)
 
-    def claim_pool_slot(
-        self, pool: str, run_id: str, step_key: str | None, *, limit: int
-    ) -> bool:
+    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
         with self._lock:
             self._check_open()
             held = [lease for lease in self._leases if lease.pool == pool]

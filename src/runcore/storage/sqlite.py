@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import attrs
@@ -193,9 +193,9 @@ class SqliteStorage(InstanceStorage):
             raise InstanceClosedError(f"{self!r} is closed")
         if not self._started:
             self.start()
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                return conn
+            started: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if started is not None:
+                return started
         return self._open()
 
     def close(self) -> None:
@@ -205,10 +205,8 @@ class SqliteStorage(InstanceStorage):
         if os.getpid() != self._pid:
             return  # connections inherited through fork belong to the parent
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         try:
@@ -340,9 +338,7 @@ class SqliteStorage(InstanceStorage):
             params.append(filters.job_name)
         if filters.statuses is not None:
             statuses = [s.value for s in filters.statuses]
-            clauses.append(
-                f"status IN ({','.join('?' * len(statuses))})" if statuses else "0"
-            )
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})" if statuses else "0")
             params.extend(statuses)
         if filters.created_after is not None:
             clauses.append("created_at > ?")
@@ -480,9 +476,7 @@ class SqliteStorage(InstanceStorage):
         if not events:
             return
         dumps = _serde.dumps_event
-        rows = [
-            (e.run_id, e.event_type.value, e.step_key, e.timestamp, dumps(e)) for e in events
-        ]
+        rows = [(e.run_id, e.event_type.value, e.step_key, e.timestamp, dumps(e)) for e in events]
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -529,14 +523,16 @@ class SqliteStorage(InstanceStorage):
         )
 
     def get_pool_limits(self) -> dict[str, int]:
-        return {row[0]: int(row[1]) for row in self._read("SELECT pool, slot_limit FROM pool_limits")}
+        return {
+            row[0]: int(row[1]) for row in self._read("SELECT pool, slot_limit FROM pool_limits")
+        }
 
     def delete_pool_limit(self, pool: str) -> None:
-        self._run_write(lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,)))
+        self._run_write(
+            lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,))
+        )
 
-    def claim_pool_slot(
-        self, pool: str, run_id: str, step_key: str | None, *, limit: int
-    ) -> bool:
+    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
         key = step_key or ""
 
         def write(conn: sqlite3.Connection) -> bool:
@@ -559,14 +555,16 @@ class SqliteStorage(InstanceStorage):
     def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
         if step_key is None:
             return self._run_write(
-                lambda conn: conn.execute(
-                    "DELETE FROM pool_slots WHERE run_id = ?", (run_id,)
-                ).rowcount
+                lambda conn: (
+                    conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,)).rowcount
+                )
             )
         return self._run_write(
-            lambda conn: conn.execute(
-                "DELETE FROM pool_slots WHERE run_id = ? AND step_key = ?", (run_id, step_key)
-            ).rowcount
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM pool_slots WHERE run_id = ? AND step_key = ?", (run_id, step_key)
+                ).rowcount
+            )
         )
 
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:

@@ -1,0 +1,1 @@
+"""The ``runcore`` command (placeholder replaced below)."""
