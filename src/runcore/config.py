@@ -203,26 +203,16 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(str, structure_str)
     conv.register_structure_hook(bool, structure_bool)
 
-    plugin_overrides = {"class_name": override(rename="class")}
-    conv.register_structure_hook(
-        PluginConfig,
-        make_dict_structure_fn(
-            PluginConfig, conv, _cattrs_forbid_extra_keys=True, **plugin_overrides
-        ),
-    )
-    conv.register_unstructure_hook(
-        PluginConfig, make_dict_unstructure_fn(PluginConfig, conv, **plugin_overrides)
-    )
-    unique_overrides = {"apply_limit_per_unique_value": override(rename="applyLimitPerUniqueValue")}
-    conv.register_structure_hook(
-        UniqueValue,
-        make_dict_structure_fn(
-            UniqueValue, conv, _cattrs_forbid_extra_keys=True, **unique_overrides
-        ),
-    )
-    conv.register_unstructure_hook(
-        UniqueValue, make_dict_unstructure_fn(UniqueValue, conv, **unique_overrides)
-    )
+    renamed: list[tuple[type, str, str]] = [
+        (PluginConfig, "class_name", "class"),
+        (UniqueValue, "apply_limit_per_unique_value", "applyLimitPerUniqueValue"),
+    ]
+    for cls, attr, key in renamed:
+        rename: dict[str, Any] = {attr: override(rename=key)}
+        conv.register_structure_hook(
+            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **rename)
+        )
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **rename))
 
     def structure_tag_value(value: Any, _: type) -> str | UniqueValue | None:
         if value is None or isinstance(value, str):
