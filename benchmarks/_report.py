@@ -8,6 +8,20 @@ from typing import Any
 
 from _specs import Row
 
+#: Measurement fields listed under "Measurement details" (``measured_value``: before
+#: extrapolation).
+DETAIL_KEYS = (
+    "reps",
+    "min",
+    "max",
+    "count",
+    "seconds",
+    "calls",
+    "fill_seconds",
+    "n_ops",
+    "measured_value",
+)
+
 
 @dataclass
 class Outcome:
@@ -110,7 +124,7 @@ def _table(lines: list[Line]) -> list[str]:
 def _detail(measurement: Mapping[str, Any] | None) -> str:
     if not measurement:
         return "-"
-    keys = ("reps", "min", "max", "count", "seconds", "calls", "fill_seconds", "n_ops")
+    keys = DETAIL_KEYS
     parts = []
     for key in keys:
         if key in measurement:

@@ -127,8 +127,9 @@ def run_concurrent_writers(
             proc.join()
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     total = n_writers * count
+    calls = -(-count // batch) if batch else count  # store calls per writer
     errors = sum(r["errors"] for r in reports)
     return {
         "rate": {"value": total / seconds, "unit": "/s", "count": total, "seconds": seconds},
-        "locked_errors": {"value": errors, "unit": "errors", "calls": total // (batch or 1)},
+        "locked_errors": {"value": errors, "unit": "errors", "calls": n_writers * calls},
     }
