@@ -4,6 +4,7 @@ Define ops and jobs, hand them to an :class:`Instance`, and it queues, launches,
 remembers their runs. See ``docs/`` for the guide; the public names are listed in ``__all__``.
 """
 
+from runcore.context import OpContext
 from runcore.coordinators import DefaultRunCoordinator, RunCoordinator
 from runcore.definitions import (
     Definitions,
@@ -67,6 +68,7 @@ __all__ = [
     "InstanceStorage",
     "Job",
     "MultiprocessExecutor",
+    "OpContext",
     "OpDefinition",
     "OutputStore",
     "OutputStoreError",

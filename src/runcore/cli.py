@@ -1,1 +1,238 @@
-"""The ``runcore`` command (placeholder replaced below)."""
+"""The ``runcore`` command.
+
+::
+
+    runcore [--config FILE] job list LOCATION
+    runcore [--config FILE] job execute LOCATION JOB [--tag KEY=VALUE ...]
+    runcore [--config FILE] runs list [--job NAME] [--status STATUS ...] [--tag KEY=VALUE ...]
+                                      [--limit N] [--json]
+    runcore [--config FILE] runs show RUN_ID [--json]
+    runcore demo [--db PATH] [--plain]
+
+The instance config is ``--config``, else ``$RUNCORE_CONFIG``, else ``./runcore.yaml`` if it
+exists, else the embedded default: SQLite at ``.runcore/runs.db``.
+Exit codes: 0 success, 1 a run that did not succeed, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from runcore.errors import RuncoreError
+
+if TYPE_CHECKING:
+    from runcore.instance import Instance
+
+DEFAULT_CONFIG_FILE = "runcore.yaml"
+DEFAULT_CONFIG: dict[str, Any] = {"storage": {"sqlite": {"path": ".runcore/runs.db"}}}
+
+
+class UsageError(RuncoreError):
+    """Bad command-line input."""
+
+
+def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--tag takes KEY=VALUE, got {item!r}")
+        tags[key] = value
+    return tags
+
+
+def config_source(explicit: str | None) -> str | dict[str, Any]:
+    """Which instance config the command uses (see the module docstring)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("RUNCORE_CONFIG")
+    if env:
+        return env
+    if os.path.exists(DEFAULT_CONFIG_FILE):
+        return DEFAULT_CONFIG_FILE
+    return DEFAULT_CONFIG
+
+
+def _instance(args: argparse.Namespace) -> Instance:
+    from runcore.instance import Instance
+
+    return Instance.from_config(config_source(args.config))
+
+
+def _fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = end - start
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.definitions import load_code_location
+
+    defs = load_code_location(args.location)
+    for name in defs.job_names:
+        job = defs.get_job(name)
+        out.write(f"{name}\t{len(job.ops)} ops\t{job.description or ''}\n")
+    return 0
+
+
+def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.definitions import load_code_location
+
+    tags = _parse_tags(args.tag)
+    job = load_code_location(args.location).get_job(args.job)
+    with _instance(args) as inst:
+        run = inst.submit_run(job, tags=tags, code_location=args.location)
+        out.write(f"run {run.run_id} of {job.name} submitted\n")
+        done = inst.wait_for_run(run.run_id, timeout=args.timeout)
+    out.write(
+        f"run {done.run_id} {done.status.value} in {_duration(done.started_at, done.ended_at)}\n"
+    )
+    if done.failure_reason:
+        out.write(f"reason: {done.failure_reason}\n")
+    return 0 if done.status.value == "SUCCESS" else 1
+
+
+def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.runs import RunsFilter, RunStatus
+
+    try:
+        statuses = [RunStatus(s.upper()) for s in args.status] if args.status else None
+    except ValueError as exc:
+        names = ", ".join(s.value for s in RunStatus)
+        raise UsageError(f"{exc}; statuses are: {names}") from None
+    filters = RunsFilter(job_name=args.job, statuses=statuses, tags=_parse_tags(args.tag) or None)
+    with _instance(args) as inst:
+        runs = inst.get_runs(filters, limit=args.limit)
+    if args.json:
+        from runcore import _serde
+
+        out.write(json.dumps([_serde.to_jsonable(r) for r in runs], indent=2) + "\n")
+        return 0
+    if not runs:
+        out.write("no runs\n")
+        return 0
+    out.write(f"{'RUN ID':36}  {'JOB':20}  {'STATUS':10}  {'CREATED':19}  {'TOOK':>7}  TAGS\n")
+    for run in runs:
+        tags = ",".join(f"{k}={v}" for k, v in sorted(run.tags.items()))
+        out.write(
+            f"{run.run_id:36}  {run.job_name[:20]:20}  {run.status.value:10}  "
+            f"{_fmt_time(run.created_at):19}  {_duration(run.started_at, run.ended_at):>7}  "
+            f"{tags}\n"
+        )
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        run = inst.get_run(args.run_id)
+        events = inst.get_events(args.run_id)
+    if args.json:
+        from runcore import _serde
+
+        out.write(
+            json.dumps(
+                {"run": _serde.to_jsonable(run), "events": [_serde.to_jsonable(e) for e in events]},
+                indent=2,
+            )
+            + "\n"
+        )
+        return 0
+    out.write(f"run {run.run_id}  job {run.job_name}  {run.status.value}\n")
+    if run.failure_reason:
+        out.write(f"reason: {run.failure_reason}\n")
+    for event in events:
+        import datetime
+
+        when = datetime.datetime.fromtimestamp(event.timestamp).strftime("%H:%M:%S.%f")[:-3]
+        step = event.step_key or "-"
+        detail = event.message
+        if event.data:
+            detail += " " + " ".join(f"{k}={v}" for k, v in event.data.items())
+        out.write(f"{when}  {event.event_type.value:18}  {step:20}  {detail.strip()}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.demo import run_demo
+
+    return run_demo(db_path=args.db, out=out, live=not args.plain)
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runcore", description="Run and inspect data-pipeline jobs with runcore."
+    )
+    parser.add_argument(
+        "--config",
+        help="instance config YAML (default: $RUNCORE_CONFIG, ./runcore.yaml, "
+        "else SQLite at .runcore/runs.db)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    job = sub.add_parser("job", help="list and execute jobs of a code location")
+    job_sub = job.add_subparsers(dest="job_command", required=True)
+    job_list = job_sub.add_parser("list", help="list the jobs of a code location")
+    job_list.add_argument("location", help="'pkg.module:defs' or 'path/file.py:defs'")
+    job_list.set_defaults(func=cmd_job_list)
+    job_exec = job_sub.add_parser("execute", help="run a job and wait for it")
+    job_exec.add_argument("location", help="'pkg.module:defs' or 'path/file.py:defs'")
+    job_exec.add_argument("job", help="the job's name")
+    job_exec.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a run tag")
+    job_exec.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+    job_exec.set_defaults(func=cmd_job_execute)
+
+    runs = sub.add_parser("runs", help="inspect runs")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_sub.add_parser("list", help="list runs, newest first")
+    runs_list.add_argument("--job", help="only runs of this job")
+    runs_list.add_argument("--status", action="append", help="only runs in this status")
+    runs_list.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only with tag")
+    runs_list.add_argument("--limit", type=int, default=20, help="at most N runs (default 20)")
+    runs_list.add_argument("--json", action="store_true", help="print JSON")
+    runs_list.set_defaults(func=cmd_runs_list)
+    runs_show = runs_sub.add_parser("show", help="a run and its events")
+    runs_show.add_argument("run_id")
+    runs_show.add_argument("--json", action="store_true", help="print JSON")
+    runs_show.set_defaults(func=cmd_runs_show)
+
+    demo = sub.add_parser("demo", help="run the demo job on SQLite with a live view")
+    demo.add_argument("--db", default=".runcore/runs.db", help="SQLite file (default: %(default)s)")
+    demo.add_argument("--plain", action="store_true", help="print events as lines, no redraw")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stream = out or sys.stdout
+    try:
+        code: int = args.func(args, stream)
+    except RuncoreError as exc:
+        sys.stderr.write(f"runcore: error: {type(exc).__name__}: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("runcore: interrupted\n")
+        return 130
+    return code

@@ -15,6 +15,7 @@ import functools
 import importlib
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -180,22 +181,22 @@ def _converter() -> cattrs.Converter:
 
     def structure_int(value: Any, _: type) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {value!r}")
+            raise _ConfigTypeError(f"expected an integer, got {value!r}")
         return value
 
     def structure_float(value: Any, _: type) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected a number, got {value!r}")
+            raise _ConfigTypeError(f"expected a number, got {value!r}")
         return float(value)
 
     def structure_str(value: Any, _: type) -> str:
         if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
+            raise _ConfigTypeError(f"expected a string, got {value!r}")
         return value
 
     def structure_bool(value: Any, _: type) -> bool:
         if not isinstance(value, bool):
-            raise TypeError(f"expected true or false, got {value!r}")
+            raise _ConfigTypeError(f"expected true or false, got {value!r}")
         return value
 
     conv.register_structure_hook(int, structure_int)
@@ -219,13 +220,15 @@ def _converter() -> cattrs.Converter:
             return value
         if isinstance(value, Mapping):
             return conv.structure(value, UniqueValue)
-        raise TypeError(f"expected a string or {{applyLimitPerUniqueValue: true}}, got {value!r}")
+        raise _ConfigTypeError(
+            f"expected a string or {{applyLimitPerUniqueValue: true}}, got {value!r}"
+        )
 
     conv.register_structure_hook(str | UniqueValue | None, structure_tag_value)
 
     def structure_in_memory(value: Any, _: type) -> InMemoryStorageConfig:
         if value not in (None, {}):
-            raise TypeError(f"in_memory takes no settings, got {value!r}")
+            raise _ConfigTypeError(f"in_memory takes no settings, got {value!r}")
         return InMemoryStorageConfig()
 
     conv.register_structure_hook(InMemoryStorageConfig, structure_in_memory)
@@ -233,17 +236,50 @@ def _converter() -> cattrs.Converter:
     return conv
 
 
-def _describe(exc: BaseException, path: str) -> list[str]:
+_RENAMED = {"class_name": "class", "apply_limit_per_unique_value": "applyLimitPerUniqueValue"}
+
+
+class _ConfigTypeError(TypeError):
+    """Raised by runcore's own structure hooks; its message is already readable."""
+
+
+def _format(exc: BaseException, expected: type | None) -> str:
     import cattrs
 
-    if isinstance(exc, ConfigError):
-        return [str(exc)]
-    if isinstance(exc, cattrs.BaseValidationError):
-        lines = []
-        for line in cattrs.transform_error(exc, path=path):
-            lines.append(line.replace("$.", "").replace("$", path or "config"))
-        return lines
-    return [f"{path or 'config'}: {exc}"]
+    if isinstance(exc, _ConfigTypeError):
+        return str(exc)
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        known = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+        renamed = {
+            "class_name": "class",
+            "apply_limit_per_unique_value": "applyLimitPerUniqueValue",
+        }
+        known = [renamed.get(k, k) for k in known]
+        unknown = ", ".join(repr(k) for k in sorted(exc.extra_fields))
+        return f"unknown key {unknown}; expected one of: {', '.join(known) or 'no keys'}"
+    if isinstance(exc, KeyError):
+        return "this key is required"
+    literal = re.search(r"(.*) not in literal typing.Literal\[(.*)\]", str(exc))
+    if literal:
+        return f"expected one of {literal.group(2)}, got {literal.group(1)!r}"
+    if isinstance(exc, AttributeError) and "items" in str(exc):
+        return "expected a mapping"
+    if isinstance(exc, ValueError | TypeError) and expected is not None:
+        name = getattr(expected, "__name__", repr(expected))
+        return f"expected a {name}"
+    return str(exc)
+
+
+def _describe(exc: BaseException, where: str) -> list[str]:
+    import cattrs
+
+    lines = []
+    for line in cattrs.transform_error(exc, path="$", format_exception=_format):
+        message, _, path = line.rpartition(" @ ")
+        key = path.removeprefix("$").removeprefix(".").replace("class_name", "class")
+        key = ".".join(p for p in (where, key) if p) or "config"
+        lines.append(f"{key}: {message}")
+    return lines
 
 
 def parse(data: Any, cls: type[T], *, where: str = "") -> T:
@@ -261,7 +297,8 @@ def parse(data: Any, cls: type[T], *, where: str = "") -> T:
         if inner is not None:
             raise ConfigError(f"{where + ': ' if where else ''}{inner}") from exc
         lines = _describe(exc, where)
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+        text = lines[0] if len(lines) == 1 else "invalid configuration:\n  " + "\n  ".join(lines)
+        raise ConfigError(text) from exc
 
 
 def _find_config_error(exc: BaseException) -> ConfigError | None:
@@ -289,6 +326,10 @@ def load_instance_config(
     """
     if isinstance(source, Mapping):
         return parse(source, InstanceConfig), os.getcwd()
+    if not isinstance(source, str | os.PathLike):
+        raise ConfigError(
+            f"an instance config is a mapping or a YAML file path, got {type(source).__name__}"
+        )
     path = os.fspath(source)
     try:
         with open(path, encoding="utf-8") as fh:

@@ -1,0 +1,1 @@
+"""Example code locations shipped with runcore (the demo job lives here)."""
