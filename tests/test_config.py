@@ -1,0 +1,153 @@
+"""Instance configuration: defaults, YAML, and a clear error for each malformed key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import runcore as rc
+from runcore import config
+from runcore.storage.sqlite import SqliteStorage
+
+
+def test_defaults_are_the_embedded_sqlite() -> None:
+    inst = rc.Instance.from_config({})
+    assert isinstance(inst.storage, SqliteStorage)
+    assert inst.storage.path.endswith(".runcore/runs.db")
+    assert isinstance(inst.run_coordinator, rc.DefaultRunCoordinator)
+    assert isinstance(inst.run_launcher, rc.ThreadPoolRunLauncher)
+    assert isinstance(inst.output_store, rc.FileOutputStore)
+
+
+def test_in_memory_keeps_outputs_in_memory() -> None:
+    inst = rc.Instance.from_config({"storage": {"in_memory": {}}})
+    assert isinstance(inst.storage, rc.InMemoryStorage)
+    assert isinstance(inst.output_store, rc.InMemoryOutputStore)
+
+
+def test_full_config_parses() -> None:
+    cfg, _ = config.load_instance_config(
+        {
+            "storage": {"sqlite": {"path": "x.db"}},
+            "run_coordinator": {"class": "runcore.coordinators:DefaultRunCoordinator"},
+            "run_launcher": {
+                "class": "runcore.launchers:ThreadPoolRunLauncher",
+                "config": {"max_workers": 2},
+            },
+            "non_isolated_runs": {"enabled": True, "max_concurrent_runs": 1},
+            "concurrency": {
+                "runs": {
+                    "max_concurrent_runs": 15,
+                    "tag_concurrency_limits": [
+                        {"key": "runcore/backfill", "limit": 10},
+                        {"key": "team", "value": {"applyLimitPerUniqueValue": True}, "limit": 2},
+                        {"key": "runcore/sensor_name", "value": "my_sensor", "limit": 5},
+                    ],
+                },
+                "pools": {"default_limit": 1, "granularity": "op"},
+            },
+            "run_monitoring": {"enabled": True, "start_timeout_seconds": 180},
+            "run_retries": {"enabled": True, "max_retries": 0, "retry_on_op_failure": True},
+        }
+    )
+    limits = cfg.concurrency.runs.tag_concurrency_limits
+    assert limits[1].value == config.UniqueValue(apply_limit_per_unique_value=True)
+    assert limits[2].value == "my_sensor"
+    assert cfg.run_launcher is not None and cfg.run_launcher.config == {"max_workers": 2}
+    assert config.to_dict(cfg)["run_launcher"]["class"] == "runcore.launchers:ThreadPoolRunLauncher"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"storage": {"sqlte": {}}}, "storage: unknown key 'sqlte'; expected one of: in_memory"),
+        ({"storage": {"sqlite": {"path": 3}}}, "storage.sqlite.path: expected a string, got 3"),
+        ({"storage": {}}, "storage: give exactly one of sqlite, in_memory, postgres"),
+        (
+            {"storage": {"sqlite": {}, "in_memory": {}}},
+            "give exactly one of sqlite, in_memory, postgres (got sqlite, in_memory)",
+        ),
+        (
+            {"concurrency": {"runs": {"max_concurrent_runs": "15"}}},
+            "concurrency.runs.max_concurrent_runs: expected an integer, got '15'",
+        ),
+        (
+            {"concurrency": {"pools": {"granularity": "step"}}},
+            "concurrency.pools.granularity: expected one of 'op', 'run', got 'step'",
+        ),
+        (
+            {"concurrency": {"runs": {"tag_concurrency_limits": [{"key": "team"}]}}},
+            "concurrency.runs.tag_concurrency_limits[0].limit: this key is required",
+        ),
+        (
+            {
+                "concurrency": {
+                    "runs": {"tag_concurrency_limits": [{"key": "a", "limit": 1, "value": 3}]}
+                }
+            },
+            "tag_concurrency_limits[0].value: expected a string or {applyLimitPerUniqueValue: true}",
+        ),
+        ({"run_monitoring": {"enabled": "yes"}}, "run_monitoring.enabled: expected true or false"),
+        (
+            {"run_launcher": {"klass": "x"}},
+            "run_launcher: unknown key 'klass'; expected one of: class",
+        ),
+        ({"bogus": 1}, "unknown key 'bogus'"),
+        (
+            {
+                "run_launcher": {
+                    "class": "runcore.launchers:ThreadPoolRunLauncher",
+                    "config": {"max_wrkers": 3},
+                }
+            },
+            "run_launcher.config: ThreadPoolRunLauncher has no setting 'max_wrkers' (it accepts: max_workers)",
+        ),
+        (
+            {
+                "run_launcher": {
+                    "class": "runcore.launchers:ThreadPoolRunLauncher",
+                    "config": {"max_workers": 0},
+                }
+            },
+            "max_workers must be an int >= 1, got 0",
+        ),
+        ({"run_launcher": {"class": "no_such_module:X"}}, "cannot import module 'no_such_module'"),
+        (
+            {"run_launcher": {"class": "runcore:NoSuchClass"}},
+            "module 'runcore' has no class 'NoSuchClass'",
+        ),
+        ({"run_launcher": {"class": "nocolon"}}, "expected 'module:Class'"),
+        ({"storage": {"postgres": {"url": "postgresql://x"}}}, "PostgreSQL storage is not part"),
+    ],
+)
+def test_malformed_config_names_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(rc.ConfigError) as info:
+        rc.Instance.from_config(data)
+    assert message in str(info.value)
+
+
+def test_yaml_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(rc.ConfigError, match="cannot read the instance config file"):
+        rc.Instance.from_config(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("storage: [unclosed\n")
+    with pytest.raises(rc.ConfigError, match="not valid YAML"):
+        rc.Instance.from_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("storage:\n  sqlite:\n    path: 5\n")
+    with pytest.raises(rc.ConfigError, match=r"wrong.yaml: storage.sqlite.path: expected a string"):
+        rc.Instance.from_config(wrong)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(rc.ConfigError, match="expected a mapping"):
+        rc.Instance.from_config(scalar)
+
+
+def test_config_is_data_not_code(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("storage: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(rc.ConfigError, match="not valid YAML"):
+        rc.Instance.from_config(evil)
