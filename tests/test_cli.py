@@ -45,6 +45,7 @@ def runcore(
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 

@@ -87,7 +87,7 @@ def test_full_config_parses() -> None:
                     "runs": {"tag_concurrency_limits": [{"key": "a", "limit": 1, "value": 3}]}
                 }
             },
-            "tag_concurrency_limits[0].value: expected a string or {applyLimitPerUniqueValue: true}",
+            "[0].value: expected a string or {applyLimitPerUniqueValue: true}",
         ),
         ({"run_monitoring": {"enabled": "yes"}}, "run_monitoring.enabled: expected true or false"),
         (
@@ -102,7 +102,7 @@ def test_full_config_parses() -> None:
                     "config": {"max_wrkers": 3},
                 }
             },
-            "run_launcher.config: ThreadPoolRunLauncher has no setting 'max_wrkers' (it accepts: max_workers)",
+            "ThreadPoolRunLauncher has no setting 'max_wrkers' (it accepts: max_workers)",
         ),
         (
             {

@@ -286,7 +286,8 @@ def test_another_process_sees_the_same_runs_and_events(tmp_path: Path) -> None:
         import json, runcore as rc
         with rc.Instance.from_config({{"storage": {{"sqlite": {{"path": {str(db)!r}}}}}}}) as i:
             run = i.get_run({run.run_id!r})
-            print(json.dumps([run.status.value, [e.event_type.value for e in i.get_events(run.run_id)]]))
+            types = [e.event_type.value for e in i.get_events(run.run_id)]
+            print(json.dumps([run.status.value, types]))
         """
     )
     out = subprocess.run(
