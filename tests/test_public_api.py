@@ -11,6 +11,7 @@ import runcore as rc
 EXPECTED = {
     "CodeLocationError",
     "ConfigError",
+    "Daemon",
     "DefaultRunCoordinator",
     "DefinitionError",
     "Definitions",
@@ -36,6 +37,7 @@ EXPECTED = {
     "OpDefinition",
     "OutputStore",
     "OutputStoreError",
+    "QueuedRunCoordinator",
     "RetryPolicy",
     "Run",
     "RunCoordinator",

@@ -5,7 +5,8 @@ remembers their runs. See ``docs/`` for the guide; the public names are listed i
 """
 
 from runcore.context import OpContext
-from runcore.coordinators import DefaultRunCoordinator, RunCoordinator
+from runcore.coordinators import DefaultRunCoordinator, QueuedRunCoordinator, RunCoordinator
+from runcore.daemon import Daemon
 from runcore.definitions import (
     Definitions,
     Job,
@@ -47,6 +48,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CodeLocationError",
     "ConfigError",
+    "Daemon",
     "DefaultRunCoordinator",
     "DefinitionError",
     "Definitions",
@@ -72,6 +74,7 @@ __all__ = [
     "OpDefinition",
     "OutputStore",
     "OutputStoreError",
+    "QueuedRunCoordinator",
     "RetryPolicy",
     "Run",
     "RunCoordinator",

@@ -7,6 +7,10 @@
     runcore [--config FILE] runs list [--job NAME] [--status STATUS ...] [--tag KEY=VALUE ...]
                                       [--limit N] [--json]
     runcore [--config FILE] runs show RUN_ID [--json]
+    runcore [--config FILE] runs why RUN_ID
+    runcore [--config FILE] instance concurrency set POOL N | get POOL | list | delete POOL
+    runcore [--config FILE] daemon [--interval SECONDS]
+    runcore [--config FILE] daemon status
     runcore demo [--db PATH] [--plain]
 
 The instance config is ``--config``, else ``$RUNCORE_CONFIG``, else ``./runcore.yaml`` if it
@@ -169,6 +173,108 @@ def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_runs_why(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        out.write(str(inst.explain_queued(args.run_id)) + "\n")
+    return 0
+
+
+def _pool_name(name: str) -> str:
+    if not name.strip():
+        raise UsageError("a pool name must be a non-empty string")
+    return name
+
+
+def cmd_concurrency_set(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        inst.set_pool_limit(_pool_name(args.pool), args.limit)
+    out.write(f"pool {args.pool}: limit {args.limit}\n")
+    return 0
+
+
+def cmd_concurrency_get(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        limit = inst.get_pool_limit(_pool_name(args.pool))
+        held = inst.storage.get_pool_leases(args.pool)
+        default = inst.config.concurrency.pools.default_limit if inst.config else None
+    shown = (
+        f"limit {limit}"
+        if limit is not None
+        else (
+            f"no limit set (default_limit {default} applies)" if default is not None else "no limit"
+        )
+    )
+    out.write(f"pool {args.pool}: {shown}; {len(held)} slots held\n")
+    for lease in held:
+        who = lease.run_id + (f"/{lease.step_key}" if lease.step_key else "")
+        out.write(f"  {who}\n")
+    return 0
+
+
+def cmd_concurrency_list(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        limits = inst.storage.get_pool_limits()
+        leases = inst.storage.get_pool_leases()
+    held: dict[str, int] = {}
+    for lease in leases:
+        held[lease.pool] = held.get(lease.pool, 0) + 1
+    names = sorted(set(limits) | set(held))
+    if not names:
+        out.write("no pools\n")
+        return 0
+    out.write(f"{'POOL':24}  {'LIMIT':>5}  {'HELD':>5}\n")
+    for name in names:
+        limit = str(limits[name]) if name in limits else "-"
+        out.write(f"{name:24}  {limit:>5}  {held.get(name, 0):>5}\n")
+    return 0
+
+
+def cmd_concurrency_delete(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        inst.delete_pool_limit(_pool_name(args.pool))
+    out.write(f"pool {args.pool}: limit removed\n")
+    return 0
+
+
+def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    from runcore.daemon import Daemon
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _instance(args) as inst:
+        daemon = Daemon(inst, dequeue_interval=args.interval)
+        out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
+        out.flush()
+        with daemon:
+            stop.wait()
+        out.write("runcore daemon stopped\n")
+    return 0
+
+
+def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.daemon import daemon_statuses
+
+    with _instance(args) as inst:
+        statuses = daemon_statuses(inst.storage)
+    if not statuses:
+        out.write("no daemon has ever run against this instance\n")
+        return 1
+    for status in statuses:
+        beat = status.heartbeat
+        state = "alive" if status.alive else "not alive"
+        out.write(
+            f"{beat.daemon_id}: {state}, last heartbeat {status.age_seconds:.1f}s ago "
+            f"(pid {beat.info.get('pid')} on {beat.info.get('host')})\n"
+        )
+        if beat.info.get("last_error"):
+            out.write(f"  last error: {beat.info['last_error']}\n")
+    return 0 if any(s.alive for s in statuses) else 1
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.demo import run_demo
 
@@ -188,7 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
         "else SQLite at .runcore/runs.db)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_job_commands(sub)
+    _add_runs_commands(sub)
+    _add_instance_commands(sub)
+    _add_daemon_commands(sub)
+    demo = sub.add_parser("demo", help="run the demo job on SQLite with a live view")
+    demo.add_argument("--db", default=".runcore/runs.db", help="SQLite file (default: %(default)s)")
+    demo.add_argument("--plain", action="store_true", help="print events as lines, no redraw")
+    demo.set_defaults(func=cmd_demo)
+    return parser
 
+
+def _add_job_commands(sub: Any) -> None:
     job = sub.add_parser("job", help="list and execute jobs of a code location")
     job_sub = job.add_subparsers(dest="job_command", required=True)
     job_list = job_sub.add_parser("list", help="list the jobs of a code location")
@@ -201,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_exec.add_argument("--timeout", type=float, default=None, help="seconds to wait")
     job_exec.set_defaults(func=cmd_job_execute)
 
+
+def _add_runs_commands(sub: Any) -> None:
     runs = sub.add_parser("runs", help="inspect runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_sub.add_parser("list", help="list runs, newest first")
@@ -215,11 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show.add_argument("--json", action="store_true", help="print JSON")
     runs_show.set_defaults(func=cmd_runs_show)
 
-    demo = sub.add_parser("demo", help="run the demo job on SQLite with a live view")
-    demo.add_argument("--db", default=".runcore/runs.db", help="SQLite file (default: %(default)s)")
-    demo.add_argument("--plain", action="store_true", help="print events as lines, no redraw")
-    demo.set_defaults(func=cmd_demo)
-    return parser
+    runs_why = runs_sub.add_parser("why", help="why a queued run has not started")
+    runs_why.add_argument("run_id")
+    runs_why.set_defaults(func=cmd_runs_why)
+
+
+def _add_instance_commands(sub: Any) -> None:
+    instance = sub.add_parser("instance", help="instance settings")
+    instance_sub = instance.add_subparsers(dest="instance_command", required=True)
+    concurrency = instance_sub.add_parser("concurrency", help="pool limits")
+    conc_sub = concurrency.add_subparsers(dest="concurrency_command", required=True)
+    conc_set = conc_sub.add_parser("set", help="set a pool's limit")
+    conc_set.add_argument("pool")
+    conc_set.add_argument("limit", type=int)
+    conc_set.set_defaults(func=cmd_concurrency_set)
+    conc_get = conc_sub.add_parser("get", help="a pool's limit and holders")
+    conc_get.add_argument("pool")
+    conc_get.set_defaults(func=cmd_concurrency_get)
+    conc_list = conc_sub.add_parser("list", help="every pool with a limit or a held slot")
+    conc_list.set_defaults(func=cmd_concurrency_list)
+    conc_del = conc_sub.add_parser("delete", help="remove a pool's limit")
+    conc_del.add_argument("pool")
+    conc_del.set_defaults(func=cmd_concurrency_delete)
+
+
+def _add_daemon_commands(sub: Any) -> None:
+    daemon = sub.add_parser("daemon", help="run the daemon, or say whether one is alive")
+    daemon.add_argument("--interval", type=float, default=0.5, help="seconds between passes")
+    daemon.set_defaults(func=cmd_daemon_run)
+    daemon_sub = daemon.add_subparsers(dest="daemon_command")
+    daemon_status = daemon_sub.add_parser("status", help="whether a daemon is alive")
+    daemon_status.set_defaults(func=cmd_daemon_status)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -40,9 +40,13 @@ from runcore.runs import (
     Run,
     RunRecord,
     RunsFilter,
+    RunStatus,
 )
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
+
+if TYPE_CHECKING:
+    from runcore.coordinators.queued import QueueExplanation
 
 _TAG_CHOICES = {
     ISOLATION_TAG: ("isolated", "non_isolated"),
@@ -177,6 +181,9 @@ class Instance:
         No I/O happens until the instance is first used.
         """
         cfg, base_dir = _config.load_instance_config(source)
+        from runcore.coordinators.queued import limits_from_config
+
+        limits_from_config(cfg.concurrency, cfg.non_isolated_runs)  # bad limits fail here
         storage = _build_storage(cfg.storage, base_dir)
         coordinator: RunCoordinator = (
             _config.build_plugin(cfg.run_coordinator, RunCoordinator, where="run_coordinator")
@@ -206,7 +213,8 @@ class Instance:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def _ensure_started(self) -> None:
+    def ensure_started(self) -> None:
+        """Start the components now (the first use of the instance does this by itself)."""
         if self._started:
             return
         with self._lock:
@@ -226,8 +234,14 @@ class Instance:
                 instance_config=self._config_for_workers(),
             )
         )
+        cfg = self.config or _config.InstanceConfig()
         self.run_coordinator.start(
-            CoordinatorContext(storage=self.storage, launcher=self.run_launcher)
+            CoordinatorContext(
+                storage=self.storage,
+                launcher=self.run_launcher,
+                concurrency=cfg.concurrency,
+                non_isolated_runs=cfg.non_isolated_runs,
+            )
         )
 
     def _config_for_workers(self) -> dict[str, Any]:
@@ -252,7 +266,7 @@ class Instance:
         self.storage.close()
 
     def __enter__(self) -> Self:
-        self._ensure_started()
+        self.ensure_started()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -272,17 +286,21 @@ class Instance:
         root_run_id: str | None = None,
     ) -> Run:
         """Store a NOT_STARTED run of ``job`` without submitting it (see :meth:`submit_run`)."""
-        self._ensure_started()
+        self.ensure_started()
         job_obj = self._job_for(job, code_location)
         location = code_location or infer_code_location(job_obj)
         self.jobs.register(job_obj, location)
         step_keys = resolve_op_selection(job_obj, op_selection) if op_selection else None
-        if step_keys is not None:
-            build_plan(job_obj, step_keys, allow_external=parent_run_id is not None)
+        plan = build_plan(job_obj, step_keys, allow_external=parent_run_id is not None)
+        run_tags = {**job_obj.tags, **validate_tags(tags)}
+        self._check_isolation(run_tags)
         extra: dict[str, Any] = {"run_id": run_id} if run_id is not None else {}
+        root_pools = [step.op.pool for step in plan.roots()]
         run = Run(
             job_name=job_obj.name,
-            tags={**job_obj.tags, **validate_tags(tags)},
+            tags=run_tags,
+            pools=sorted({s.op.pool for s in plan.steps if s.op.pool is not None}),
+            root_pools=None if None in root_pools else sorted(p for p in root_pools if p),
             code_location=location,
             step_keys_to_execute=step_keys,
             parent_run_id=parent_run_id,
@@ -290,6 +308,14 @@ class Instance:
             **extra,
         )
         return self.storage.add_run(run)
+
+    def _check_isolation(self, tags: Mapping[str, str]) -> None:
+        cfg = self.config or _config.InstanceConfig()
+        if tags.get(ISOLATION_TAG) == "non_isolated" and not cfg.non_isolated_runs.enabled:
+            raise ConfigError(
+                f"tag {ISOLATION_TAG}: non_isolated is refused because non_isolated_runs.enabled "
+                "is false in the instance config; drop the tag or enable non-isolated runs"
+            )
 
     def _job_for(self, job: Job | str, code_location: str | None) -> Job:
         if isinstance(job, Job):
@@ -324,7 +350,7 @@ class Instance:
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id; :class:`~runcore.errors.RunNotFoundError` if there is none."""
-        self._ensure_started()
+        self.ensure_started()
         run = self.storage.get_run(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
@@ -339,7 +365,7 @@ class Instance:
         after_storage_id: int | None = None,
     ) -> list[RunRecord]:
         """Stored runs matching ``filters``, newest first (see :class:`RunsFilter`)."""
-        self._ensure_started()
+        self.ensure_started()
         return self.storage.get_run_records(
             filters, limit, ascending=ascending, after_storage_id=after_storage_id
         )
@@ -356,7 +382,7 @@ class Instance:
         event_types: Sequence[EventType] | None = None,
     ) -> list[Event]:
         """A run's events in order. Raises :class:`RunNotFoundError` for an unknown run."""
-        self._ensure_started()
+        self.ensure_started()
         records = self.storage.get_event_records(
             run_id, after_storage_id=after_storage_id, event_types=event_types
         )
@@ -380,8 +406,42 @@ class Instance:
 
     def cancel_run(self, run_id: str) -> bool:
         """Cancel a run; False if it had already ended. See :class:`RunCoordinator`."""
-        self._ensure_started()
+        self.ensure_started()
         return self.run_coordinator.cancel_run(run_id)
+
+    def explain_queued(self, run_id: str) -> QueueExplanation:
+        """Why a queued run has not started: each limit that holds it, with who holds it.
+
+        ``str()`` of the answer is a readable report. Under a coordinator that does not queue,
+        the explanation says so.
+        """
+        from runcore.coordinators.queued import QueuedRunCoordinator, QueueExplanation
+        from runcore.daemon import daemon_statuses
+
+        self.ensure_started()
+        coordinator = self.run_coordinator
+        if not isinstance(coordinator, QueuedRunCoordinator):
+            run = self.get_run(run_id)
+            return QueueExplanation(
+                run_id,
+                run.status,
+                None,
+                0,
+                (f"the instance's coordinator ({type(coordinator).__name__}) does not queue runs",),
+            )
+        answer = coordinator.explain(run_id)
+        if answer.status is RunStatus.QUEUED and not any(
+            s.alive for s in daemon_statuses(self.storage)
+        ):
+            answer = attrs.evolve(
+                answer,
+                reasons=(
+                    *answer.reasons,
+                    "no daemon is alive: start one (`runcore daemon`, or "
+                    "`with runcore.Daemon(instance):` in your program)",
+                ),
+            )
+        return answer
 
     # --- pools ------------------------------------------------------------------------------
 
@@ -390,19 +450,19 @@ class Instance:
         _check_pool(pool)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError(f"pool {pool!r}: the limit must be an int >= 0, got {limit!r}")
-        self._ensure_started()
+        self.ensure_started()
         self.storage.set_pool_limit(pool, limit)
 
     def get_pool_limit(self, pool: str) -> int | None:
         """The explicit limit of ``pool``, or ``None`` if it has none."""
         _check_pool(pool)
-        self._ensure_started()
+        self.ensure_started()
         return self.storage.get_pool_limits().get(pool)
 
     def delete_pool_limit(self, pool: str) -> None:
         """Remove the explicit limit of ``pool``."""
         _check_pool(pool)
-        self._ensure_started()
+        self.ensure_started()
         self.storage.delete_pool_limit(pool)
 
 

@@ -97,7 +97,9 @@ class Run:
     ``code_location`` says where a worker in another process can load the job from
     (``"pkg.module:defs"`` or ``"path/file.py:defs"``); ``None`` for a job that lives only in the
     submitting process. ``step_keys_to_execute`` limits the run to a subset of the job's steps
-    (op selection, re-execution). Times are Unix seconds.
+    (op selection, re-execution). Times are Unix seconds. ``pools`` lists the concurrency pools
+    its steps use; ``root_pools`` the pools of its root steps (``None`` when a root step uses
+    none), which is what holds a run in the queue at op granularity.
     """
 
     run_id: str = attrs.field(factory=new_run_id)
@@ -113,6 +115,8 @@ class Run:
     started_at: float | None = None
     ended_at: float | None = None
     failure_reason: str | None = None
+    pools: list[str] = attrs.field(factory=list)
+    root_pools: list[str] | None = None
 
     @property
     def is_finished(self) -> bool:

@@ -25,17 +25,32 @@ from runcore.events import Event, EventType
 from runcore.runs import RunStatus
 
 if TYPE_CHECKING:
+    from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
     from runcore.launchers.base import RunLauncher
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
 
 
+def _default_concurrency() -> ConcurrencyConfig:
+    from runcore.config import ConcurrencyConfig
+
+    return ConcurrencyConfig()
+
+
+def _default_non_isolated() -> NonIsolatedRunsConfig:
+    from runcore.config import NonIsolatedRunsConfig
+
+    return NonIsolatedRunsConfig()
+
+
 @attrs.frozen
 class CoordinatorContext:
-    """A coordinator's collaborators: the storage and the launcher."""
+    """A coordinator's collaborators: the storage, the launcher and the limits' config."""
 
     storage: InstanceStorage
     launcher: RunLauncher
+    concurrency: ConcurrencyConfig = attrs.field(factory=_default_concurrency)
+    non_isolated_runs: NonIsolatedRunsConfig = attrs.field(factory=_default_non_isolated)
 
 
 class RunCoordinator(ABC):

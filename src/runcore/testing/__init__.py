@@ -2,16 +2,22 @@
 
 * ``StorageContract``: subclass it in a pytest module and provide a ``storage`` fixture to
   prove a custom :class:`~runcore.storage.InstanceStorage` keeps runcore's contract.
+* ``RecordingLauncher``: a launcher that records the runs it is asked to launch and runs
+  nothing, to check a coordinator configuration without executing jobs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["StorageContract"]
+__all__ = ["RecordingLauncher", "StorageContract"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "RecordingLauncher":
+        from runcore.testing.recording import RecordingLauncher
+
+        return RecordingLauncher
     if name == "StorageContract":
         from runcore.testing.storage_contract import StorageContract
 

@@ -1,0 +1,333 @@
+"""Queue runs and start them, from a daemon pass, when the limits allow.
+
+``submit_run`` only moves a run to QUEUED. A :class:`~runcore.daemon.Daemon` (or a test calling
+:meth:`QueuedRunCoordinator.dequeue_pass`) reads the queue, asks the pure
+:func:`~runcore.coordinators.admission.admit` which runs may start, and starts each with one
+compare-and-set ``QUEUED -> STARTING`` that also claims the run's pool slots (granularity
+``run``). Two daemons on one storage therefore never start a run twice: the second one's
+compare-and-set finds the run no longer QUEUED.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from runcore.coordinators.admission import (
+    ActiveRun,
+    Decision,
+    Limits,
+    QueuedRun,
+    TagLimit,
+    admit,
+    queue_order,
+)
+from runcore.coordinators.base import RunCoordinator
+from runcore.errors import ConfigError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.runs import IN_PROGRESS_STATUSES, PRIORITY_TAG, Run, RunsFilter, RunStatus
+
+if TYPE_CHECKING:
+    from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
+    from runcore.storage.base import InstanceStorage
+
+
+def limits_from_config(
+    concurrency: ConcurrencyConfig,
+    non_isolated: NonIsolatedRunsConfig,
+    pool_limits: dict[str, int] | None = None,
+) -> Limits:
+    """Build :class:`Limits` from the instance config (validated here, naming the field)."""
+    from runcore.config import UniqueValue
+
+    runs = concurrency.runs
+    if runs.max_concurrent_runs < -1:
+        raise ConfigError(
+            "concurrency.runs.max_concurrent_runs must be -1 (no limit) or >= 0, got "
+            f"{runs.max_concurrent_runs}"
+        )
+    tag_limits = []
+    for index, item in enumerate(runs.tag_concurrency_limits):
+        where = f"concurrency.runs.tag_concurrency_limits[{index}]"
+        if item.limit < 0:
+            raise ConfigError(f"{where}.limit must be >= 0, got {item.limit}")
+        if not item.key:
+            raise ConfigError(f"{where}.key must be a non-empty string")
+        per_unique = isinstance(item.value, UniqueValue) and item.value.apply_limit_per_unique_value
+        value = item.value if isinstance(item.value, str) else None
+        tag_limits.append(
+            TagLimit(key=item.key, limit=item.limit, value=value, per_unique_value=per_unique)
+        )
+    pools = concurrency.pools
+    if pools.default_limit is not None and pools.default_limit < 0:
+        raise ConfigError(
+            f"concurrency.pools.default_limit must be >= 0, got {pools.default_limit}"
+        )
+    if non_isolated.max_concurrent_runs < -1:
+        raise ConfigError(
+            "non_isolated_runs.max_concurrent_runs must be -1 (no limit) or >= 0, got "
+            f"{non_isolated.max_concurrent_runs}"
+        )
+    return Limits(
+        max_concurrent_runs=runs.max_concurrent_runs,
+        tag_limits=tuple(tag_limits),
+        max_non_isolated_runs=non_isolated.max_concurrent_runs,
+        pool_granularity=pools.granularity,
+        pool_default_limit=pools.default_limit,
+        pool_limits=dict(pool_limits or {}),
+    )
+
+
+def queued_run_info(run: Run, order: int) -> QueuedRun:
+    """The admission view of a queued run."""
+    raw = run.tags.get(PRIORITY_TAG)
+    try:
+        priority = int(raw) if raw is not None else 0
+    except ValueError:
+        priority = 0  # refused at submit; a run written by hand still gets queued, at 0
+    return QueuedRun(
+        run_id=run.run_id,
+        order=order,
+        priority=priority,
+        tags=run.tags,
+        pools=frozenset(run.pools),
+        root_pools=tuple(run.root_pools) if run.root_pools is not None else None,
+    )
+
+
+@attrs.frozen
+class DequeueResult:
+    """What one dequeue pass did."""
+
+    launched: tuple[str, ...]
+    queued: int
+    lost_races: int = 0
+    failed_launches: int = 0
+
+
+@attrs.frozen
+class QueueExplanation:
+    """Why a run is (or is not) still queued."""
+
+    run_id: str
+    status: RunStatus
+    position: int | None
+    queue_length: int
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        if self.status is not RunStatus.QUEUED:
+            head = f"run {self.run_id} is {self.status.value}, not queued"
+        else:
+            head = f"run {self.run_id} is queued, position {self.position} of {self.queue_length}"
+        return "\n".join([head, *(f"- {r}" for r in self.reasons)])
+
+
+class QueuedRunCoordinator(RunCoordinator):
+    """Puts submitted runs in QUEUED; :meth:`dequeue_pass` starts them within the limits.
+
+    ``max_launch_per_pass`` caps the runs one pass starts (None: no cap).
+
+    Threads: none of its own. It keeps a cache of queued runs' admission data (runs are
+    immutable while queued apart from tags added later, which it does not see).
+    """
+
+    def __init__(self, max_launch_per_pass: int | None = None) -> None:
+        if max_launch_per_pass is not None and (
+            isinstance(max_launch_per_pass, bool)
+            or not isinstance(max_launch_per_pass, int)
+            or max_launch_per_pass < 1
+        ):
+            raise ConfigError(
+                "QueuedRunCoordinator max_launch_per_pass must be an int >= 1, got "
+                f"{max_launch_per_pass!r}"
+            )
+        self.max_launch_per_pass = max_launch_per_pass
+        self._cache: dict[str, QueuedRun] = {}
+        self._lock = threading.Lock()
+        self._warned_zero = False
+
+    def __repr__(self) -> str:
+        return f"QueuedRunCoordinator(max_launch_per_pass={self.max_launch_per_pass})"
+
+    def submit_run(self, run: Run) -> Run:
+        queued = self.context.storage.transition(
+            run.run_id,
+            [RunStatus.NOT_STARTED],
+            RunStatus.QUEUED,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_ENQUEUED,
+                message="queued; a daemon starts it when the limits allow",
+            ),
+        )
+        return queued or self.context.storage.get_run(run.run_id) or run
+
+    # --- the pass ---------------------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        """The limits in force now (config plus the pool limits stored in storage)."""
+        ctx = self.context
+        return limits_from_config(
+            ctx.concurrency, ctx.non_isolated_runs, ctx.storage.get_pool_limits()
+        )
+
+    def _snapshot(self) -> tuple[list[QueuedRun], list[ActiveRun], dict[str, list[str]]]:
+        storage = self.context.storage
+        ids = storage.get_run_ids(RunsFilter(statuses=[RunStatus.QUEUED]), ascending=True)
+        with self._lock:
+            missing = [run_id for run_id in ids if run_id not in self._cache]
+        if missing:
+            fresh = {}
+            for start in range(0, len(missing), 500):
+                chunk = missing[start : start + 500]
+                for record in storage.get_run_records(RunsFilter(run_ids=chunk), ascending=True):
+                    fresh[record.run.run_id] = queued_run_info(record.run, record.storage_id)
+            with self._lock:
+                self._cache.update(fresh)
+        with self._lock:
+            wanted = set(ids)
+            for stale in [k for k in self._cache if k not in wanted]:
+                del self._cache[stale]
+            queued = [self._cache[i] for i in ids if i in self._cache]
+        active = [
+            ActiveRun(run_id=r.run.run_id, tags=r.run.tags)
+            for r in storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        ]
+        holders: dict[str, list[str]] = {}
+        for lease in storage.get_pool_leases():
+            who = lease.run_id if lease.step_key is None else f"{lease.run_id}/{lease.step_key}"
+            holders.setdefault(lease.pool, []).append(who)
+        return queued, active, holders
+
+    def decide(self, *, explain: bool = False) -> tuple[Decision, list[QueuedRun], Limits]:
+        """Admission over the current queue, without starting anything."""
+        limits = self.limits()
+        queued, active, holders = self._snapshot()
+        decision = admit(
+            queued, active, limits, holders, explain=explain, max_launch=self.max_launch_per_pass
+        )
+        return decision, queued, limits
+
+    def dequeue_pass(self) -> DequeueResult:
+        """Start every queued run the limits allow now. Safe to run from several processes."""
+        decision, queued, limits = self.decide()
+        if limits.max_concurrent_runs == 0 and queued and not self._warned_zero:
+            import logging
+
+            logging.getLogger("runcore.coordinator").warning(
+                "concurrency.runs.max_concurrent_runs is 0: no queued run will ever start "
+                "(%d queued)",
+                len(queued),
+            )
+            self._warned_zero = True
+        launched: list[str] = []
+        lost = failed = 0
+        for run_id in decision.launch:
+            claims = [
+                (pool, limits.pool_limit(pool) or 0)
+                for pool in decision.pool_claims.get(run_id, ())
+            ]
+            outcome = self._start(run_id, claims)
+            if outcome is None:
+                lost += 1
+            elif outcome:
+                launched.append(run_id)
+            else:
+                failed += 1
+        return DequeueResult(
+            launched=tuple(launched), queued=len(queued), lost_races=lost, failed_launches=failed
+        )
+
+    def _start(self, run_id: str, claims: Sequence[tuple[str, int]]) -> bool | None:
+        """Start one run; None if it was no longer startable, False if its launch failed."""
+        storage = self.context.storage
+        starting = storage.transition(
+            run_id,
+            [RunStatus.QUEUED],
+            RunStatus.STARTING,
+            event=Event(
+                run_id=run_id,
+                event_type=EventType.RUN_STARTING,
+                message="dequeued: the limits allow it",
+            ),
+            claim_slots=claims,
+        )
+        if starting is None:
+            return None
+        try:
+            self.context.launcher.launch_run(starting)
+        except Exception as exc:
+            _fail_launch(storage, run_id, exc)
+            return False
+        return True
+
+    # --- explanations -----------------------------------------------------------------------
+
+    def explain(self, run_id: str) -> QueueExplanation:
+        """Why ``run_id`` has not started (see :class:`QueueExplanation`)."""
+        storage = self.context.storage
+        run = storage.get_run(run_id)
+        if run is None:
+            from runcore.errors import RunNotFoundError
+
+            raise RunNotFoundError(run_id)
+        decision, queued, limits = self.decide(explain=True)
+        ordered = queue_order(queued)
+        position = next((i + 1 for i, q in enumerate(ordered) if q.run_id == run_id), None)
+        if run.status is not RunStatus.QUEUED or position is None:
+            return QueueExplanation(run_id, run.status, None, len(ordered), ())
+        reasons = [str(h) for h in decision.held.get(run_id, ())]
+        if not reasons:
+            reasons.append(
+                "nothing holds it: the next dequeue pass starts it (is a daemon running? "
+                "`runcore daemon status`)"
+            )
+        reasons.extend(_notes(run, limits))
+        return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons))
+
+
+def _notes(run: Run, limits: Limits) -> list[str]:
+    notes = []
+    if limits.max_concurrent_runs == 0:
+        notes.append("note: max_concurrent_runs is 0, so no run can start")
+    for pool in sorted(set(run.pools)):
+        limit = limits.pool_limit(pool)
+        if limit is None:
+            notes.append(
+                f"note: pool {pool} has no limit set and no default_limit, so it holds nothing "
+                f"(set one with `runcore instance concurrency set {pool} N`)"
+            )
+        elif limit == 0:
+            notes.append(f"note: pool {pool} has a limit of 0, so its steps can never run")
+    for tag_limit in limits.tag_limits:
+        if tag_limit.limit == 0 and tag_limit.bucket(run.tags) is not None:
+            notes.append(f"note: {tag_limit.describe(tag_limit.bucket(run.tags) or '')} is 0")
+    return notes
+
+
+def _fail_launch(storage: InstanceStorage, run_id: str, exc: BaseException) -> None:
+    error = ErrorInfo.from_exception(exc)
+    storage.transition(
+        run_id,
+        [RunStatus.STARTING],
+        RunStatus.FAILURE,
+        event=Event(
+            run_id=run_id,
+            event_type=EventType.RUN_FAILURE,
+            message=f"the launcher could not start the run: {error}",
+            error=error,
+        ),
+    )
+
+
+__all__ = [
+    "DequeueResult",
+    "QueueExplanation",
+    "QueuedRunCoordinator",
+    "limits_from_config",
+    "queued_run_info",
+]

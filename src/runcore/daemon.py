@@ -1,0 +1,220 @@
+"""The daemon: background duties over one instance.
+
+Duties today: **dequeue** (start queued runs when the limits allow; only when the instance's
+coordinator queues) and a **heartbeat** in storage, so ``runcore daemon status`` and
+``Instance.explain_queued`` can tell whether a daemon is alive. Run monitoring and run retries
+join as duties of their own.
+
+Tests call :meth:`Daemon.run_once`, which performs exactly one pass of each enabled duty in the
+calling thread; the clock is injectable so that time can be stepped instead of slept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self
+
+import attrs
+
+from runcore.errors import InstanceClosedError
+from runcore.storage.base import DaemonHeartbeat
+
+if TYPE_CHECKING:
+    from runcore.coordinators.queued import DequeueResult
+    from runcore.instance import Instance
+    from runcore.storage.base import InstanceStorage
+
+log = logging.getLogger("runcore.daemon")
+
+DAEMON_TYPE = "runcore-daemon"
+
+
+@attrs.frozen
+class DaemonPass:
+    """What one :meth:`Daemon.run_once` did."""
+
+    dequeue: DequeueResult | None
+
+
+@attrs.frozen
+class DaemonStatus:
+    """A daemon's latest heartbeat and whether it is recent enough to count as alive."""
+
+    heartbeat: DaemonHeartbeat
+    alive: bool
+    age_seconds: float
+
+
+def daemon_statuses(
+    storage: InstanceStorage, *, now: float | None = None, max_age: float | None = None
+) -> list[DaemonStatus]:
+    """Every daemon that has sent a heartbeat, newest first, with an alive verdict.
+
+    A daemon is alive if its last heartbeat is younger than ``max_age`` (default: three of
+    its own heartbeat intervals, as it recorded them).
+    """
+    current = time.time() if now is None else now
+    out = []
+    for beat in storage.get_daemon_heartbeats():
+        if beat.daemon_type != DAEMON_TYPE:
+            continue
+        age = current - beat.timestamp
+        limit = max_age if max_age is not None else 3 * float(beat.info.get("interval", 5.0))
+        out.append(DaemonStatus(heartbeat=beat, alive=age <= limit, age_seconds=age))
+    return sorted(out, key=lambda s: s.age_seconds)
+
+
+class Daemon:
+    """Background duties over ``instance``; use as a context manager or ``start``/``stop``.
+
+    Threads: ``start()`` starts one thread per duty (``runcore-daemon-dequeue``) and one for
+    heartbeats (``runcore-daemon-heartbeat``), all daemonic; ``stop()`` (or leaving the ``with``
+    block) signals them and joins them. The instance stays open: its owner closes it.
+    """
+
+    def __init__(
+        self,
+        instance: Instance,
+        *,
+        dequeue_interval: float = 0.5,
+        heartbeat_interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        daemon_id: str | None = None,
+    ) -> None:
+        if dequeue_interval <= 0 or heartbeat_interval <= 0:
+            raise ValueError("daemon intervals must be > 0 seconds")
+        self.instance = instance
+        self.dequeue_interval = dequeue_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        self.daemon_id = daemon_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self._last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Daemon(daemon_id={self.daemon_id!r}, running={self.is_running})"
+
+    # --- duties -----------------------------------------------------------------------------
+
+    @property
+    def dequeues(self) -> bool:
+        """Whether the instance's coordinator queues runs (so the dequeue duty is on)."""
+        from runcore.coordinators.queued import QueuedRunCoordinator
+
+        return isinstance(self.instance.run_coordinator, QueuedRunCoordinator)
+
+    def dequeue_once(self) -> DequeueResult | None:
+        """One dequeue pass (None when the coordinator does not queue)."""
+        from runcore.coordinators.queued import QueuedRunCoordinator
+
+        coordinator = self.instance.run_coordinator
+        if not isinstance(coordinator, QueuedRunCoordinator):
+            return None
+        self.instance.ensure_started()
+        return coordinator.dequeue_pass()
+
+    def heartbeat(self) -> None:
+        """Record that this daemon is alive, now (by its clock)."""
+        self.instance.ensure_started()
+        self.instance.storage.add_daemon_heartbeat(
+            DaemonHeartbeat(
+                daemon_id=self.daemon_id,
+                daemon_type=DAEMON_TYPE,
+                timestamp=self.clock(),
+                info={
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "interval": self.heartbeat_interval,
+                    "duties": ["dequeue"] if self.dequeues else [],
+                    "last_error": self._last_error,
+                },
+            )
+        )
+
+    def run_once(self) -> DaemonPass:
+        """Exactly one pass of each enabled duty, synchronously, then a heartbeat."""
+        result = DaemonPass(dequeue=self.dequeue_once())
+        self.heartbeat()
+        return result
+
+    # --- threads ----------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the background threads are running."""
+        return any(t.is_alive() for t in self._threads)
+
+    def start(self) -> None:
+        """Start the background threads. Raises RuntimeError if already running."""
+        if self.is_running:
+            raise RuntimeError("this Daemon is already running")
+        self.instance.ensure_started()
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(
+                target=self._loop,
+                args=("heartbeat", self.heartbeat, self.heartbeat_interval),
+                name="runcore-daemon-heartbeat",
+                daemon=True,
+            )
+        ]
+        if self.dequeues:
+            self._threads.append(
+                threading.Thread(
+                    target=self._dequeue_loop, name="runcore-daemon-dequeue", daemon=True
+                )
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Signal the threads and wait up to ``timeout`` seconds for them to finish."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _record(self, duty: str, exc: BaseException) -> None:
+        self.errors.append(exc)
+        del self.errors[:-20]
+        self._last_error = f"{duty}: {type(exc).__name__}: {exc}"
+        log.exception("runcore daemon duty %s failed; it goes on", duty)
+
+    def _loop(self, duty: str, fn: Callable[[], Any], interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                fn()
+            except InstanceClosedError:
+                return
+            except Exception as exc:
+                self._record(duty, exc)
+            self._stop.wait(interval)
+
+    def _dequeue_loop(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            try:
+                result = self.dequeue_once()
+                busy = result is not None and bool(result.launched or result.lost_races)
+            except InstanceClosedError:
+                return
+            except Exception as exc:
+                self._record("dequeue", exc)
+            # A pass that started runs may have left more startable ones: go again at once.
+            self._stop.wait(0 if busy else self.dequeue_interval)
