@@ -50,6 +50,16 @@ def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
     return tags
 
 
+def absolute_location(location: str) -> str:
+    """A file code location made absolute, so that workers elsewhere can load it."""
+    target, sep, attr = location.rpartition(":")
+    if sep and (target.endswith(".py") or "/" in target):
+        return f"{os.path.abspath(target)}:{attr}"
+    if location.endswith(".py"):
+        return os.path.abspath(location)
+    return location
+
+
 def config_source(explicit: str | None) -> str | dict[str, Any]:
     """Which instance config the command uses (see the module docstring)."""
     if explicit:
@@ -98,13 +108,19 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.definitions import load_code_location
+    from runcore.errors import RunTimeoutError
 
     tags = _parse_tags(args.tag)
-    job = load_code_location(args.location).get_job(args.job)
+    location = absolute_location(args.location)
+    job = load_code_location(location).get_job(args.job)
     with _instance(args) as inst:
-        run = inst.submit_run(job, tags=tags, code_location=args.location)
+        run = inst.submit_run(job, tags=tags, code_location=location)
         out.write(f"run {run.run_id} of {job.name} submitted\n")
-        done = inst.wait_for_run(run.run_id, timeout=args.timeout)
+        try:
+            done = inst.wait_for_run(run.run_id, timeout=args.timeout)
+        except RunTimeoutError:
+            inst.cancel_run(run.run_id)
+            raise
     out.write(
         f"run {done.run_id} {done.status.value} in {_duration(done.started_at, done.ended_at)}\n"
     )
@@ -265,7 +281,9 @@ def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     for status in statuses:
         beat = status.heartbeat
-        state = "alive" if status.alive else "not alive"
+        state = (
+            "alive" if status.alive else ("stopped" if beat.info.get("stopped") else "not alive")
+        )
         out.write(
             f"{beat.daemon_id}: {state}, last heartbeat {status.age_seconds:.1f}s ago "
             f"(pid {beat.info.get('pid')} on {beat.info.get('host')})\n"
@@ -315,7 +333,9 @@ def _add_job_commands(sub: Any) -> None:
     job_exec.add_argument("location", help="'pkg.module:defs' or 'path/file.py:defs'")
     job_exec.add_argument("job", help="the job's name")
     job_exec.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a run tag")
-    job_exec.add_argument("--timeout", type=float, default=None, help="seconds to wait")
+    job_exec.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait; the run is canceled after"
+    )
     job_exec.set_defaults(func=cmd_job_execute)
 
 
@@ -372,6 +392,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     stream = out or sys.stdout
+    # Like `python -m`, let code locations name modules in the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         code: int = args.func(args, stream)
     except RuncoreError as exc:
@@ -380,4 +403,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("runcore: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return code

@@ -316,6 +316,15 @@ def to_dict(obj: Any) -> Any:
     return _converter().unstructure(obj)
 
 
+def _normalize(data: Any) -> Any:
+    """YAML writes an empty mapping as null (``in_memory:``); read it as ``{}``."""
+    if isinstance(data, Mapping):
+        storage = data.get("storage")
+        if isinstance(storage, Mapping) and "in_memory" in storage and storage["in_memory"] is None:
+            return {**data, "storage": {**storage, "in_memory": {}}}
+    return data
+
+
 def load_instance_config(
     source: Mapping[str, Any] | str | os.PathLike[str],
 ) -> tuple[InstanceConfig, str]:
@@ -325,7 +334,7 @@ def load_instance_config(
     directory, or the current directory for a mapping).
     """
     if isinstance(source, Mapping):
-        return parse(source, InstanceConfig), os.getcwd()
+        return parse(_normalize(source), InstanceConfig), os.getcwd()
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(
             f"an instance config is a mapping or a YAML file path, got {type(source).__name__}"
@@ -343,7 +352,7 @@ def load_instance_config(
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return parse(data, InstanceConfig), os.path.dirname(os.path.abspath(path))
+        return parse(_normalize(data), InstanceConfig), os.path.dirname(os.path.abspath(path))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
@@ -388,5 +397,5 @@ def build_plugin(plugin: PluginConfig, base: type, *, where: str) -> Any:
         )
     try:
         return cls(**plugin.config)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{where}.config: {cls.__name__}: {exc}") from exc

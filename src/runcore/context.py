@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -9,6 +10,25 @@ from typing import Any
 from runcore.events import Event, EventType
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def jsonable_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` as JSON data: plain values kept, containers copied, the rest as ``repr``.
+
+    Every storage then records the same thing (the in-memory one keeps objects as given, so
+    without this a logged list would change in the log when the op later mutates it).
+    """
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if type(value) in _PLAIN:
+            out[str(key)] = value
+            continue
+        try:
+            out[str(key)] = json.loads(json.dumps(value, default=repr))
+        except (TypeError, ValueError):  # e.g. a dict with tuple keys, a circular list
+            out[str(key)] = repr(value)
+    return out
 
 
 class StepLogger:
@@ -37,7 +57,7 @@ class StepLogger:
                 step_key=self._step_key,
                 message=str(message),
                 level=name,
-                data=fields,
+                data=jsonable_fields(fields) if fields else {},
             )
         )
 
@@ -65,8 +85,10 @@ class StepLogger:
 class OpContext:
     """The ``context`` argument of an op: who is running, with which tags, and a logger.
 
-    ``attempt`` counts from 1 and grows with each step retry. ``is_canceled`` turns true when
-    the run is being canceled; a long op may check it and stop early.
+    ``run_id``, ``job_name``, ``op_name`` and ``step_key`` say what runs; ``tags`` are the run's
+    tags and ``op_tags`` the op's own. ``log`` writes to the run's event log. ``attempt`` counts
+    from 1 and grows with each step retry. ``is_canceled`` turns true when the run is being
+    canceled; a long op may check it (or :meth:`wait_for_cancel`) and stop early.
     """
 
     __slots__ = (
@@ -108,6 +130,10 @@ class OpContext:
     def is_canceled(self) -> bool:
         """Whether the run has been asked to stop."""
         return self._cancel.is_set()
+
+    def wait_for_cancel(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early on cancel; returns :attr:`is_canceled`."""
+        return self._cancel.wait(timeout)
 
     def __repr__(self) -> str:
         return f"OpContext(run_id={self.run_id!r}, step_key={self.step_key!r})"

@@ -11,6 +11,7 @@ calling thread; the clock is injectable so that time can be stepped instead of s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -57,7 +58,7 @@ def daemon_statuses(
     """Every daemon that has sent a heartbeat, newest first, with an alive verdict.
 
     A daemon is alive if its last heartbeat is younger than ``max_age`` (default: three of
-    its own heartbeat intervals, as it recorded them).
+    its own heartbeat intervals, as it recorded them) and it did not record that it stopped.
     """
     current = time.time() if now is None else now
     out = []
@@ -66,7 +67,8 @@ def daemon_statuses(
             continue
         age = current - beat.timestamp
         limit = max_age if max_age is not None else 3 * float(beat.info.get("interval", 5.0))
-        out.append(DaemonStatus(heartbeat=beat, alive=age <= limit, age_seconds=age))
+        alive = age <= limit and not beat.info.get("stopped", False)
+        out.append(DaemonStatus(heartbeat=beat, alive=alive, age_seconds=age))
     return sorted(out, key=lambda s: s.age_seconds)
 
 
@@ -121,8 +123,8 @@ class Daemon:
         self.instance.ensure_started()
         return coordinator.dequeue_pass()
 
-    def heartbeat(self) -> None:
-        """Record that this daemon is alive, now (by its clock)."""
+    def heartbeat(self, *, stopped: bool = False) -> None:
+        """Record that this daemon is alive (or, with ``stopped``, that it has stopped)."""
         self.instance.ensure_started()
         self.instance.storage.add_daemon_heartbeat(
             DaemonHeartbeat(
@@ -135,6 +137,7 @@ class Daemon:
                     "interval": self.heartbeat_interval,
                     "duties": ["dequeue"] if self.dequeues else [],
                     "last_error": self._last_error,
+                    "stopped": stopped,
                 },
             )
         )
@@ -182,6 +185,8 @@ class Daemon:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        with contextlib.suppress(Exception):
+            self.heartbeat(stopped=True)
 
     def __enter__(self) -> Self:
         self.start()

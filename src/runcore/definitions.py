@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import sys
 import threading
@@ -29,11 +30,25 @@ if TYPE_CHECKING:
 CONTEXT_PARAM = "context"
 
 
+def _check_tags(owner: str, tags: Mapping[str, str] | None) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise DefinitionError(f"{owner}: tags must be a mapping of strings, got {tags!r}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise DefinitionError(
+                f"{owner}: tags must map strings to strings, got {key!r}: {value!r}"
+            )
+    return dict(tags)
+
+
 def _check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not name.isidentifier():
+        hint = " (name a lambda or partial with @op(name=...))" if kind == "op" else ""
         raise DefinitionError(
             f"{kind} name {name!r} is not valid: use letters, digits and underscores, "
-            "not starting with a digit"
+            f"not starting with a digit{hint}"
         )
     return name
 
@@ -52,14 +67,20 @@ class RetryPolicy:
     jitter: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise DefinitionError(
-                f"RetryPolicy.max_retries must be an int >= 0, got {self.max_retries!r}"
-            )
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise DefinitionError(f"RetryPolicy.max_retries must be an int >= 0, got {retries!r}")
         for name in ("delay", "backoff", "jitter"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                raise DefinitionError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise DefinitionError(
+                    f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}"
+                )
 
     def wait_before(self, retry_number: int) -> float:
         """Seconds to wait before retry ``retry_number`` (1-based), jitter excluded."""
@@ -96,29 +117,41 @@ def _make_op(
     pool: str | None,
     retry_policy: RetryPolicy | None,
 ) -> OpDefinition:
-    if not callable(fn):
-        raise DefinitionError(f"@op decorates a function, got {fn!r}")
-    op_name = _check_name("op", name or fn.__name__)
+    target: object = fn
+    if not callable(target):
+        hint = " (give the name as @op(name=...))" if isinstance(target, str) else ""
+        raise DefinitionError(f"@op decorates a function, got {target!r}{hint}")
+    op_name = _check_name("op", name or str(getattr(fn, "__name__", "")))
+    if op_name == CONTEXT_PARAM:
+        raise DefinitionError(
+            "an op cannot be named 'context': that parameter name is reserved for the op context"
+        )
     if pool is not None and (not isinstance(pool, str) or not pool.strip()):
         raise DefinitionError(f"op {op_name!r}: pool must be a non-empty string, got {pool!r}")
     if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
         raise DefinitionError(
             f"op {op_name!r}: retry_policy must be a runcore.RetryPolicy, got {retry_policy!r}"
         )
-    tag_map = dict(tags or {})
-    for key, value in tag_map.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise DefinitionError(
-                f"op {op_name!r}: tags must map strings to strings, got {key!r}: {value!r}"
-            )
+    tag_map = _check_tags(f"op {op_name!r}", tags)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(
+            f"op {op_name!r}: cannot read the parameters of {fn!r}: {exc}"
+        ) from exc
     inputs: list[str] = []
     defaults: dict[str, Any] = {}
     takes_context = False
-    for position, param in enumerate(inspect.signature(fn).parameters.values()):
+    for position, param in enumerate(signature.parameters.values()):
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise DefinitionError(
                 f"op {op_name!r}: *args and **kwargs cannot name upstream ops; "
                 "give each upstream op its own parameter"
+            )
+        if param.kind is param.POSITIONAL_ONLY and param.name != CONTEXT_PARAM:
+            raise DefinitionError(
+                f"op {op_name!r}: parameter {param.name!r} is positional-only, but upstream "
+                "outputs are passed by name; remove the '/' from the signature"
             )
         if param.name == CONTEXT_PARAM:
             if position != 0:
@@ -203,7 +236,6 @@ class Job:
     executor: Executor | None = None
     description: str | None = None
     code_location: str | None = None
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
 
     def downstream(self) -> dict[str, list[str]]:
         """For each op, the ops that take its output (in topological order)."""
@@ -289,6 +321,16 @@ def job(
     op name, a parameter that names no op of the job (and has no default), or a cycle.
     """
     _check_name("job", name)
+    if isinstance(ops, OpDefinition) or not isinstance(ops, Iterable):
+        raise DefinitionError(f"job {name!r}: ops must be a list of ops, got {ops!r}")
+    from runcore.executors.base import Executor
+
+    if executor is not None and not isinstance(executor, Executor):
+        raise DefinitionError(
+            f"job {name!r}: executor must be an Executor instance (e.g. "
+            f"runcore.ThreadPoolExecutor(4)), got {executor!r}"
+        )
+    tag_map = _check_tags(f"job {name!r}", tags)
     by_name: dict[str, OpDefinition] = {}
     for item in ops:
         if not isinstance(item, OpDefinition):
@@ -296,7 +338,10 @@ def job(
                 f"job {name!r}: {item!r} is not an op; decorate the function with @runcore.op"
             )
         if item.name in by_name:
-            raise DefinitionError(f"job {name!r} has two ops named {item.name!r}")
+            raise DefinitionError(
+                f"job {name!r} has two ops named {item.name!r}; give one another name with "
+                "@op(name=...)"
+            )
         by_name[item.name] = item
     if not by_name:
         raise DefinitionError(f"job {name!r} has no ops")
@@ -320,12 +365,6 @@ def job(
                 )
         upstream[op_def.name] = sources
     order = _toposort(name, upstream)
-    tag_map = dict(tags or {})
-    for key, value in tag_map.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise DefinitionError(
-                f"job {name!r}: tags must map strings to strings, got {key!r}: {value!r}"
-            )
     return Job(
         name=name,
         ops=by_name,
@@ -337,11 +376,17 @@ def job(
     )
 
 
+def _as_job_tuple(value: Iterable[Job]) -> tuple[Job, ...]:
+    if isinstance(value, Job) or not isinstance(value, Iterable):
+        raise DefinitionError(f"Definitions(jobs=...) takes a list of jobs, got {value!r}")
+    return tuple(value)
+
+
 @attrs.frozen(eq=False)
 class Definitions:
     """The jobs of one code location."""
 
-    jobs: Sequence[Job] = ()
+    jobs: Sequence[Job] = attrs.field(default=(), converter=_as_job_tuple)
     _by_name: dict[str, Job] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -370,7 +415,8 @@ class Definitions:
 
 # --- code locations -------------------------------------------------------------------------
 
-_location_lock = threading.Lock()
+# Re-entrant: a user module may itself load another code location file while it imports.
+_location_lock = threading.RLock()
 
 
 def _split_location(location: str) -> tuple[str, str | None]:
@@ -390,7 +436,9 @@ def _import_target(target: str, location: str) -> Any:
     except CodeLocationError:
         raise
     except ModuleNotFoundError as exc:
-        if not is_file and exc.name and target.startswith(exc.name):
+        # Only the location's own module (or a parent package) missing is "not found"; a
+        # module the user's code imports being missing is an import error in that code.
+        if not is_file and exc.name and (target == exc.name or target.startswith(exc.name + ".")):
             raise CodeLocationError(
                 f"code location {location!r}: no module named {exc.name!r}; check the name and "
                 "that its package is installed or on PYTHONPATH (sys.path[0] is "
@@ -398,7 +446,9 @@ def _import_target(target: str, location: str) -> Any:
             ) from exc
         raise _import_failed(location, exc) from exc
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        # A module calling sys.exit() while it imports must not end the loading process (a
+        # code server, a daemon); only an interrupt from the user goes through.
+        if isinstance(exc, KeyboardInterrupt):
             raise
         raise _import_failed(location, exc) from exc
 
@@ -452,8 +502,12 @@ def load_code_location(location: str) -> Definitions:
     module = _import_target(target, location)
     if attr is not None:
         if not hasattr(module, attr):
+            candidates = sorted(
+                k for k, v in vars(module).items() if isinstance(v, Definitions | Job)
+            )
             raise CodeLocationError(
-                f"code location {location!r}: module {target!r} has no attribute {attr!r}"
+                f"code location {location!r}: module {target!r} has no attribute {attr!r} "
+                f"(its Definitions and jobs: {', '.join(candidates) or 'none'})"
             )
         return _as_definitions(getattr(module, attr), location, attr, location)
     found = [v for v in vars(module).values() if isinstance(v, Definitions)]
@@ -496,24 +550,17 @@ def infer_code_location(job_obj: Job) -> str | None:
     """
     if job_obj.code_location is not None:
         return job_obj.code_location
-    for op_def in job_obj.ops.values():
-        module = sys.modules.get(getattr(op_def.fn, "__module__", "") or "")
+    names = dict.fromkeys(getattr(o.fn, "__module__", None) for o in job_obj.ops.values())
+    for module_name in names:
+        module = sys.modules.get(module_name or "")
         if module is None:
             continue
-        for attr, value in vars(module).items():
-            if value is job_obj:
-                file = getattr(module, "__file__", None)
+        for attr, value in list(vars(module).items()):
+            if value is job_obj or (isinstance(value, Definitions) and job_obj in value.jobs):
                 if module.__name__ == "__main__" or module.__name__.startswith(
                     "_runcore_location_"
                 ):
+                    file = getattr(module, "__file__", None)
                     return f"{os.path.abspath(file)}:{attr}" if file else None
                 return f"{module.__name__}:{attr}"
-            if isinstance(value, Definitions) and job_obj in value.jobs:
-                file = getattr(module, "__file__", None)
-                if module.__name__ == "__main__" or module.__name__.startswith(
-                    "_runcore_location_"
-                ):
-                    return f"{os.path.abspath(file)}:{attr}" if file else None
-                return f"{module.__name__}:{attr}"
-        break
     return None

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runcore.context import OpContext, StepLogger
+from runcore.context import OpContext, StepLogger, jsonable_fields
 from runcore.definitions import Job
 from runcore.errors import Failure, OutputStoreError, RunFailedError
 from runcore.events import ErrorInfo, Event, EventType
@@ -111,7 +111,7 @@ class StepRunner:
                 self.interrupt = exc
                 self.cancel.set()
             self.errors[step.key] = exc
-            data = dict(exc.metadata) if isinstance(exc, Failure) else {}
+            data = jsonable_fields(exc.metadata) if isinstance(exc, Failure) else {}
             self._step_event(
                 step,
                 EventType.STEP_FAILURE,
@@ -153,46 +153,41 @@ class StepRunner:
         return op_def.fn(**kwargs)
 
     def _call_with_retries(self, step: Step, kwargs: Mapping[str, Any]) -> Any:
+        """Call the op; on an ``Exception`` retry as its ``RetryPolicy`` says.
+
+        Not retried: ``Failure(allow_retry=False)``, ``BaseException`` that is not an
+        ``Exception`` (``KeyboardInterrupt``, ``SystemExit``), and any failure once the run is
+        being canceled; a cancel during the wait before a retry ends the wait and the step
+        fails with its last error.
+        """
         policy = step.op.retry_policy
         if policy is None or policy.max_retries == 0:
             return self._call(step, kwargs, 1)
-        import tenacity
-
-        attempt_box = [1]
-
-        def may_retry(exc: BaseException) -> bool:
-            if not isinstance(exc, Exception) or self.cancel.is_set():
-                return False
-            return not (isinstance(exc, Failure) and not exc.allow_retry)
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            extra = random.uniform(0, policy.jitter) if policy.jitter else 0.0
-            return policy.wait_before(state.attempt_number) + extra
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            attempt_box[0] = state.attempt_number + 1
-            self._step_event(
-                step,
-                EventType.STEP_UP_FOR_RETRY,
-                f"op {step.op.name!r} failed (attempt {state.attempt_number} of "
-                f"{policy.max_retries + 1}); retrying in {state.upcoming_sleep:.3g}s",
-                data={"attempt": state.attempt_number, "wait_s": state.upcoming_sleep},
-                error=ErrorInfo.from_exception(exc) if exc else None,
-            )
-
-        def sleep(seconds: float) -> None:
-            self.cancel.wait(seconds)  # a cancel wakes the wait and the next attempt is skipped
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.max_retries + 1),
-            wait=wait,
-            retry=tenacity.retry_if_exception(may_retry),
-            before_sleep=before_sleep,
-            sleep=sleep,
-            reraise=True,
-        )
-        return retrying(lambda: self._call(step, kwargs, attempt_box[0]))
+        attempt = 1
+        while True:
+            try:
+                return self._call(step, kwargs, attempt)
+            except Exception as exc:
+                if (
+                    attempt > policy.max_retries
+                    or self.cancel.is_set()
+                    or (isinstance(exc, Failure) and not exc.allow_retry)
+                ):
+                    raise
+                wait = policy.wait_before(attempt)
+                if policy.jitter:
+                    wait += random.uniform(0, policy.jitter)
+                self._step_event(
+                    step,
+                    EventType.STEP_UP_FOR_RETRY,
+                    f"op {step.op.name!r} failed (attempt {attempt} of "
+                    f"{policy.max_retries + 1}); retrying in {wait:.3g}s",
+                    data={"attempt": attempt, "wait_s": wait},
+                    error=ErrorInfo.from_exception(exc),
+                )
+                if self.cancel.wait(wait) if wait > 0 else self.cancel.is_set():
+                    raise
+                attempt += 1
 
 
 class RunExecution:
@@ -390,9 +385,21 @@ def _finish(execution: RunExecution) -> Run:
             failure_reason=reason,
         )
     elif canceled or execution.skipped:
+        # The cancel event may have been set directly (not through Instance.cancel_run, which
+        # moves the run to CANCELING first): STARTED cannot go straight to CANCELED.
+        storage.transition(
+            run_id,
+            [RunStatus.STARTED],
+            RunStatus.CANCELING,
+            event=Event(
+                run_id=run_id,
+                event_type=EventType.RUN_CANCELING,
+                message="the run's cancel event was set",
+            ),
+        )
         final = storage.transition(
             run_id,
-            [RunStatus.STARTED, RunStatus.CANCELING],
+            [RunStatus.CANCELING],
             RunStatus.CANCELED,
             event=Event(
                 run_id=run_id, event_type=EventType.RUN_CANCELED, message="the run was canceled"
@@ -465,6 +472,7 @@ def execute_job_in_process(
         run=final,
         storage=storage,
         output_store=execution.output_store if execution else outputs,
+        op_names=job.order,
     )
     interrupt = execution.runner.interrupt if execution else None
     if interrupt is not None:

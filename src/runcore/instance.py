@@ -197,7 +197,9 @@ class Instance:
         )
         output_store: OutputStore
         if cfg.outputs.path is not None:
-            output_store = FileOutputStore(os.path.join(base_dir, cfg.outputs.path))
+            output_store = FileOutputStore(
+                os.path.join(base_dir, os.path.expanduser(cfg.outputs.path))
+            )
         elif cfg.storage.sqlite is not None:
             db_path = os.path.join(base_dir, os.path.expanduser(cfg.storage.sqlite.path))
             output_store = FileOutputStore(os.path.join(os.path.dirname(db_path), "outputs"))

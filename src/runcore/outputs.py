@@ -15,6 +15,7 @@ several threads, and ``get`` must see any ``put`` that returned before it was ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -88,8 +89,10 @@ class FileOutputStore(OutputStore):
         except Exception as exc:
             raise OutputStoreError(
                 f"the output of step {step_key!r} ({type(value).__name__}) cannot be stored: "
-                f"{type(exc).__name__}: {exc}. Return a picklable value (plain data, not an open "
-                "file, lock, connection or generator)"
+                f"{type(exc).__name__}: {exc}. Outputs stored in files (as when steps run in "
+                "other processes) are pickled: return a picklable value, plain data such as "
+                "numbers, strings, lists, dicts or module-level classes, not a lambda, "
+                "generator, lock, open file or connection"
             ) from exc
         path = self._path(run_id, step_key)
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -99,6 +102,8 @@ class FileOutputStore(OutputStore):
                 fh.write(data)
             os.replace(tmp, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
             raise OutputStoreError(
                 f"the output of step {step_key!r} cannot be written to {path}: {exc}"
             ) from exc

@@ -64,11 +64,18 @@ def resolve_op_selection(job: Job, selection: Sequence[str]) -> list[str]:
     """Op names selected by ``selection``, in topological order.
 
     Each item is an op name, optionally with ``*`` before it (the op and everything upstream)
-    and/or after it (the op and everything downstream). Unknown names are an error.
+    and/or after it (the op and everything downstream). Unknown names are an error. A single
+    string is one item.
     """
+    if isinstance(selection, str):
+        selection = [selection]  # op_selection="load" means one item, not five letters
     downstream = job.downstream()
     chosen: set[str] = set()
     for raw in selection:
+        if not isinstance(raw, str):
+            raise DefinitionError(
+                f"op selection items are strings like 'name', '*name' or 'name*', got {raw!r}"
+            )
         item = raw.strip()
         up = item.startswith("*")
         down = item.endswith("*") and len(item) > 1

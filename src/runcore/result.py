@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from runcore.errors import DefinitionError
+from runcore.errors import DefinitionError, OutputStoreError
 from runcore.events import Event, EventType
 from runcore.runs import Run, RunStatus
 
@@ -16,10 +17,18 @@ if TYPE_CHECKING:
 class ExecuteInProcessResult:
     """A finished in-process run: its status, events and step outputs."""
 
-    def __init__(self, *, run: Run, storage: InstanceStorage, output_store: OutputStore) -> None:
+    def __init__(
+        self,
+        *,
+        run: Run,
+        storage: InstanceStorage,
+        output_store: OutputStore,
+        op_names: Sequence[str] | None = None,
+    ) -> None:
         self.run = run
         self._storage = storage
         self._outputs = output_store
+        self._op_names = tuple(op_names) if op_names is not None else None
         self._events: list[Event] | None = None
 
     def __repr__(self) -> str:
@@ -29,6 +38,16 @@ class ExecuteInProcessResult:
     def run_id(self) -> str:
         """The run's id."""
         return self.run.run_id
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's final status."""
+        return self.run.status
+
+    @property
+    def failure_reason(self) -> str | None:
+        """Why the run failed (it names the first failed step), or ``None``."""
+        return self.run.failure_reason
 
     @property
     def success(self) -> bool:
@@ -57,10 +76,15 @@ class ExecuteInProcessResult:
     def output_for(self, op_name: str) -> Any:
         """The value the op returned in this run.
 
-        Raises :class:`DefinitionError` if the op is not part of the run's plan, and
-        :class:`~runcore.errors.OutputStoreError` if it did not produce an output (it failed
-        or was skipped).
+        Raises :class:`DefinitionError` if the job has no such op or it is not part of the
+        run's plan, and :class:`~runcore.errors.OutputStoreError` if it did not produce an
+        output (it failed or was skipped).
         """
+        if self._op_names is not None and op_name not in self._op_names:
+            raise DefinitionError(
+                f"job {self.run.job_name!r} has no op {op_name!r} (ops: "
+                f"{', '.join(self._op_names)})"
+            )
         if (
             self.run.step_keys_to_execute is not None
             and op_name not in self.run.step_keys_to_execute
@@ -69,4 +93,17 @@ class ExecuteInProcessResult:
                 f"op {op_name!r} was not executed in run {self.run_id}; executed: "
                 f"{', '.join(self.run.step_keys_to_execute)}"
             )
-        return self._outputs.get(self.run_id, op_name)
+        try:
+            return self._outputs.get(self.run_id, op_name)
+        except OutputStoreError as exc:
+            why = {
+                EventType.STEP_FAILURE: "it failed",
+                EventType.STEP_SKIPPED: "it was skipped",
+            }
+            for event in reversed(self.events_for_step(op_name)):
+                if event.event_type in why:
+                    raise OutputStoreError(
+                        f"op {op_name!r} has no output in run {self.run_id}: "
+                        f"{why[event.event_type]} ({event.message})"
+                    ) from exc
+            raise

@@ -8,14 +8,16 @@ step costs a message round trip, not an interpreter start:
 * ``"spawn"`` or ``"forkserver"``: workers start fresh and import the job from the run's code
   location, so the job must be importable (``Run.code_location``).
 
-Parent and workers speak JSON over pipes: the parent sends a step key, the worker sends back
-the step's events and its outcome. The parent stores the events, so workers never open the
-storage. Step outputs travel through a :class:`~runcore.outputs.FileOutputStore` (pickled
-files, the one documented place user values are pickled); when the run was given an in-memory
-store, a temporary directory is used and the outputs are copied back at the end.
+Parent and workers speak JSON over pipes: a worker first reports that it loaded the job (or
+the error that stopped it, which fails the run with the worker's traceback), then the parent
+sends a step key and the worker sends back the step's events and its outcome. The parent
+stores the events, so workers never open the storage. Step outputs travel through a
+:class:`~runcore.outputs.FileOutputStore` (pickled files, the one documented place user values
+are pickled); when the run was given an in-memory store, a temporary directory is used and the
+outputs are copied back at the end.
 
 A worker that dies (killed, segfault, ``os._exit``) fails the step it was running with its
-exit code, and is replaced.
+exit code or signal, and is replaced before it is given another step.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from runcore import _serde
-from runcore.errors import DefinitionError
+from runcore.errors import CodeLocationError, DefinitionError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.executors.base import CANCELED_REASON, Executor
 from runcore.outputs import FileOutputStore, OutputStore
@@ -51,7 +53,8 @@ _START_METHODS = ("fork", "spawn", "forkserver")
 def _worker_main(
     conn: Connection, spec_json: str, job: Job | None
 ) -> None:  # pragma: no cover - runs in the child process
-    """A worker's loop: receive a step key, run it, send its events and outcome."""
+    """A worker's loop: load the job, say so, then receive a step key, run it, send its events
+    and outcome, until told to stop."""
     from runcore.definitions import load_code_location
     from runcore.execution import StepRunner
     from runcore.plan import build_plan
@@ -59,9 +62,14 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
     spec = json.loads(spec_json)
     run = _serde.loads_run(spec["run"])
-    if job is None:
-        job = load_code_location(spec["code_location"]).get_job(run.job_name)
-    plan = build_plan(job, spec["step_keys"], allow_external=run.parent_run_id is not None)
+    try:
+        if job is None:
+            job = load_code_location(spec["code_location"]).get_job(run.job_name)
+        plan = build_plan(job, spec["step_keys"], allow_external=run.parent_run_id is not None)
+    except BaseException as exc:
+        conn.send_bytes(b"X" + _serde.dumps(ErrorInfo.from_exception(exc)).encode())
+        return
+    conn.send_bytes(b"R")
 
     def emit(event: Event) -> None:
         conn.send_bytes(b"E" + _serde.dumps_event(event).encode())
@@ -87,6 +95,8 @@ def _worker_main(
 
 
 class _Worker:
+    """The parent's handle on one worker: its process, its pipe and the step it is running."""
+
     __slots__ = ("conn", "process", "step")
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
@@ -126,19 +136,31 @@ class MultiprocessExecutor(Executor):
 
     # --- workers ----------------------------------------------------------------------------
 
-    def _spawn(self, ctx: BaseContext, execution: RunExecution, outputs_dir: str) -> _Worker:
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        run = execution.run
-        if self.start_method != "fork" and not run.code_location:
+    def _code_location(self, execution: RunExecution) -> str | None:
+        if self.start_method == "fork":
+            return execution.run.code_location
+        from runcore.definitions import infer_code_location
+
+        location = execution.run.code_location or infer_code_location(execution.plan.job)
+        if not location:
             raise DefinitionError(
                 f"MultiprocessExecutor(start_method={self.start_method!r}) needs a job its "
-                f"workers can import, but job {run.job_name!r} has no code location; define it "
-                "in an importable module, or use start_method='fork'"
+                f"workers can import, but job {execution.run.job_name!r} has no code location; "
+                "define it at module level of an importable module (or load it with "
+                "runcore.load_code_location), or use start_method='fork'"
             )
+        return location
+
+    def _spawn(
+        self, ctx: BaseContext, execution: RunExecution, outputs_dir: str, location: str | None
+    ) -> _Worker:
+        """Start one worker; it loads the job and reports (see :meth:`_await_ready`)."""
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        run = execution.run
         spec = json.dumps(
             {
                 "run": _serde.dumps_run(run),
-                "code_location": run.code_location,
+                "code_location": location,
                 "step_keys": execution.plan.step_keys,
                 "outputs_dir": outputs_dir,
             }
@@ -153,6 +175,33 @@ class MultiprocessExecutor(Executor):
         process.start()
         child_conn.close()
         return _Worker(process, parent_conn)
+
+    @staticmethod
+    def _await_ready(execution: RunExecution, worker: _Worker, location: str | None) -> None:
+        """Wait until ``worker`` has loaded the job; raise if it could not.
+
+        Returns early (the worker not ready) when the run is canceled meanwhile.
+        """
+        while not execution.cancel.is_set():
+            if not wait([worker.conn, worker.process.sentinel], timeout=0.1):
+                continue
+            try:
+                message = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                worker.process.join(timeout=1)
+                raise CodeLocationError(
+                    f"a worker process of run {execution.run.run_id} for job "
+                    f"{execution.run.job_name!r} exited with code {worker.process.exitcode} "
+                    "before it had loaded the job"
+                ) from None
+            if message == b"R":
+                return
+            error = _serde.loads(message[1:], ErrorInfo)
+            where = f"from {location!r}" if location else "(forked)"
+            raise CodeLocationError(
+                f"a worker process could not load job {execution.run.job_name!r} {where}: "
+                f"{error}\n{error.traceback}"
+            )
 
     @staticmethod
     def _stop(workers: list[_Worker], *, force: bool) -> None:
@@ -186,8 +235,15 @@ class MultiprocessExecutor(Executor):
         count = min(self.max_concurrent, len(execution.plan.steps))
         workers: list[_Worker] = []
         try:
-            workers = [self._spawn(ctx, execution, files.base_dir) for _ in range(count)]
-            self._drive(execution, ctx, workers, files.base_dir)
+            location = self._code_location(execution)
+            for _ in range(count):
+                workers.append(self._spawn(ctx, execution, files.base_dir, location))
+            for worker in workers:
+                self._await_ready(execution, worker, location)
+            self._drive(execution, ctx, workers, files.base_dir, location)
+        except BaseException:
+            execution.cancel.set()  # Ctrl-C or an engine error: stop the workers, do not wait
+            raise
         finally:
             self._stop(workers, force=execution.cancel.is_set())
             if temp_dir is not None:
@@ -199,8 +255,20 @@ class MultiprocessExecutor(Executor):
             execution.skip_remaining(CANCELED_REASON)
 
     def _drive(
-        self, execution: RunExecution, ctx: BaseContext, workers: list[_Worker], outputs_dir: str
+        self,
+        execution: RunExecution,
+        ctx: BaseContext,
+        workers: list[_Worker],
+        outputs_dir: str,
+        location: str | None,
     ) -> None:
+        def replace(index: int) -> _Worker:
+            workers[index].conn.close()
+            fresh = self._spawn(ctx, execution, outputs_dir, location)
+            workers[index] = fresh
+            self._await_ready(execution, fresh, location)
+            return fresh
+
         ready: list[Step] = execution.plan.roots()
         while True:
             if execution.cancel.is_set():
@@ -208,12 +276,18 @@ class MultiprocessExecutor(Executor):
                     if worker.step is not None and worker.process.is_alive():
                         worker.process.terminate()
             else:
-                for worker in workers:
-                    if not ready:
+                for index, worker in enumerate(workers):
+                    if not ready or execution.cancel.is_set():
                         break
-                    if worker.step is None:
-                        step = ready.pop(0)
-                        worker.step = step.key
+                    if worker.step is not None:
+                        continue
+                    if not worker.process.is_alive():  # died while idle (e.g. OOM-killed)
+                        worker = replace(index)  # noqa: PLW2901
+                        if execution.cancel.is_set():
+                            break
+                    step = ready.pop(0)
+                    worker.step = step.key
+                    with contextlib.suppress(OSError):  # a death now shows on its sentinel
                         worker.conn.send_bytes(step.key.encode())
             busy = [w for w in workers if w.step is not None]
             if not busy:
@@ -227,11 +301,7 @@ class MultiprocessExecutor(Executor):
                 ready.extend(self._collect(execution, worker))
                 if worker.step is not None and not worker.process.is_alive():
                     ready.extend(self._worker_died(execution, worker))
-                    workers[workers.index(worker)] = (
-                        self._spawn(ctx, execution, outputs_dir)
-                        if not execution.cancel.is_set()
-                        else worker
-                    )
+                    # Replaced lazily, when a step is next given to it.
 
     @staticmethod
     def _collect(execution: RunExecution, worker: _Worker) -> list[Step]:

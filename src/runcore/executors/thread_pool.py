@@ -17,8 +17,9 @@ class ThreadPoolExecutor(Executor):
     """Runs up to ``max_concurrent`` ready steps at once on threads.
 
     Threads: a ``concurrent.futures`` pool created for each run and joined before
-    :meth:`execute` returns. Suits steps that wait on I/O; CPU-bound Python steps are better
-    served by :class:`~runcore.executors.MultiprocessExecutor`.
+    :meth:`execute` returns (also when it raises: the run's cancel event is then set, so steps
+    that check ``context.is_canceled`` stop early). Suits steps that wait on I/O; CPU-bound
+    Python steps are better served by :class:`~runcore.executors.MultiprocessExecutor`.
     """
 
     def __init__(self, max_concurrent: int = 4) -> None:
@@ -39,19 +40,27 @@ class ThreadPoolExecutor(Executor):
             max_workers=self.max_concurrent,
             thread_name_prefix=f"runcore-step-{execution.run.run_id[:8]}",
         ) as pool:
-            while ready or running:
-                while (
-                    ready and len(running) < self.max_concurrent and not execution.cancel.is_set()
-                ):
-                    step = ready.pop(0)
-                    running[pool.submit(execution.runner.run_step, step)] = step.key
-                if not running:
-                    break
-                done, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in done:
-                    key = running.pop(future)
-                    ready.extend(execution.finish_step(key, future.result()))
+            try:
+                while ready or running:
+                    while (
+                        ready
+                        and len(running) < self.max_concurrent
+                        and not execution.cancel.is_set()
+                    ):
+                        step = ready.pop(0)
+                        running[pool.submit(execution.runner.run_step, step)] = step.key
+                    if not running:
+                        break
+                    done, _ = concurrent.futures.wait(
+                        running, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        key = running.pop(future)
+                        ready.extend(execution.finish_step(key, future.result()))
+            except BaseException:
+                # Ctrl-C here, or an engine error: the pool still waits for the running steps
+                # on the way out, so tell them (``context.is_canceled``) to stop early.
+                execution.cancel.set()
+                raise
         if execution.cancel.is_set():
             execution.skip_remaining(CANCELED_REASON)

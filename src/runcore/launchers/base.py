@@ -1,6 +1,6 @@
 """The launcher interface: start a run somewhere, stop it, say whether its worker lives.
 
-Contract (``runcore.testing.LauncherContract`` checks it):
+Contract:
 
 * ``launch_run(run)`` is called with a stored run in STARTING. It arranges for the run to be
   executed (the worker moves it to STARTED and on to a terminal status) and returns without

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ from runcore.runs import RunStatus
 
 if TYPE_CHECKING:
     from runcore.runs import Run
+
+log = logging.getLogger("runcore.launchers")
 
 
 class ThreadPoolRunLauncher(RunLauncher):
@@ -82,6 +86,23 @@ class ThreadPoolRunLauncher(RunLauncher):
                 output_store=context.output_store,
                 cancel=cancel,
             )
+        except Exception as exc:
+            # execute_run ends every run it started; this is the last guard, for a failure of
+            # the storage itself, so that no run is left in progress without a worker.
+            log.exception("run %s: the run thread failed", run.run_id)
+            error = ErrorInfo.from_exception(exc)
+            with contextlib.suppress(Exception):
+                context.storage.transition(
+                    run.run_id,
+                    [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
+                    RunStatus.FAILURE,
+                    event=Event(
+                        run_id=run.run_id,
+                        event_type=EventType.RUN_FAILURE,
+                        message=f"the run's thread failed: {error}",
+                        error=error,
+                    ),
+                )
         finally:
             with self._lock:
                 self._active.pop(run.run_id, None)

@@ -59,7 +59,10 @@ class RecordingLauncher(RunLauncher):
         """End a launched run as if its worker had executed it (STARTED, then ``status``)."""
         storage = self.context.storage
         storage.transition(run_id, [RunStatus.STARTING], RunStatus.STARTED)
-        ended = storage.transition(run_id, [RunStatus.STARTED, RunStatus.CANCELING], status)
+        sources = [
+            s for s in (RunStatus.STARTED, RunStatus.CANCELING) if status in LEGAL_TRANSITIONS[s]
+        ]
+        ended = storage.transition(run_id, sources, status)
         if ended is None:
             current = storage.get_run(run_id)
             raise ValueError(

@@ -1,0 +1,1 @@
+"""Importable user modules that the code-location and spawn-executor tests load."""
