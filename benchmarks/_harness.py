@@ -31,6 +31,15 @@ def fill_row(i: int) -> tuple[str, str, dict[str, str]]:
     return f"job_{i % FILL_JOBS}", FILL_STATUSES[i % len(FILL_STATUSES)], tags
 
 
+def expected_output(shape: str, n_ops: int) -> tuple[str, int]:
+    """An op of the job shape and the value it must output, to check a job really ran."""
+    if shape == "single":
+        return "op_0", 1
+    if shape == "chain":
+        return f"op_{n_ops - 1}", n_ops
+    return f"leaf_{n_ops - 1}", 2
+
+
 @dataclass(frozen=True)
 class Repeat:
     """How often to repeat a timed call: warm-ups, then at least ``min_reps`` timed calls and
@@ -46,7 +55,7 @@ class Repeat:
         """The policy for a normal or a ``--quick`` (smoke test) run."""
         if quick:
             return cls(warmup=1, min_reps=3, min_seconds=0.0, max_reps=20)
-        return cls(warmup=2, min_reps=7, min_seconds=1.0, max_reps=200)
+        return cls(warmup=2, min_reps=7, min_seconds=1.0, max_reps=1000)
 
 
 def time_calls(fn: Callable[[], Any], policy: Repeat) -> list[float]:

@@ -106,13 +106,22 @@ def _import_case() -> Case:
     )
 
 
-#: The interpreter's own start-up, reported beside the import times.
+#: Library-free context figures, always measured and listed with the machine: the
+#: interpreter's own start-up, and what a bare sqlite3 single-commit loop does on this disk.
+#: They run in a worker like the rest (the "runcore" side is just the slot they use).
 BARE_PYTHON = Case(
     key="python",
     case="import",
     runcore=Side({"module": None, "reps": 20}, quick={"reps": 5}),
     dagster=None,
 )
+BARE_SQLITE = Case(
+    key="sqlite",
+    case="sqlite_baseline",
+    runcore=Side({"count": 5_000}, quick={"count": 1_000}),
+    dagster=None,
+)
+CONTEXT_CASES = (BARE_PYTHON, BARE_SQLITE)
 
 _SHAPES = (
     ("1 op", "single", 1, 200),
@@ -142,7 +151,7 @@ def _multiprocess_row() -> Row:
     case = Case(
         key="multiprocess/fanout100",
         case="multiprocess",
-        runcore=Side({"n_ops": 100}),
+        runcore=Side({"n_ops": 100, "warmup": 1, "reps": 5}),
         dagster=Side({"n_ops": 100}),
         dagster_slow=SlowPlan({"n_ops": 10}),
     )

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, fill_row, rate, summary_ms, time_calls
+from _harness import Repeat, expected_output, fill_row, rate, summary_ms, time_calls
 from _writers import run_concurrent_writers, time_sink
 
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -37,10 +37,12 @@ def case_execute(params: dict[str, Any]) -> dict[str, Any]:
     """``job.execute_in_process()`` per call, ephemeral or on one reused SQLite instance."""
     import dagster_jobs
 
-    job = dagster_jobs.build(params["shape"], params["n_ops"])
+    shape, n_ops = params["shape"], params["n_ops"]
+    job = dagster_jobs.build(shape, n_ops)
     policy = Repeat.for_mode(params["quick"])
     with tempfile.TemporaryDirectory() as home:
         instance = _instance(home) if params["storage"] == "sqlite" else None
+        _check(job.execute_in_process(instance=instance), shape, n_ops)
 
         def once() -> None:
             result = job.execute_in_process(instance=instance)
@@ -49,8 +51,17 @@ def case_execute(params: dict[str, Any]) -> dict[str, Any]:
         return {"time": summary_ms(time_calls(once, policy))}
 
 
+def _check(result: Any, shape: str, n_ops: int) -> None:
+    """Fail loudly unless the job ran and produced the expected output."""
+    op_name, value = expected_output(shape, n_ops)
+    assert result.success and result.output_for_node(op_name) == value, (shape, n_ops)
+
+
 def case_multiprocess(params: dict[str, Any]) -> dict[str, Any]:
-    """One ``execute_job`` of the fan-out with ``multiprocess_executor(max_concurrent=2)``."""
+    """One ``execute_job`` of the fan-out with ``multiprocess_executor(max_concurrent=2)``.
+
+    A single cold execution: at ~1 s per step, warm-up effects are lost in the noise.
+    """
     from dagster import build_reconstructable_job, execute_job
 
     n_ops = params["n_ops"]
@@ -63,6 +74,7 @@ def case_multiprocess(params: dict[str, Any]) -> dict[str, Any]:
         result = execute_job(recon, instance=instance)
         elapsed = time.perf_counter() - start
         assert result.success
+        instance.dispose()
     return {"time": {"value": elapsed * 1000.0, "unit": "ms", "reps": 1, "n_ops": n_ops}}
 
 
@@ -97,7 +109,7 @@ class DagsterEventSink:
     def _entry(self, i: int) -> Any:
         from dagster import EventLogEntry
 
-        return EventLogEntry(
+        return EventLogEntry(  # type: ignore[no-untyped-call]
             error_info=None,
             level=logging.INFO,
             user_message=f"hello {i}",
@@ -168,7 +180,8 @@ def _bulk_fill(instance: Any, n_runs: int, chunk: int = 5000) -> None:
     storage = instance.run_storage
     base = datetime.now(UTC)
     for first in range(0, n_runs, chunk):
-        rows, tags = [], []
+        rows: list[dict[str, Any]] = []
+        tags: list[dict[str, str]] = []
         for i in range(first, min(first + chunk, n_runs)):
             job_name, status, run_tags = fill_row(i)
             run = _new_run(str(uuid.uuid4()), job_name, status, run_tags)

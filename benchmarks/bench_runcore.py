@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, fill_row, rate, summary_ms, time_calls
+from _harness import Repeat, expected_output, fill_row, rate, summary_ms, time_calls
 from _writers import run_concurrent_writers, time_sink
 
 import runcore as rc
@@ -23,16 +23,9 @@ from runcore.storage import SqliteStorage
 FILL_BATCH = 1_000
 
 
-@contextmanager
-def _sqlite_instance(home: str) -> Iterator[Any]:
-    """A SQLite-backed runcore instance on ``home``/runs.db, closed on exit if it can be."""
-    instance = rc.Instance.from_config({"storage": {"sqlite": {"path": f"{home}/runs.db"}}})
-    try:
-        yield instance
-    finally:
-        close = getattr(instance, "close", None)
-        if close is not None:
-            close()
+def _sqlite_instance(home: str) -> rc.Instance:
+    """A SQLite-backed runcore instance on ``home``/runs.db (a context manager)."""
+    return rc.Instance.from_config({"storage": {"sqlite": {"path": f"{home}/runs.db"}}})
 
 
 @contextmanager
@@ -50,30 +43,41 @@ def case_execute(params: dict[str, Any]) -> dict[str, Any]:
     """``job.execute_in_process()`` per call, ephemeral or on one reused SQLite instance."""
     import runcore_jobs
 
-    job = runcore_jobs.build(params["shape"], params["n_ops"])
+    shape, n_ops = params["shape"], params["n_ops"]
+    job = runcore_jobs.build(shape, n_ops)
     policy = Repeat.for_mode(params["quick"])
     with tempfile.TemporaryDirectory() as home:
         if params["storage"] == "memory":
+            _check(job.execute_in_process(), shape, n_ops)
             return {"time": summary_ms(time_calls(lambda: _execute(job, None), policy))}
         with _sqlite_instance(home) as instance:
+            _check(job.execute_in_process(instance=instance), shape, n_ops)
             return {"time": summary_ms(time_calls(lambda: _execute(job, instance), policy))}
 
 
-def _execute(job: rc.Job, instance: Any) -> None:
+def _check(result: Any, shape: str, n_ops: int) -> None:
+    """Fail loudly unless the job ran and produced the expected output."""
+    op_name, value = expected_output(shape, n_ops)
+    assert result.success and result.output_for(op_name) == value, (shape, n_ops)
+
+
+def _execute(job: rc.Job, instance: rc.Instance | None) -> None:
     result = job.execute_in_process(instance=instance)
     assert result.success
 
 
 def case_multiprocess(params: dict[str, Any]) -> dict[str, Any]:
-    """One execution of the fan-out with ``MultiprocessExecutor(max_concurrent=2)`` on SQLite."""
+    """The fan-out with ``MultiprocessExecutor(max_concurrent=2)`` on one SQLite instance."""
     import runcore_jobs
 
-    job = runcore_jobs.fanout_mp_job(params["n_ops"])
+    n_ops = params["n_ops"]
+    job = runcore_jobs.fanout_mp_job(n_ops)
+    reps = params["reps"]
+    policy = Repeat(warmup=params["warmup"], min_reps=reps, min_seconds=0.0, max_reps=reps)
     with tempfile.TemporaryDirectory() as home, _sqlite_instance(home) as instance:
-        start = time.perf_counter()
-        _execute(job, instance)
-        elapsed = time.perf_counter() - start
-    return {"time": {"value": elapsed * 1000.0, "unit": "ms", "reps": 1, "n_ops": params["n_ops"]}}
+        _check(job.execute_in_process(instance=instance), "fanout", n_ops)
+        result = summary_ms(time_calls(lambda: _execute(job, instance), policy))
+    return {"time": {**result, "n_ops": n_ops}}
 
 
 def _new_run(job_name: str, status: str, tags: dict[str, str]) -> rc.Run:

@@ -66,11 +66,8 @@ def fanout_job(n_ops: int, executor_def: Any = None) -> JobDefinition:
     """One ``source`` op feeding ``n_ops - 1`` leaf ops (``n_ops`` ops in all)."""
     source = _const_op("source")
     leaves = [_increment_op(f"leaf_{i}") for i in range(1, n_ops)]
-    kwargs: dict[str, Any] = {"name": f"fanout_{n_ops}"}
-    if executor_def is not None:
-        kwargs["executor_def"] = executor_def
 
-    @job(**kwargs)
+    @job(name=f"fanout_{n_ops}", executor_def=executor_def)
     def fanout() -> None:
         value = source()
         for leaf in leaves:

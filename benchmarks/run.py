@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import Line, Outcome, evaluate, render, verdict
-from _specs import BARE_PYTHON, Case, Row, Side, all_rows
+from _specs import BARE_PYTHON, BARE_SQLITE, CONTEXT_CASES, Case, Row, Side, all_rows
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_SRC = BENCH_DIR.parent / "src"
@@ -49,8 +49,9 @@ NOTES = [
     "`Instance.from_config({'storage': {'sqlite': ...}})`; Dagster: `DagsterInstance.local_temp`, "
     "its default SQLite run/event storage).",
     "*multiprocess*: runcore `MultiprocessExecutor(max_concurrent=2)` via "
-    "`execute_in_process(instance=<sqlite instance>)`; Dagster `multiprocess_executor` "
-    "(`max_concurrent: 2`) via `execute_job` on a persistent SQLite instance. One execution each.",
+    "`execute_in_process(instance=<sqlite instance>)`, median of 5 after a warm-up (its workers "
+    "are forked per run); Dagster `multiprocess_executor` (`max_concurrent: 2`) via `execute_job` "
+    "on a persistent SQLite instance, one cold execution (a step process costs ~1 s).",
     "With `--dagster-skip-slow`, Dagster's multiprocess fan-out runs on 10 ops and its time is "
     "scaled x10 (per step, linear), marked *extrapolated*; Dagster's 100,000-run query is skipped.",
     "Storage: runcore `SqliteStorage` vs Dagster's default SQLite storages through "
@@ -58,6 +59,10 @@ NOTES = [
     "of one run. The events/s target applies to `store_event`, one event per transaction "
     "(Dagster's figure is the same call); batch rows are informational, Dagster's "
     "`store_event_batch` on SQLite stores events one by one.",
+    "Durability differs: runcore's SQLite connections use WAL with `synchronous=NORMAL` (no "
+    "fsync per commit: safe across process crashes, the last commits can be lost on power loss "
+    "or an OS crash); Dagster's keep SQLite's default `synchronous=FULL`. Single-commit write "
+    "rates depend on it: see *bare sqlite3* under *machine* for what this disk allows each way.",
     "8 writers: 8 processes (spawned, then released together by a barrier) write events of "
     "the same run, so all share one SQLite file (runcore's `runs.db`, Dagster's per-run event "
     "shard). A call failing with 'database is locked' is counted, not retried.",
@@ -87,12 +92,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def worker_env() -> dict[str, str]:
     """The workers' environment: ours, plus ``src/`` on the path if runcore is not installed."""
     env = dict(os.environ)
-    probe = subprocess.run(
-        [sys.executable, "-c", "import runcore"], capture_output=True, check=False
-    )
-    if probe.returncode != 0 and REPO_SRC.is_dir():
+    if _probe_runcore(env) is None and REPO_SRC.is_dir():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_SRC), env.get("PYTHONPATH")]))
     return env
+
+
+def _probe_runcore(env: dict[str, str]) -> str | None:
+    """runcore's version and location as the workers see them, or None if it does not import."""
+    code = "import runcore; print(runcore.__version__, runcore.__file__)"
+    probe = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def _git_commit() -> str:
+    """The repository's current commit (with ``+dirty`` for local changes), if any."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no commit yet)"
+    return head + ("+dirty" if dirty else "")
 
 
 def run_worker(impl: str, case: str, params: dict[str, Any], env: dict[str, str]) -> Outcome:
@@ -151,9 +184,10 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_cases(cases: list[Case], args: argparse.Namespace) -> dict[tuple[str, str], Outcome]:
+def run_cases(
+    cases: list[Case], args: argparse.Namespace, env: dict[str, str]
+) -> dict[tuple[str, str], Outcome]:
     """Run every case for runcore, then Dagster; return outcomes by (case key, impl)."""
-    env = worker_env()
     outcomes: dict[tuple[str, str], Outcome] = {}
     for number, case in enumerate(cases, 1):
         for impl in IMPLS:
@@ -163,7 +197,10 @@ def run_cases(cases: list[Case], args: argparse.Namespace) -> dict[tuple[str, st
             log(f"[{number}/{len(cases)}] {case.key} / {impl} ...")
             outcome = run_side(case, impl, side, args, env)
             outcomes[case.key, impl] = outcome
-            status = outcome.skipped or ("ERROR" if outcome.error else "ok")
+            if outcome.skipped:
+                log(f"    skipped ({outcome.skipped})")
+                continue
+            status = "ERROR" if outcome.error else "ok"
             log(f"    {status} in {outcome.seconds:.1f} s {json.dumps(outcome.metrics)}")
             if outcome.error:
                 log(outcome.error)
@@ -179,12 +216,10 @@ def select(rows: list[Row], only: str | None) -> list[Row]:
 
 
 def unique_cases(rows: list[Row]) -> list[Case]:
-    """The cases the rows read, in order, each once (plus bare start-up beside ``import``)."""
-    cases: dict[str, Case] = {}
+    """The context cases, then the cases the rows read, in order, each once."""
+    cases = {case.key: case for case in CONTEXT_CASES}
     for row in rows:
         cases.setdefault(row.case.key, row.case)
-        if row.case.case == "import":
-            cases.setdefault(BARE_PYTHON.key, BARE_PYTHON)
     return list(cases.values())
 
 
@@ -192,7 +227,7 @@ def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return "not installed (source tree)" if dist == "runcore" else "not installed"
+        return "not installed"
 
 
 def _cpu_model() -> str:
@@ -205,7 +240,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(args: argparse.Namespace, bare: Outcome | None) -> dict[str, str]:
+def machine_info(
+    args: argparse.Namespace, outcomes: dict[tuple[str, str], Outcome], env: dict[str, str]
+) -> dict[str, str]:
     """The machine and software the figures were taken on."""
     info = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -214,11 +251,19 @@ def machine_info(args: argparse.Namespace, bare: Outcome | None) -> dict[str, st
         "platform": platform.platform(),
         "python": f"{platform.python_version()} ({sys.executable})",
         "dagster": _version("dagster"),
-        "runcore": _version("runcore"),
+        "runcore": _probe_runcore(env) or "does not import",
+        "runcore commit": _git_commit(),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
     }
+    bare = outcomes.get((BARE_PYTHON.key, "runcore"))
     if bare and bare.metrics:
         info["`python -c pass`"] = f"{bare.metrics['time']['value']:.1f} ms (median)"
+    disk = outcomes.get((BARE_SQLITE.key, "runcore"))
+    if disk and disk.metrics:
+        info["bare sqlite3, 1-row commits, WAL"] = (
+            f"{disk.metrics['normal']['value']:,.0f}/s with `synchronous=NORMAL`, "
+            f"{disk.metrics['full']['value']:,.0f}/s with `synchronous=FULL`"
+        )
     if args.quick:
         info["mode"] = "--quick: smoke-test sizes and repetitions, not for comparison"
     return info
@@ -231,7 +276,8 @@ def main(argv: list[str]) -> int:
     if not rows:
         log(f"no benchmark matches --only {args.only!r}")
         return 2
-    outcomes = run_cases(unique_cases(rows), args)
+    env = worker_env()
+    outcomes = run_cases(unique_cases(rows), args, env)
     lines: list[Line] = []
     for row in rows:
         key = row.case.key
@@ -241,7 +287,7 @@ def main(argv: list[str]) -> int:
         for (key, impl), outcome in outcomes.items()
         if outcome.error
     }
-    machine = machine_info(args, outcomes.get((BARE_PYTHON.key, "runcore")))
+    machine = machine_info(args, outcomes, env)
     args.out.write_text(render(lines, machine, errors, NOTES))
     for line in lines:
         log(f"{verdict(line):>8}  {line.row.name}: {line.runcore_cell} vs {line.dagster_cell}")

@@ -10,12 +10,14 @@ worker per measurement so imports, caches and open databases never leak between 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
-from _harness import summary_ms
+from _harness import rate, summary_ms
 
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -32,10 +34,37 @@ def case_import(params: dict[str, Any]) -> dict[str, Any]:
     return {"time": summary_ms(samples)}
 
 
+def case_sqlite_baseline(params: dict[str, Any]) -> dict[str, Any]:
+    """One-row commits per second of a bare ``sqlite3`` loop in WAL mode, per ``synchronous``.
+
+    Neither library is involved: it shows what this machine's disk allows a single-commit
+    writer, with and without an fsync per commit.
+    """
+    count = params["count"]
+    result = {}
+    for sync in ("NORMAL", "FULL"):
+        with tempfile.TemporaryDirectory() as home:
+            conn = sqlite3.connect(f"{home}/bare.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={sync}")
+            conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+            start = time.perf_counter()
+            for i in range(count):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t (body) VALUES (?)", (f"event {i}",))
+                conn.execute("COMMIT")
+            result[sync.lower()] = rate(count, time.perf_counter() - start)
+            conn.close()
+    return result
+
+
+GENERIC_CASES = {"import": case_import, "sqlite_baseline": case_sqlite_baseline}
+
+
 def run_case(impl: str, case: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Dispatch to the generic import case or to ``bench_<impl>.CASES[case]``."""
-    if case == "import":
-        return case_import(params)
+    """Dispatch to a library-free case here or to ``bench_<impl>.CASES[case]``."""
+    if case in GENERIC_CASES:
+        return GENERIC_CASES[case](params)
     if impl == "runcore":
         import bench_runcore as bench
     elif impl == "dagster":

@@ -15,7 +15,11 @@ T = TypeVar("T")
 
 @attrs.frozen
 class RetrySettings:
-    """How a transient failure is retried: attempts in all, and the exponential wait."""
+    """How a transient failure is retried: attempts in all, and the exponential wait.
+
+    The n-th wait is ``initial_wait * 2**(n-1)`` capped at ``max_wait``, plus a random jitter
+    of up to ``initial_wait`` so that processes that collided do not retry in lockstep.
+    """
 
     attempts: int = 5
     initial_wait: float = 0.05
@@ -43,7 +47,8 @@ def retry_sqlite_locked(
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(settings.attempts - 1),
-        wait=tenacity.wait_exponential_jitter(initial=settings.initial_wait, max=settings.max_wait),
+        wait=tenacity.wait_exponential(multiplier=settings.initial_wait, max=settings.max_wait)
+        + tenacity.wait_random(0, settings.initial_wait),
         retry=tenacity.retry_if_exception(is_locked),
         reraise=True,
     )

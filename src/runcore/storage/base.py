@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import attrs
 
+from runcore.errors import DuplicateRunError
 from runcore.events import STATUS_EVENT_TYPES, Event, EventRecord, EventType
 from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
 
@@ -57,7 +58,17 @@ class RunStorage(ABC):
         """Store a new run. Raises :class:`~runcore.errors.DuplicateRunError` for a known id."""
 
     def add_runs(self, runs: Sequence[Run]) -> None:
-        """Store many new runs (backends make this one transaction)."""
+        """Store many new runs, all or none (backends make this one transaction).
+
+        Raises :class:`~runcore.errors.DuplicateRunError` (storing none of them) if an id is
+        already stored or appears twice in ``runs``. This default checks first and then adds
+        one by one; a backend with transactions overrides it.
+        """
+        seen: set[str] = set()
+        for run in runs:
+            if run.run_id in seen or self.get_run(run.run_id) is not None:
+                raise DuplicateRunError(run.run_id)
+            seen.add(run.run_id)
         for run in runs:
             self.add_run(run)
 
@@ -80,6 +91,24 @@ class RunStorage(ABC):
         runs stored before it.
         """
 
+    def get_run_ids(
+        self,
+        filters: RunsFilter | None = None,
+        limit: int | None = None,
+        *,
+        ascending: bool = False,
+        after_storage_id: int | None = None,
+    ) -> list[str]:
+        """The ids of the runs :meth:`get_run_records` would return, in the same order.
+
+        For callers that need only the ids (a queue scan); backends answer it without
+        decoding runs.
+        """
+        records = self.get_run_records(
+            filters, limit, ascending=ascending, after_storage_id=after_storage_id
+        )
+        return [record.run.run_id for record in records]
+
     @abstractmethod
     def count_runs(self, filters: RunsFilter | None = None) -> int:
         """How many runs match ``filters``."""
@@ -97,6 +126,7 @@ class RunStorage(ABC):
         *,
         event: Event | None = None,
         failure_reason: str | None = None,
+        claim_slots: Sequence[tuple[str, int]] = (),
     ) -> Run | None:
         """Move a run to ``to_status`` if it is in one of ``from_statuses``; atomic.
 
@@ -104,7 +134,12 @@ class RunStorage(ABC):
         ``ended_at`` on a terminal status), the status event (``event``, or a plain one of
         the matching type), and on a terminal status the release of every pool slot the run
         holds. Returns the updated run, or ``None`` if the run was not in ``from_statuses``
-        (someone else moved it first). Raises
+        (someone else moved it first).
+
+        ``claim_slots`` is a list of ``(pool, limit)``: a run-level slot (step ``None``) in
+        each pool is claimed in the same transaction, as :meth:`claim_pool_slot` would. If any
+        of them cannot be had, nothing is written and ``None`` is returned: the run stays
+        where it was, as if someone else had moved it first. Raises
         :class:`~runcore.errors.IllegalTransitionError` before any I/O when the move is not in
         :data:`~runcore.runs.LEGAL_TRANSITIONS`, and
         :class:`~runcore.errors.RunNotFoundError` for an unknown run.

@@ -64,9 +64,12 @@ class InMemoryStorage(InstanceStorage):
 
     def add_runs(self, runs: Sequence[Run]) -> None:
         with self._lock:
+            self._check_open()
+            seen: set[str] = set()
             for run in runs:
-                if run.run_id in self._runs:
+                if run.run_id in self._runs or run.run_id in seen:
                     raise DuplicateRunError(run.run_id)
+                seen.add(run.run_id)
             for run in runs:
                 self.add_run(run)
 
@@ -89,6 +92,8 @@ class InMemoryStorage(InstanceStorage):
         if not ascending:
             records.reverse()
         out: list[RunRecord] = []
+        if limit is not None and limit <= 0:
+            return out
         for record in records:
             if after_storage_id is not None and (
                 record.storage_id <= after_storage_id
@@ -123,6 +128,7 @@ class InMemoryStorage(InstanceStorage):
         *,
         event: Event | None = None,
         failure_reason: str | None = None,
+        claim_slots: Sequence[tuple[str, int]] = (),
     ) -> Run | None:
         check_transition(from_statuses, to_status)
         with self._lock:
@@ -132,6 +138,10 @@ class InMemoryStorage(InstanceStorage):
                 raise RunNotFoundError(run_id)
             if record.run.status not in from_statuses:
                 return None
+            if not all(self._can_claim(pool, run_id, None, limit) for pool, limit in claim_slots):
+                return None
+            for pool, limit in claim_slots:
+                self._claim(pool, run_id, None, limit)
             ts = now()
             run = apply_transition(record.run, to_status, ts, failure_reason, event)
             self._runs[run_id] = RunRecord(record.storage_id, run)
@@ -200,16 +210,26 @@ class InMemoryStorage(InstanceStorage):
             self._check_open()
             self._pool_limits.pop(pool, None)
 
+    def _can_claim(self, pool: str, run_id: str, step_key: str | None, limit: int) -> bool:
+        held = [lease for lease in self._leases if lease.pool == pool]
+        if any(lease.run_id == run_id and lease.step_key == step_key for lease in held):
+            return True
+        return len(held) < limit
+
+    def _claim(self, pool: str, run_id: str, step_key: str | None, limit: int) -> bool:
+        if not self._can_claim(pool, run_id, step_key, limit):
+            return False
+        if not any(
+            lease.pool == pool and lease.run_id == run_id and lease.step_key == step_key
+            for lease in self._leases
+        ):
+            self._leases.append(SlotLease(pool, run_id, step_key, now()))
+        return True
+
     def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
         with self._lock:
             self._check_open()
-            held = [lease for lease in self._leases if lease.pool == pool]
-            if any(lease.run_id == run_id and lease.step_key == step_key for lease in held):
-                return True
-            if len(held) >= limit:
-                return False
-            self._leases.append(SlotLease(pool, run_id, step_key, now()))
-            return True
+            return self._claim(pool, run_id, step_key, limit)
 
     def _release(self, run_id: str, step_key: str | None) -> int:
         keep = [

@@ -6,7 +6,7 @@ import threading
 
 from runcore.events import Event, EventType
 from runcore.launchers.base import RunLauncher, WorkerHealth
-from runcore.runs import Run, RunStatus
+from runcore.runs import LEGAL_TRANSITIONS, Run, RunStatus
 
 
 class RecordingLauncher(RunLauncher):
