@@ -202,21 +202,23 @@ def test_explain_without_a_daemon_says_so(build: Any) -> None:
 
 
 def test_daemon_threads_start_runs_and_heartbeat(build: Any) -> None:
+    from runcore.daemon import daemon_statuses
+
     inst, launcher, _ = build()
     runs = [inst.submit_run(simple) for _ in range(3)]
     with rc.Daemon(inst, dequeue_interval=0.01) as daemon:
-        deadline = threading.Event()
+        pause = threading.Event()
         for _ in range(500):
-            if len(launcher.launched_ids) == 3:
+            if len(launcher.launched_ids) == 3 and daemon_statuses(inst.storage):
                 break
-            deadline.wait(0.01)
+            pause.wait(0.01)
         assert daemon.is_running
+        (status,) = daemon_statuses(inst.storage)
+        assert status.alive and status.heartbeat.daemon_id == daemon.daemon_id
     assert not daemon.is_running
     assert sorted(launcher.launched_ids) == sorted(r.run_id for r in runs)
-    from runcore.daemon import daemon_statuses
-
     (status,) = daemon_statuses(inst.storage)
-    assert status.alive and status.heartbeat.daemon_id == daemon.daemon_id
+    assert not status.alive and status.heartbeat.info["stopped"] is True
 
 
 def test_daemon_clock_is_injectable(build: Any) -> None:

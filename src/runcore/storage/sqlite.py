@@ -277,7 +277,7 @@ class SqliteStorage(InstanceStorage):
         tables = self._tables(conn)
         if tables:
             self._check_meta(conn, tables)
-        if not tables:
+        else:
             # Before the first write, while the file is still empty. Small pages make a commit
             # cheaper: it appends whole pages to the WAL, and a run or event dirties several.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
@@ -468,7 +468,38 @@ class SqliteStorage(InstanceStorage):
         return _serde.loads_run(rows[0][0]) if rows else None
 
     @staticmethod
-    def _where(filters: RunsFilter | None) -> tuple[list[str], list[Any]]:
+    def _driving_tag(filters: RunsFilter | None) -> tuple[str, str] | None:
+        """The tag to walk the runs by, newest first, instead of walking all runs.
+
+        Only for filters on tags (and creation time) alone. There the ``run_tags`` primary key
+        (key, value, run_pk) read backwards yields exactly the runs with that tag, in storage
+        order, so a listing of a backfill's runs costs what the backfill holds, not what the
+        database holds. With a status, job or id filter the run indexes drive instead (a tag
+        such as ``team`` may be on most runs, while few are QUEUED).
+        """
+        if filters is None or not filters.tags:
+            return None
+        if (
+            filters.run_ids is not None
+            or filters.job_name is not None
+            or filters.statuses is not None
+            or filters.parent_run_id is not None
+            or filters.root_run_id is not None
+        ):
+            return None
+        for key, want in filters.tags.items():
+            if isinstance(want, str):
+                return key, want
+            values = list(want)
+            if len(values) == 1:
+                return key, values[0]
+        return None
+
+    @staticmethod
+    def _where(
+        filters: RunsFilter | None, skip_tag: str | None = None
+    ) -> tuple[list[str], list[Any]]:
+        """SQL conditions on ``runs`` for ``filters`` (except the tag ``skip_tag``)."""
         clauses: list[str] = []
         params: list[Any] = []
         if filters is None:
@@ -478,10 +509,10 @@ class SqliteStorage(InstanceStorage):
             if not values:
                 clauses.append("0")
             elif len(values) == 1:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"runs.{column} = ?")
                 params.append(values[0])
             else:
-                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                clauses.append(f"runs.{column} IN ({','.join('?' * len(values))})")
                 params.extend(values)
 
         if filters.run_ids is not None:
@@ -491,16 +522,18 @@ class SqliteStorage(InstanceStorage):
         if filters.statuses is not None:
             one_of("status", [s.value for s in filters.statuses])
         if filters.created_after is not None:
-            clauses.append("created_at > ?")
+            clauses.append("runs.created_at > ?")
             params.append(filters.created_after)
         if filters.created_before is not None:
-            clauses.append("created_at < ?")
+            clauses.append("runs.created_at < ?")
             params.append(filters.created_before)
         if filters.parent_run_id is not None:
             one_of("parent_run_id", [filters.parent_run_id])
         if filters.root_run_id is not None:
             one_of("root_run_id", [filters.root_run_id])
         for key, want in (filters.tags or {}).items():
+            if key == skip_tag:
+                continue
             values = [want] if isinstance(want, str) else list(want)
             if not values:
                 clauses.append("0")
@@ -517,6 +550,25 @@ class SqliteStorage(InstanceStorage):
             params.extend(values)
         return clauses, params
 
+    def _from_where(
+        self, filters: RunsFilter | None, after_storage_id: int | None, ascending: bool
+    ) -> tuple[str, str, list[Any]]:
+        """``FROM ... WHERE ...`` for ``filters``, the column runs are ordered by, and params."""
+        driving = self._driving_tag(filters)
+        clauses, params = self._where(filters, driving[0] if driving else None)
+        if driving is None:
+            source, order = "runs", "runs.id"
+        else:
+            # CROSS JOIN keeps run_tags as the outer loop, read in primary-key order.
+            source, order = "run_tags d CROSS JOIN runs", "d.run_pk"
+            clauses[:0] = ["d.key = ?", "d.value = ?", "runs.id = d.run_pk"]
+            params[:0] = list(driving)
+        if after_storage_id is not None:
+            clauses.append(f"{order} > ?" if ascending else f"{order} < ?")
+            params.append(after_storage_id)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        return f" FROM {source}{where}", order, params
+
     def _select(
         self,
         columns: str,
@@ -525,12 +577,8 @@ class SqliteStorage(InstanceStorage):
         ascending: bool,
         after_storage_id: int | None,
     ) -> tuple[str, list[Any]]:
-        clauses, params = self._where(filters)
-        if after_storage_id is not None:
-            clauses.append("id > ?" if ascending else "id < ?")
-            params.append(after_storage_id)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = f"SELECT {columns} FROM runs{where} ORDER BY id {'ASC' if ascending else 'DESC'}"
+        from_where, order, params = self._from_where(filters, after_storage_id, ascending)
+        sql = f"SELECT {columns}{from_where} ORDER BY {order} {'ASC' if ascending else 'DESC'}"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -544,7 +592,9 @@ class SqliteStorage(InstanceStorage):
         ascending: bool = False,
         after_storage_id: int | None = None,
     ) -> list[RunRecord]:
-        sql, params = self._select("id, body", filters, limit, ascending, after_storage_id)
+        sql, params = self._select(
+            "runs.id, runs.body", filters, limit, ascending, after_storage_id
+        )
         loads = _serde.loads_run
         return [RunRecord(row[0], loads(row[1])) for row in self._read(sql, params)]
 
@@ -556,13 +606,12 @@ class SqliteStorage(InstanceStorage):
         ascending: bool = False,
         after_storage_id: int | None = None,
     ) -> list[str]:
-        sql, params = self._select("run_id", filters, limit, ascending, after_storage_id)
+        sql, params = self._select("runs.run_id", filters, limit, ascending, after_storage_id)
         return [row[0] for row in self._read(sql, params)]
 
     def count_runs(self, filters: RunsFilter | None = None) -> int:
-        clauses, params = self._where(filters)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return int(self._read(f"SELECT COUNT(*) FROM runs{where}", params)[0][0])
+        from_where, _, params = self._from_where(filters, None, False)
+        return int(self._read(f"SELECT COUNT(*){from_where}", params)[0][0])
 
     def add_run_tags(self, run_id: str, tags: Mapping[str, str]) -> Run:
         tags = dict(tags)
