@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from runcore.context import OpContext, StepLogger, jsonable_fields
 from runcore.definitions import Job
 from runcore.errors import Failure, OutputStoreError, RunFailedError
@@ -190,6 +192,19 @@ class StepRunner:
                 attempt += 1
 
 
+_STEP_ENDS = frozenset({EventType.STEP_SUCCESS, EventType.STEP_FAILURE})
+
+
+@attrs.frozen
+class StepPools:
+    """Op-granularity pools: each step with a pool claims a slot before it runs.
+
+    ``default_limit`` applies to pools with no limit set in storage (None: unlimited).
+    """
+
+    default_limit: int | None = None
+
+
 class RunExecution:
     """One run in progress: its plan, its step runner and the outcome of each step.
 
@@ -205,12 +220,16 @@ class RunExecution:
         storage: InstanceStorage,
         output_store: OutputStore,
         cancel: threading.Event | None = None,
+        pools: StepPools | None = None,
     ) -> None:
         self.run = run
         self.plan = plan
         self.storage = storage
         self.output_store = output_store
         self.cancel = cancel or threading.Event()
+        self.pools = pools
+        self._holding: dict[str, str] = {}  # step key -> pool it holds a slot in
+        self._waiting: set[str] = set()
         self.succeeded: set[str] = set()
         self.failed: set[str] = set()
         self.skipped: set[str] = set()
@@ -225,12 +244,99 @@ class RunExecution:
         )
 
     def emit(self, event: Event) -> None:
-        """Store one event of this run."""
-        self.storage.store_event(event)
+        """Store one event of this run (a step's end frees its pool slot in the same write)."""
+        if event.step_key in self._holding and event.event_type in _STEP_ENDS:
+            self._release(event.step_key, [event])
+        else:
+            self.storage.store_event(event)
 
     def emit_many(self, events: Sequence[Event]) -> None:
         """Store several events of this run in one write."""
-        self.storage.store_events(events)
+        if not self._holding:
+            self.storage.store_events(events)
+            return
+        batch: list[Event] = []
+        for event in events:
+            batch.append(event)
+            if event.step_key in self._holding and event.event_type in _STEP_ENDS:
+                self._release(event.step_key, batch)
+                batch = []
+        if batch:
+            self.storage.store_events(batch)
+
+    # --- op-granularity pool slots ------------------------------------------------------------
+
+    def _pool_limit(self, pool: str) -> int | None:
+        assert self.pools is not None
+        limit = self.storage.get_pool_limits().get(pool)
+        return self.pools.default_limit if limit is None else limit
+
+    def try_claim(self, step: Step) -> bool:
+        """Take the slot ``step`` needs in its pool, if any; False if it must wait.
+
+        The first time a step has to wait, an ENGINE_EVENT says for which pool and who holds
+        its slots, so a user can see why the step has not started.
+        """
+        pool = step.op.pool
+        if self.pools is None or pool is None or step.key in self._holding:
+            return True
+        limit = self._pool_limit(pool)
+        if limit is None:
+            return True
+        granted = self.storage.claim_pool_slot(
+            pool,
+            self.run.run_id,
+            step.key,
+            limit=limit,
+            priority=self.run.priority,
+            order=self.run.created_at,
+        )
+        if granted:
+            self._holding[step.key] = pool
+            self._waiting.discard(step.key)
+        elif step.key not in self._waiting:
+            self._waiting.add(step.key)
+            holders = [
+                lease.run_id + (f"/{lease.step_key}" if lease.step_key else "")
+                for lease in self.storage.get_pool_leases(pool)
+            ]
+            self.emit(
+                Event(
+                    run_id=self.run.run_id,
+                    event_type=EventType.ENGINE_EVENT,
+                    step_key=step.key,
+                    message=f"waiting for a slot in pool {pool!r} ({len(holders)} of {limit} "
+                    f"held{': ' + ', '.join(holders[:5]) if holders else ''})",
+                    data={"pool": pool, "limit": limit, "held": len(holders)},
+                )
+            )
+        return granted
+
+    def acquire(self, step: Step) -> bool:
+        """Wait until ``step`` holds its pool slot; False if the run was canceled meanwhile."""
+        delay = 0.005
+        while not self.try_claim(step):
+            if self.cancel.wait(delay):
+                return False
+            delay = min(delay * 2, 0.25)
+        if self.cancel.is_set():  # canceled just as the slot came: give it back
+            if step.key in self._holding:
+                self._release(step.key, [])
+            return False
+        return True
+
+    def _release(self, step_key: str, events: Sequence[Event]) -> None:
+        self._holding.pop(step_key, None)
+        self.storage.release_pool_slots(self.run.run_id, step_key, events=events)
+
+    def run_step_here(self, step: Step) -> bool | None:
+        """Claim the step's slot (waiting for it), then run it in this thread.
+
+        Returns the step's success, or None if the run was canceled while it waited.
+        """
+        if not self.acquire(step):
+            return None
+        return self.runner.run_step(step)
 
     def use_output_store(self, store: OutputStore) -> None:
         """Switch the store steps read and write (executors whose steps run elsewhere do)."""
@@ -321,6 +427,7 @@ def execute_run(
     output_store: OutputStore,
     executor: Executor | None = None,
     cancel: threading.Event | None = None,
+    pools: StepPools | None = None,
 ) -> tuple[Run, RunExecution | None]:
     """Execute ``run`` (STARTING) to a terminal status; returns the final run.
 
@@ -349,7 +456,12 @@ def execute_run(
             job, started.step_keys_to_execute, allow_external=started.parent_run_id is not None
         )
         execution = RunExecution(
-            run=started, plan=plan, storage=storage, output_store=output_store, cancel=cancel
+            run=started,
+            plan=plan,
+            storage=storage,
+            output_store=output_store,
+            cancel=cancel,
+            pools=pools,
         )
         (executor or job.executor or InProcessExecutor()).execute(execution)
     except BaseException as exc:
@@ -466,7 +578,12 @@ def execute_job_in_process(
     storage.transition(run.run_id, [RunStatus.NOT_STARTED], RunStatus.STARTING)
     outputs = InMemoryOutputStore()
     final, execution = execute_run(
-        run, job, storage=storage, output_store=outputs, executor=executor
+        run,
+        job,
+        storage=storage,
+        output_store=outputs,
+        executor=executor,
+        pools=None if instance is None else instance.step_pools,
     )
     result = ExecuteInProcessResult(
         run=final,

@@ -27,6 +27,7 @@ from runcore.errors import (
     UnknownJobError,
 )
 from runcore.events import Event, EventType
+from runcore.execution import StepPools
 from runcore.launchers.base import LaunchContext, RunLauncher
 from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
@@ -234,6 +235,7 @@ class Instance:
                 resolve_job=self.jobs.resolve,
                 output_store=self.output_store,
                 instance_config=self._config_for_workers(),
+                pools=self.step_pools,
             )
         )
         cfg = self.config or _config.InstanceConfig()
@@ -245,6 +247,15 @@ class Instance:
                 non_isolated_runs=cfg.non_isolated_runs,
             )
         )
+
+    @property
+    def step_pools(self) -> StepPools | None:
+        """How steps claim pool slots here: at op granularity (the default), each step with a
+        pool claims a slot before it runs; at run granularity, None (the queue does it)."""
+        cfg = self.config or _config.InstanceConfig()
+        if cfg.concurrency.pools.granularity != "op":
+            return None
+        return StepPools(default_limit=cfg.concurrency.pools.default_limit)
 
     def _config_for_workers(self) -> dict[str, Any]:
         data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}

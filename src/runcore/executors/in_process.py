@@ -23,4 +23,8 @@ class InProcessExecutor(Executor):
                 return
             if step.key in execution.skipped:
                 continue
-            execution.finish_step(step.key, execution.runner.run_step(step))
+            outcome = execution.run_step_here(step)
+            if outcome is None:  # canceled while waiting for a pool slot
+                execution.skip_remaining(CANCELED_REASON)
+                return
+            execution.finish_step(step.key, outcome)

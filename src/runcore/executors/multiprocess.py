@@ -281,17 +281,23 @@ class MultiprocessExecutor(Executor):
                         break
                     if worker.step is not None:
                         continue
+                    step = next((s for s in ready if execution.try_claim(s)), None)
+                    if step is None:
+                        break  # every ready step waits for a pool slot; look again soon
                     if not worker.process.is_alive():  # died while idle (e.g. OOM-killed)
                         worker = replace(index)  # noqa: PLW2901
                         if execution.cancel.is_set():
                             break
-                    step = ready.pop(0)
+                    ready.remove(step)
                     worker.step = step.key
                     with contextlib.suppress(OSError):  # a death now shows on its sentinel
                         worker.conn.send_bytes(step.key.encode())
             busy = [w for w in workers if w.step is not None]
             if not busy:
-                return
+                if not ready or execution.cancel.is_set():
+                    return
+                execution.cancel.wait(0.05)  # ready steps wait for pool slots
+                continue
             by_handle: dict[Any, _Worker] = {}
             for worker in busy:
                 by_handle[worker.conn] = worker

@@ -35,7 +35,7 @@ class ThreadPoolExecutor(Executor):
 
     def execute(self, execution: RunExecution) -> None:
         ready: list[Step] = execution.plan.roots()
-        running: dict[concurrent.futures.Future[bool], str] = {}
+        running: dict[concurrent.futures.Future[bool | None], str] = {}
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_concurrent,
             thread_name_prefix=f"runcore-step-{execution.run.run_id[:8]}",
@@ -48,7 +48,7 @@ class ThreadPoolExecutor(Executor):
                         and not execution.cancel.is_set()
                     ):
                         step = ready.pop(0)
-                        running[pool.submit(execution.runner.run_step, step)] = step.key
+                        running[pool.submit(execution.run_step_here, step)] = step.key
                     if not running:
                         break
                     done, _ = concurrent.futures.wait(
@@ -56,7 +56,9 @@ class ThreadPoolExecutor(Executor):
                     )
                     for future in done:
                         key = running.pop(future)
-                        ready.extend(execution.finish_step(key, future.result()))
+                        outcome = future.result()
+                        if outcome is not None:  # None: canceled while waiting for a slot
+                            ready.extend(execution.finish_step(key, outcome))
             except BaseException:
                 # Ctrl-C here, or an engine error: the pool still waits for the running steps
                 # on the way out, so tell them (``context.is_canceled``) to stop early.

@@ -26,6 +26,7 @@ from runcore.errors import InstanceClosedError
 
 if TYPE_CHECKING:
     from runcore.definitions import Job
+    from runcore.execution import StepPools
     from runcore.outputs import OutputStore
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
@@ -33,13 +34,15 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class LaunchContext:
-    """What a launcher may use: the storage, how to find a run's job, where outputs go, and
-    the instance config as JSON-able data for worker processes."""
+    """What a launcher may use: the storage, how to find a run's job, where outputs go, the
+    instance config as JSON-able data for worker processes, and the op-granularity pool
+    settings to execute runs with (None: steps claim no pool slots)."""
 
     storage: InstanceStorage
     resolve_job: Callable[[Run], Job]
     output_store: OutputStore
     instance_config: Mapping[str, Any] = attrs.field(factory=dict)
+    pools: StepPools | None = None
 
 
 class HealthStatus(enum.Enum):

@@ -85,6 +85,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                 storage=context.storage,
                 output_store=context.output_store,
                 cancel=cancel,
+                pools=context.pools,
             )
         except Exception as exc:
             # execute_run ends every run it started; this is the last guard, for a failure of

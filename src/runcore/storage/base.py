@@ -29,6 +29,9 @@ from runcore.errors import DuplicateRunError
 from runcore.events import STATUS_EVENT_TYPES, Event, EventRecord, EventType
 from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
 
+#: Seconds after its last attempt that a waiting slot claim stops holding its place in line.
+WAITER_TTL = 30.0
+
 
 @attrs.frozen
 class SlotLease:
@@ -190,15 +193,34 @@ class PoolStorage(ABC):
         """Forget the explicit limit of ``pool`` (it falls back to the default limit)."""
 
     @abstractmethod
-    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
-        """Take a slot of ``pool`` for (run, step) if fewer than ``limit`` are held; atomic.
+    def claim_pool_slot(
+        self,
+        pool: str,
+        run_id: str,
+        step_key: str | None,
+        *,
+        limit: int,
+        priority: int = 0,
+        order: float = 0.0,
+    ) -> bool:
+        """Take a slot of ``pool`` for (run, step) if one is free for it; atomic.
 
         Claiming a slot the same (run, step) already holds succeeds without taking another.
+        A claim that fails is remembered as *waiting*; free slots go to waiting claims by
+        ``priority`` (higher first), then ``order`` (lower first: the run's creation time),
+        so a claim succeeds only if fewer waiters rank ahead of it than slots are free.
+        Waiters that have not retried for :data:`WAITER_TTL` seconds no longer count, and a
+        run's waiters are dropped when it ends.
         """
 
     @abstractmethod
-    def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
-        """Free the slots of a run (of one of its steps, if ``step_key``); returns how many."""
+    def release_pool_slots(
+        self, run_id: str, step_key: str | None = None, *, events: Sequence[Event] = ()
+    ) -> int:
+        """Free the slots of a run (of one of its steps, if ``step_key``); returns how many.
+
+        ``events`` (the step's end, usually) are stored in the same transaction.
+        """
 
     @abstractmethod
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:

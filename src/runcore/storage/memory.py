@@ -16,6 +16,7 @@ from runcore.errors import DuplicateRunError, InstanceClosedError, RunNotFoundEr
 from runcore.events import Event, EventRecord, EventType
 from runcore.runs import Run, RunRecord, RunsFilter, RunStatus, check_transition
 from runcore.storage.base import (
+    WAITER_TTL,
     DaemonHeartbeat,
     InstanceStorage,
     SlotLease,
@@ -39,6 +40,8 @@ class InMemoryStorage(InstanceStorage):
         self._event_seq = 0
         self._pool_limits: dict[str, int] = {}
         self._leases: list[SlotLease] = []
+        # (pool, run, step) -> ((-priority, order, step), last attempt)
+        self._waiters: dict[tuple[str, str, str | None], tuple[tuple[int, float, str], float]] = {}
         self._heartbeats: dict[str, DaemonHeartbeat] = {}
 
     def close(self) -> None:
@@ -226,12 +229,43 @@ class InMemoryStorage(InstanceStorage):
             self._leases.append(SlotLease(pool, run_id, step_key, now()))
         return True
 
-    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
+    def claim_pool_slot(
+        self,
+        pool: str,
+        run_id: str,
+        step_key: str | None,
+        *,
+        limit: int,
+        priority: int = 0,
+        order: float = 0.0,
+    ) -> bool:
         with self._lock:
             self._check_open()
-            return self._claim(pool, run_id, step_key, limit)
+            me = (pool, run_id, step_key)
+            ts = now()
+            held = [lease for lease in self._leases if lease.pool == pool]
+            if any(lease.run_id == run_id and lease.step_key == step_key for lease in held):
+                self._waiters.pop(me, None)
+                return True
+            rank = (-priority, order, step_key or "")
+            ahead = sum(
+                1
+                for (w_pool, w_run, w_step), (w_rank, seen) in self._waiters.items()
+                if w_pool == pool
+                and (w_run, w_step) != (run_id, step_key)
+                and seen > ts - WAITER_TTL
+                and w_rank < rank
+            )
+            if len(held) + ahead >= limit:
+                self._waiters[me] = (rank, ts)
+                return False
+            self._waiters.pop(me, None)
+            self._leases.append(SlotLease(pool, run_id, step_key, ts))
+            return True
 
     def _release(self, run_id: str, step_key: str | None) -> int:
+        for key in [k for k in self._waiters if k[1] == run_id and step_key in (None, k[2])]:
+            del self._waiters[key]
         keep = [
             lease
             for lease in self._leases
@@ -241,9 +275,13 @@ class InMemoryStorage(InstanceStorage):
         self._leases = keep
         return freed
 
-    def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
+    def release_pool_slots(
+        self, run_id: str, step_key: str | None = None, *, events: Sequence[Event] = ()
+    ) -> int:
         with self._lock:
             self._check_open()
+            for event in events:
+                self._append_event(event)
             return self._release(run_id, step_key)
 
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:

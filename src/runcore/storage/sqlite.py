@@ -39,6 +39,7 @@ from runcore.errors import (
 from runcore.events import Event, EventRecord, EventType
 from runcore.runs import Run, RunRecord, RunsFilter, RunStatus, check_transition
 from runcore.storage.base import (
+    WAITER_TTL,
     DaemonHeartbeat,
     InstanceStorage,
     SlotLease,
@@ -110,6 +111,16 @@ CREATE TABLE IF NOT EXISTS pool_slots (
     UNIQUE (pool, run_id, step_key)
 );
 CREATE INDEX IF NOT EXISTS pool_slots_by_run ON pool_slots (run_id);
+CREATE TABLE IF NOT EXISTS pool_waiters (
+    pool TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    step_key TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    run_order REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (pool, run_id, step_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pool_waiters_by_run ON pool_waiters (run_id);
 CREATE TABLE IF NOT EXISTS daemon_heartbeats (
     daemon_id TEXT PRIMARY KEY,
     daemon_type TEXT NOT NULL,
@@ -124,6 +135,7 @@ _INSERT_RUN = (
 )
 _INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
 _DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
+_DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 _INSERT_EVENT = (
     "INSERT INTO events (run_id, event_type, step_key, timestamp, body) VALUES (?, ?, ?, ?, ?)"
 )
@@ -665,6 +677,7 @@ class SqliteStorage(InstanceStorage):
             conn.execute(_INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
             if to_status.is_terminal:
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
 
         return self._write(write)
@@ -678,6 +691,7 @@ class SqliteStorage(InstanceStorage):
                 conn.execute("DELETE FROM runs WHERE id = ?", (pk,))
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
 
         self._write(write)
 
@@ -770,17 +784,69 @@ class SqliteStorage(InstanceStorage):
         )
         return True
 
-    def claim_pool_slot(self, pool: str, run_id: str, step_key: str | None, *, limit: int) -> bool:
+    def claim_pool_slot(
+        self,
+        pool: str,
+        run_id: str,
+        step_key: str | None,
+        *,
+        limit: int,
+        priority: int = 0,
+        order: float = 0.0,
+    ) -> bool:
         key = step_key or ""
-        return self._write(lambda conn: self._claim(conn, pool, run_id, key, limit))
 
-    def release_pool_slots(self, run_id: str, step_key: str | None = None) -> int:
-        sql = "DELETE FROM pool_slots WHERE run_id = ?"
+        def write(conn: sqlite3.Connection) -> bool:
+            ts = now()
+            if self._holds(conn, pool, run_id, key):
+                conn.execute(_DELETE_WAITER, (pool, run_id, key))
+                return True
+            held = conn.execute("SELECT COUNT(*) FROM pool_slots WHERE pool = ?", (pool,))
+            free = limit - int(held.fetchone()[0])
+            ahead = 0
+            if free > 0:
+                ahead = int(
+                    conn.execute(
+                        "SELECT COUNT(*) FROM pool_waiters WHERE pool = ? AND last_seen > ? "
+                        "AND NOT (run_id = ? AND step_key = ?) AND (priority > ? OR "
+                        "(priority = ? AND (run_order < ? OR (run_order = ? AND step_key < ?))))",
+                        (pool, ts - WAITER_TTL, run_id, key, priority, priority, order, order, key),
+                    ).fetchone()[0]
+                )
+            if free <= ahead:
+                conn.execute(
+                    "INSERT INTO pool_waiters (pool, run_id, step_key, priority, run_order, "
+                    "last_seen) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pool, run_id, step_key) "
+                    "DO UPDATE SET last_seen = excluded.last_seen",
+                    (pool, run_id, key, priority, order, ts),
+                )
+                return False
+            conn.execute(_DELETE_WAITER, (pool, run_id, key))
+            conn.execute(
+                "INSERT INTO pool_slots (pool, run_id, step_key, claimed_at) VALUES (?, ?, ?, ?)",
+                (pool, run_id, key, ts),
+            )
+            return True
+
+        return self._write(write)
+
+    def release_pool_slots(
+        self, run_id: str, step_key: str | None = None, *, events: Sequence[Event] = ()
+    ) -> int:
+        where = "run_id = ?"
         params: tuple[str, ...] = (run_id,)
         if step_key is not None:
-            sql += " AND step_key = ?"
+            where += " AND step_key = ?"
             params = (run_id, step_key)
-        return self._write(lambda conn: conn.execute(sql, params).rowcount)
+        rows = [_event_row(event) for event in events]
+
+        def write(conn: sqlite3.Connection) -> int:
+            if rows:
+                conn.executemany(_INSERT_EVENT, rows)
+            conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
+            return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
+
+        return self._write(write)
 
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:
         sql = "SELECT pool, run_id, step_key, claimed_at FROM pool_slots"

@@ -958,6 +958,39 @@ class StorageContract:
         assert storage.claim_pool_slot("db", "r2", None, limit=1)
         assert [lease.run_id for lease in storage.get_pool_leases()] == ["r2"]
 
+    def test_waiting_claims_are_served_by_priority_then_age(self, storage: InstanceStorage) -> None:
+        assert storage.claim_pool_slot("db", "holder", "s", limit=1)
+        assert not storage.claim_pool_slot("db", "old", "s", limit=1, priority=0, order=1.0)
+        assert not storage.claim_pool_slot("db", "young", "s", limit=1, priority=0, order=2.0)
+        assert not storage.claim_pool_slot("db", "urgent", "s", limit=1, priority=5, order=3.0)
+        storage.release_pool_slots("holder")
+        # One slot is free, and "urgent" waits ahead of everyone else.
+        assert not storage.claim_pool_slot("db", "young", "s", limit=1, priority=0, order=2.0)
+        assert not storage.claim_pool_slot("db", "old", "s", limit=1, priority=0, order=1.0)
+        assert storage.claim_pool_slot("db", "urgent", "s", limit=1, priority=5, order=3.0)
+        storage.release_pool_slots("urgent")
+        assert not storage.claim_pool_slot("db", "young", "s", limit=1, priority=0, order=2.0)
+        assert storage.claim_pool_slot("db", "old", "s", limit=1, priority=0, order=1.0)
+        storage.release_pool_slots("old")
+        assert storage.claim_pool_slot("db", "young", "s", limit=1, priority=0, order=2.0)
+
+    def test_a_run_that_ends_stops_waiting(self, storage: InstanceStorage) -> None:
+        storage.add_run(_run(run_id="waiter", status=RunStatus.STARTED))
+        assert storage.claim_pool_slot("db", "holder", "s", limit=1)
+        assert not storage.claim_pool_slot("db", "waiter", "s", limit=1, priority=9)
+        storage.transition("waiter", [RunStatus.STARTED], RunStatus.FAILURE)
+        storage.release_pool_slots("holder")
+        assert storage.claim_pool_slot("db", "late", "s", limit=1)
+
+    def test_release_stores_events_in_the_same_call(self, storage: InstanceStorage) -> None:
+        storage.add_run(_run(run_id="r1", status=RunStatus.STARTED))
+        assert storage.claim_pool_slot("db", "r1", "load", limit=1)
+        end = Event(run_id="r1", event_type=EventType.STEP_SUCCESS, step_key="load")
+        assert storage.release_pool_slots("r1", "load", events=[end]) == 1
+        assert storage.get_pool_leases() == []
+        (record,) = storage.get_event_records("r1")
+        assert record.event == end
+
     def test_concurrent_claims_have_exactly_limit_winners(
         self, storage_handles: list[InstanceStorage]
     ) -> None:
