@@ -89,3 +89,20 @@ def summary_ms(samples: list[float]) -> dict[str, Any]:
 def rate(count: int, seconds: float) -> dict[str, Any]:
     """``count`` operations in ``seconds`` as a rate per second."""
     return {"value": count / seconds, "unit": "/s", "count": count, "seconds": seconds}
+
+
+def median_rate(count: int, trial: Callable[[], float], trials: int) -> dict[str, Any]:
+    """Run ``trial`` (``count`` operations, returns seconds) ``trials`` times; median rate.
+
+    Several trials keep one disturbed trial (another process hogging the disk or a core) from
+    deciding the figure.
+    """
+    rates = sorted(count / trial() for _ in range(trials))
+    return {
+        "value": statistics.median(rates),
+        "unit": "/s",
+        "count": count,
+        "trials": trials,
+        "min": rates[0],
+        "max": rates[-1],
+    }

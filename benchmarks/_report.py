@@ -12,6 +12,7 @@ from _specs import Row
 #: extrapolation).
 DETAIL_KEYS = (
     "reps",
+    "trials",
     "min",
     "max",
     "count",
@@ -121,6 +122,13 @@ def _table(lines: list[Line]) -> list[str]:
     return out
 
 
+def _number(value: Any) -> str:
+    """A detail value: floats to 4 significant digits, large ones with thousands separators."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def _detail(measurement: Mapping[str, Any] | None) -> str:
     if not measurement:
         return "-"
@@ -129,7 +137,7 @@ def _detail(measurement: Mapping[str, Any] | None) -> str:
     for key in keys:
         if key in measurement:
             value = measurement[key]
-            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+            parts.append(f"{key}={_number(value)}")
     return ", ".join(parts) or "-"
 
 

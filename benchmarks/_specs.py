@@ -97,6 +97,11 @@ class Row:
     target: Target
 
 
+#: Storage rate cases run several trials and report the median (one with ``--quick``).
+TRIALS = {"trials": 3}
+TRIAL = {"trials": 1}
+
+
 def _import_case() -> Case:
     return Case(
         key="import",
@@ -167,13 +172,13 @@ def _runs_rows() -> list[Row]:
     single = Case(
         key="storage/add_run",
         case="add_runs",
-        runcore=Side({"count": 10_000, "batch": 0}, quick={"count": 2_000}),
-        dagster=Side({"count": 500}, quick={"count": 100}),
+        runcore=Side({"count": 10_000, "batch": 0, **TRIALS}, quick={"count": 2_000, **TRIAL}),
+        dagster=Side({"count": 500, **TRIALS}, quick={"count": 100, **TRIAL}),
     )
     batched = Case(
         key="storage/add_runs",
         case="add_runs",
-        runcore=Side({"count": 50_000, "batch": 100}, quick={"count": 5_000}),
+        runcore=Side({"count": 50_000, "batch": 100, **TRIALS}, quick={"count": 5_000, **TRIAL}),
         dagster=None,
         note="Dagster has no batch run insert",
     )
@@ -203,14 +208,22 @@ def _event_rows() -> list[Row]:
         single = Case(
             key=f"storage/events/1/{batch}",
             case="store_events",
-            runcore=Side({"count": 20_000, "batch": batch}, quick={"count": 2_000}),
-            dagster=Side({"count": 1_000, "batch": batch}, quick={"count": 200}),
+            runcore=Side(
+                {"count": 20_000, "batch": batch, **TRIALS}, quick={"count": 2_000, **TRIAL}
+            ),
+            dagster=Side({"count": 1_000, "batch": batch, **TRIALS}, quick={"count": 200, **TRIAL}),
         )
         many = Case(
             key=f"storage/events/8/{batch}",
             case="writers",
-            runcore=Side({"writers": 8, "count": 5_000, "batch": batch}, quick={"count": 500}),
-            dagster=Side({"writers": 8, "count": 100, "batch": batch}, quick={"count": 20}),
+            runcore=Side(
+                {"writers": 8, "count": 5_000, "batch": batch, **TRIALS},
+                quick={"count": 500, **TRIAL},
+            ),
+            dagster=Side(
+                {"writers": 8, "count": 100, "batch": batch, **TRIALS},
+                quick={"count": 20, **TRIAL},
+            ),
         )
         rows += [
             Row(

@@ -15,6 +15,8 @@ import queue as queue_mod
 import time
 from typing import Any, Protocol
 
+from _harness import median_rate
+
 LOCKED = "database is locked"
 #: Seconds a writer waits for the others to be ready, and the parent for all of them to finish.
 BARRIER_TIMEOUT = 120.0
@@ -102,19 +104,11 @@ def _collect(queue: Any, procs: list[Any]) -> list[dict[str, Any]]:
     return reports
 
 
-def run_concurrent_writers(
-    module: str, home: str, run_id: str, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Run ``params["writers"]`` writer processes of ``module``'s sink on the same run.
-
-    Returns the total events/s over the wall time from the first start to the last end, and
-    the number of "database is locked" errors the writers saw.
-    """
+def _one_trial(job: dict[str, Any], n_writers: int) -> tuple[float, int]:
+    """Start ``n_writers`` writer processes, release them together; (seconds, locked errors)."""
     ctx = multiprocessing.get_context("spawn")
-    n_writers, count, batch = params["writers"], params["count"], params["batch"]
     barrier = ctx.Barrier(n_writers)
     queue = ctx.Queue()
-    job = {"module": module, "home": home, "run_id": run_id, "count": count, "batch": batch}
     procs = [ctx.Process(target=_writer_main, args=(job, barrier, queue)) for _ in range(n_writers)]
     for proc in procs:
         proc.start()
@@ -126,10 +120,35 @@ def run_concurrent_writers(
                 proc.terminate()
             proc.join()
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    total = n_writers * count
-    calls = -(-count // batch) if batch else count  # store calls per writer
-    errors = sum(r["errors"] for r in reports)
+    return seconds, sum(r["errors"] for r in reports)
+
+
+def run_concurrent_writers(
+    module: str, home: str, run_id: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Run ``params["writers"]`` writer processes of ``module``'s sink on the same run.
+
+    Each of ``params["trials"]`` trials starts fresh writers. Returns the median over trials of
+    the total events/s (from the first writer's start to the last one's end), and the number
+    of "database is locked" errors the writers saw in all trials together.
+    """
+    n_writers, count, batch = params["writers"], params["count"], params["batch"]
+    job = {"module": module, "home": home, "run_id": run_id, "count": count, "batch": batch}
+    errors = 0
+
+    def trial() -> float:
+        nonlocal errors
+        seconds, trial_errors = _one_trial(job, n_writers)
+        errors += trial_errors
+        return seconds
+
+    total_rate = median_rate(n_writers * count, trial, params["trials"])
+    calls = -(-count // batch) if batch else count  # store calls per writer and trial
     return {
-        "rate": {"value": total / seconds, "unit": "/s", "count": total, "seconds": seconds},
-        "locked_errors": {"value": errors, "unit": "errors", "calls": n_writers * calls},
+        "rate": total_rate,
+        "locked_errors": {
+            "value": errors,
+            "unit": "errors",
+            "calls": n_writers * calls * params["trials"],
+        },
     }

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, expected_output, fill_row, rate, summary_ms, time_calls
+from _harness import Repeat, expected_output, fill_row, median_rate, summary_ms, time_calls
 from _writers import run_concurrent_writers, time_sink
 
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -89,14 +89,21 @@ def case_add_runs(params: dict[str, Any]) -> dict[str, Any]:
     count = params["count"]
     with tempfile.TemporaryDirectory() as home:
         instance = _instance(home)
-        runs = [
-            _new_run(str(uuid.uuid4()), "etl", "NOT_STARTED", {"team": "a"}) for _ in range(count)
-        ]
         instance.add_run(_new_run(str(uuid.uuid4()), "etl", "NOT_STARTED", {}))  # warm-up
-        start = time.perf_counter()
-        for run in runs:
-            instance.add_run(run)
-        return {"rate": rate(count, time.perf_counter() - start)}
+
+        def trial() -> float:
+            runs = [
+                _new_run(str(uuid.uuid4()), "etl", "NOT_STARTED", {"team": "a"})
+                for _ in range(count)
+            ]
+            start = time.perf_counter()
+            for run in runs:
+                instance.add_run(run)
+            return time.perf_counter() - start
+
+        result = median_rate(count, trial, params["trials"])
+        instance.dispose()
+    return {"rate": result}
 
 
 class DagsterEventSink:
@@ -156,10 +163,11 @@ def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
         sink = open_sink(home, run_id)
         try:
             sink.store_one(-1)  # warm-up: opens the run's event shard in this instance
-            seconds = time_sink(sink, params["count"], params["batch"])
+            count, batch = params["count"], params["batch"]
+            result = median_rate(count, lambda: time_sink(sink, count, batch), params["trials"])
         finally:
             sink.close()
-    return {"rate": rate(params["count"], seconds)}
+    return {"rate": result}
 
 
 def case_writers(params: dict[str, Any]) -> dict[str, Any]:

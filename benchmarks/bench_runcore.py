@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, expected_output, fill_row, rate, summary_ms, time_calls
+from _harness import Repeat, expected_output, fill_row, median_rate, summary_ms, time_calls
 from _writers import run_concurrent_writers, time_sink
 
 import runcore as rc
@@ -89,17 +89,21 @@ def _new_run(job_name: str, status: str, tags: dict[str, str]) -> rc.Run:
 def case_add_runs(params: dict[str, Any]) -> dict[str, Any]:
     """Runs created per second: ``add_run`` one by one, or ``add_runs`` in batches."""
     count, batch = params["count"], params["batch"]
-    runs = [_new_run("etl", "NOT_STARTED", {"team": "a"}) for _ in range(count)]
     with tempfile.TemporaryDirectory() as home, _storage(f"{home}/runs.db") as storage:
         storage.add_run(_new_run("etl", "NOT_STARTED", {}))  # warm-up
-        start = time.perf_counter()
-        if batch:
-            for first in range(0, count, batch):
-                storage.add_runs(runs[first : first + batch])
-        else:
-            for run in runs:
-                storage.add_run(run)
-        return {"rate": rate(count, time.perf_counter() - start)}
+
+        def trial() -> float:
+            runs = [_new_run("etl", "NOT_STARTED", {"team": "a"}) for _ in range(count)]
+            start = time.perf_counter()
+            if batch:
+                for first in range(0, count, batch):
+                    storage.add_runs(runs[first : first + batch])
+            else:
+                for run in runs:
+                    storage.add_run(run)
+            return time.perf_counter() - start
+
+        return {"rate": median_rate(count, trial, params["trials"])}
 
 
 class RuncoreEventSink:
@@ -149,10 +153,11 @@ def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
         sink = open_sink(path, run_id)
         try:
             sink.store_one(-1)  # warm-up
-            seconds = time_sink(sink, params["count"], params["batch"])
+            count, batch = params["count"], params["batch"]
+            result = median_rate(count, lambda: time_sink(sink, count, batch), params["trials"])
         finally:
             sink.close()
-    return {"rate": rate(params["count"], seconds)}
+    return {"rate": result}
 
 
 def case_writers(params: dict[str, Any]) -> dict[str, Any]:

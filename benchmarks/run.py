@@ -36,7 +36,8 @@ IMPLS = ("runcore", "dagster")
 
 NOTES = [
     "Each figure comes from a fresh worker process; times are medians over the repetitions "
-    "listed under *Measurement details*, taken after warm-up calls (imports excluded).",
+    "listed under *Measurement details*, taken after warm-up calls (imports excluded); storage "
+    "rates are the median of 3 trials (min and max listed there too).",
     "*ratio* is how many times better runcore is: Dagster time / runcore time, or runcore "
     "rate / Dagster rate. Speed-up targets are judged on it; other targets on runcore's figure.",
     "*import* is the wall time of a fresh `python -c 'import X'`, nothing subtracted; the bare "
@@ -240,8 +241,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _load() -> str:
+    """The 1/5/15-minute load averages, to show whether other work shared the machine."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def machine_info(
-    args: argparse.Namespace, outcomes: dict[tuple[str, str], Outcome], env: dict[str, str]
+    args: argparse.Namespace,
+    outcomes: dict[tuple[str, str], Outcome],
+    env: dict[str, str],
+    load_before: str,
 ) -> dict[str, str]:
     """The machine and software the figures were taken on."""
     info = {
@@ -253,7 +262,8 @@ def machine_info(
         "dagster": _version("dagster"),
         "runcore": _probe_runcore(env) or "does not import",
         "runcore commit": _git_commit(),
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+        "load average 1/5/15 min": f"{load_before} before, {_load()} after",
+        "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]),
     }
     bare = outcomes.get((BARE_PYTHON.key, "runcore"))
     if bare and bare.metrics:
@@ -276,6 +286,7 @@ def main(argv: list[str]) -> int:
     if not rows:
         log(f"no benchmark matches --only {args.only!r}")
         return 2
+    load_before = _load()
     env = worker_env()
     outcomes = run_cases(unique_cases(rows), args, env)
     lines: list[Line] = []
@@ -287,7 +298,7 @@ def main(argv: list[str]) -> int:
         for (key, impl), outcome in outcomes.items()
         if outcome.error
     }
-    machine = machine_info(args, outcomes, env)
+    machine = machine_info(args, outcomes, env, load_before)
     args.out.write_text(render(lines, machine, errors, NOTES))
     for line in lines:
         log(f"{verdict(line):>8}  {line.row.name}: {line.runcore_cell} vs {line.dagster_cell}")

@@ -5,6 +5,7 @@ Real runs on the thread-pool launcher, on in-memory and SQLite storage.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +212,6 @@ def test_multiprocess_steps_share_a_pool(tmp_path: Path) -> None:
         result = job.execute_in_process(instance=inst)
         assert result.success
         spans = sorted(result.output_for(n) for n in names)
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end  # never two at once
         assert inst.storage.get_pool_leases() == []
