@@ -15,7 +15,6 @@ import functools
 import importlib
 import inspect
 import os
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -259,6 +258,8 @@ def _format(exc: BaseException, expected: type | None) -> str:
         return f"unknown key {unknown}; expected one of: {', '.join(known) or 'no keys'}"
     if isinstance(exc, KeyError):
         return "this key is required"
+    import re
+
     literal = re.search(r"(.*) not in literal typing.Literal\[(.*)\]", str(exc))
     if literal:
         return f"expected one of {literal.group(2)}, got {literal.group(1)!r}"

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
@@ -34,6 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("runcore.daemon")
 
 DAEMON_TYPE = "runcore-daemon"
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 @attrs.frozen
@@ -95,7 +99,12 @@ class Daemon:
         self.dequeue_interval = dequeue_interval
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
-        self.daemon_id = daemon_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if daemon_id is None:
+            import socket
+            import uuid
+
+            daemon_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.daemon_id = daemon_id
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -133,7 +142,7 @@ class Daemon:
                 timestamp=self.clock(),
                 info={
                     "pid": os.getpid(),
-                    "host": socket.gethostname(),
+                    "host": _hostname(),
                     "interval": self.heartbeat_interval,
                     "duties": ["dequeue"] if self.dequeues else [],
                     "last_error": self._last_error,

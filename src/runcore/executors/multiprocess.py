@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import threading
-from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from runcore import _serde
@@ -40,12 +38,21 @@ from runcore.executors.base import CANCELED_REASON, Executor
 from runcore.outputs import FileOutputStore, OutputStore
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
     from multiprocessing.process import BaseProcess
 
     from runcore.definitions import Job
     from runcore.execution import RunExecution
     from runcore.plan import Step
+
+
+def _wait(handles: list[Any], timeout: float) -> list[Any]:
+    """``multiprocessing.connection.wait``, imported on first use."""
+    from multiprocessing.connection import wait
+
+    return wait(handles, timeout=timeout)
+
 
 _START_METHODS = ("fork", "spawn", "forkserver")
 
@@ -183,7 +190,7 @@ class MultiprocessExecutor(Executor):
         Returns early (the worker not ready) when the run is canceled meanwhile.
         """
         while not execution.cancel.is_set():
-            if not wait([worker.conn, worker.process.sentinel], timeout=0.1):
+            if not _wait([worker.conn, worker.process.sentinel], timeout=0.1):
                 continue
             try:
                 message = worker.conn.recv_bytes()
@@ -231,6 +238,8 @@ class MultiprocessExecutor(Executor):
             files = FileOutputStore(temp_dir)
             _copy_external_inputs(execution, original, files)
             execution.use_output_store(files)
+        import multiprocessing
+
         ctx = multiprocessing.get_context(self.start_method)
         count = min(self.max_concurrent, len(execution.plan.steps))
         workers: list[_Worker] = []
@@ -302,7 +311,7 @@ class MultiprocessExecutor(Executor):
             for worker in busy:
                 by_handle[worker.conn] = worker
                 by_handle[worker.process.sentinel] = worker
-            woken = wait(list(by_handle), timeout=0.1)
+            woken = _wait(list(by_handle), timeout=0.1)
             for worker in {id(by_handle[h]): by_handle[h] for h in woken}.values():
                 ready.extend(self._collect(execution, worker))
                 if worker.step is not None and not worker.process.is_alive():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 from typing import TYPE_CHECKING
 
 from runcore.errors import DefinitionError
 from runcore.executors.base import CANCELED_REASON, Executor
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from runcore.execution import RunExecution
     from runcore.plan import Step
 
@@ -34,6 +35,8 @@ class ThreadPoolExecutor(Executor):
         return f"ThreadPoolExecutor(max_concurrent={self.max_concurrent})"
 
     def execute(self, execution: RunExecution) -> None:
+        import concurrent.futures
+
         ready: list[Step] = execution.plan.roots()
         running: dict[concurrent.futures.Future[bool | None], str] = {}
         with concurrent.futures.ThreadPoolExecutor(

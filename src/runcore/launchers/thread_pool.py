@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -15,6 +14,8 @@ from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
 from runcore.runs import RunStatus
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from runcore.runs import Run
 
 log = logging.getLogger("runcore.launchers")
@@ -54,6 +55,8 @@ class ThreadPoolRunLauncher(RunLauncher):
             if self._closed:
                 raise RunLaunchError(f"cannot launch run {run.run_id}: the launcher is closed")
             if self._pool is None:
+                import concurrent.futures
+
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.max_workers, thread_name_prefix="runcore-run"
                 )
