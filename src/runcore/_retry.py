@@ -5,6 +5,7 @@ tenacity is imported on first use, so ``import runcore`` does not pay for it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -53,3 +54,50 @@ def retry_sqlite_locked(
         reraise=True,
     )
     return retrying(fn)
+
+
+def retry_step(
+    call: Callable[[int], T],
+    *,
+    retries: int,
+    wait_before: Callable[[int], float],
+    may_retry: Callable[[BaseException], bool],
+    on_retry: Callable[[int, BaseException, float], None],
+    cancel: threading.Event,
+) -> T:
+    """Call ``call(attempt)`` (attempt counts from 1), retrying up to ``retries`` times.
+
+    A failure is retried while ``may_retry(exc)`` and the run is not being canceled.
+    ``wait_before(n)`` gives the seconds to wait before retry ``n``; ``on_retry(attempt, exc,
+    wait)`` is told before each wait. The wait ends early on ``cancel``, and then the last
+    error is raised instead of trying again.
+    """
+    import tenacity
+
+    attempt = [1]  # the attempt about to be made
+    last: list[BaseException] = []
+
+    def attempt_call() -> T:
+        if last and cancel.is_set():  # canceled during the wait: give up with the last error
+            raise last[-1]
+        return call(attempt[0])
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        assert exc is not None
+        last.append(exc)
+        attempt[0] = state.attempt_number + 1
+        on_retry(state.attempt_number, exc, float(state.upcoming_sleep))
+
+    def sleep(seconds: float) -> None:
+        cancel.wait(seconds)
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=lambda state: wait_before(state.attempt_number),
+        retry=tenacity.retry_if_exception(lambda exc: not cancel.is_set() and may_retry(exc)),
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
+    return retrying(attempt_call)

@@ -162,34 +162,44 @@ class StepRunner:
         being canceled; a cancel during the wait before a retry ends the wait and the step
         fails with its last error.
         """
-        policy = step.op.retry_policy
-        if policy is None or policy.max_retries == 0:
+        if step.op.retry_policy is None or step.op.retry_policy.max_retries == 0:
             return self._call(step, kwargs, 1)
-        attempt = 1
-        while True:
-            try:
-                return self._call(step, kwargs, attempt)
-            except Exception as exc:
-                if (
-                    attempt > policy.max_retries
-                    or self.cancel.is_set()
-                    or (isinstance(exc, Failure) and not exc.allow_retry)
-                ):
-                    raise
-                wait = policy.wait_before(attempt)
-                if policy.jitter:
-                    wait += random.uniform(0, policy.jitter)
-                self._step_event(
-                    step,
-                    EventType.STEP_UP_FOR_RETRY,
-                    f"op {step.op.name!r} failed (attempt {attempt} of "
-                    f"{policy.max_retries + 1}); retrying in {wait:.3g}s",
-                    data={"attempt": attempt, "wait_s": wait},
-                    error=ErrorInfo.from_exception(exc),
-                )
-                if self.cancel.wait(wait) if wait > 0 else self.cancel.is_set():
-                    raise
-                attempt += 1
+        from runcore._retry import retry_step
+
+        policy = step.op.retry_policy
+
+        def wait_before(retry_number: int) -> float:
+            extra = random.uniform(0, policy.jitter) if policy.jitter else 0.0
+            return policy.wait_before(retry_number) + extra
+
+        def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            self._step_event(
+                step,
+                EventType.STEP_UP_FOR_RETRY,
+                f"op {step.op.name!r} failed (attempt {attempt} of "
+                f"{policy.max_retries + 1}); retrying in {wait:.3g}s",
+                data={"attempt": attempt, "wait_s": wait},
+                error=ErrorInfo.from_exception(exc),
+            )
+
+        return retry_step(
+            lambda attempt: self._call(step, kwargs, attempt),
+            retries=policy.max_retries,
+            wait_before=wait_before,
+            may_retry=lambda exc: (
+                isinstance(exc, Exception)
+                and not (isinstance(exc, Failure) and not exc.allow_retry)
+            ),
+            on_retry=on_retry,
+            cancel=self.cancel,
+        )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Step retries cover op errors (``Exception``), unless the op said not to."""
+    if isinstance(exc, Failure):
+        return exc.allow_retry
+    return isinstance(exc, Exception)
 
 
 _STEP_ENDS = frozenset({EventType.STEP_SUCCESS, EventType.STEP_FAILURE})
