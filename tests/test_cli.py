@@ -137,3 +137,78 @@ def test_demo_runs_the_main_job_on_sqlite(tmp_path: Path) -> None:
     listed = runcore(tmp_path, "runs", "list", "--json")
     (run,) = json.loads(listed.stdout)
     assert run["job_name"] == "daily_sales" and run["status"] == "SUCCESS"
+
+
+QUEUED_CONFIG = """\
+storage:
+  sqlite: {path: state/runs.db}
+run_coordinator:
+  class: runcore.coordinators:QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+"""
+
+
+def test_daemon_process_starts_queued_runs_and_reports_status(project: Path) -> None:
+    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    no_daemon = runcore(project, "daemon", "status")
+    assert no_daemon.returncode == 1
+    assert "no daemon has ever run" in no_daemon.stdout
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "runcore", "daemon", "--interval", "0.05"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        assert "started" in daemon.stdout.readline()
+        ok = runcore(project, "job", "execute", "pipeline.py:defs", "sums", "--timeout", "60")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "SUCCESS" in ok.stdout
+        status = runcore(project, "daemon", "status")
+        assert status.returncode == 0, status.stdout
+        assert "alive" in status.stdout
+    finally:
+        daemon.terminate()
+        out, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    assert "runcore daemon stopped" in out
+    stopped = runcore(project, "daemon", "status")
+    assert stopped.returncode == 1
+    assert "stopped" in stopped.stdout
+
+
+def test_runs_why_and_pool_commands(project: Path) -> None:
+    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    script = (
+        "import runcore as rc\n"
+        "inst = rc.Instance.from_config('runcore.yaml')\n"
+        "print(inst.submit_run('sums', code_location='pipeline.py:defs').run_id)\n"
+        "inst.close()\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    run_id = made.stdout.strip()
+    why = runcore(project, "runs", "why", run_id)
+    assert why.returncode == 0, why.stderr
+    assert f"run {run_id} is queued, position 1 of 1" in why.stdout
+    assert "no daemon is alive" in why.stdout
+
+    assert runcore(project, "instance", "concurrency", "set", "db", "2").returncode == 0
+    got = runcore(project, "instance", "concurrency", "get", "db")
+    assert "pool db: limit 2; 0 slots held" in got.stdout
+    listed = runcore(project, "instance", "concurrency", "list")
+    assert "db" in listed.stdout and "2" in listed.stdout
+    assert runcore(project, "instance", "concurrency", "delete", "db").returncode == 0
+    assert "no limit" in runcore(project, "instance", "concurrency", "get", "db").stdout
+    bad = runcore(project, "instance", "concurrency", "set", "db", "-1")
+    assert bad.returncode == 2 and "int >= 0" in bad.stderr
