@@ -74,7 +74,8 @@ def test_job_list_and_execute_then_runs_list_and_show(project: Path) -> None:
     assert runs.returncode == 0, runs.stderr
     data = json.loads(runs.stdout)
     assert [r["job_name"] for r in data] == ["fails", "sums"]
-    assert data[1]["tags"] == {"env": "dev"}
+    assert data[1]["tags"]["env"] == "dev"
+    assert "runcore/worker_pid" in data[1]["tags"]  # SQLite default: an isolated worker process
 
     only_ok = runcore(project, "runs", "list", "--status", "success", "--tag", "env=dev")
     assert "sums" in only_ok.stdout and "fails" not in only_ok.stdout

@@ -9,6 +9,7 @@ import pytest
 
 import runcore as rc
 from runcore import config
+from runcore.launchers.subprocess import SubprocessRunLauncher
 from runcore.storage.sqlite import SqliteStorage
 
 
@@ -17,13 +18,18 @@ def test_defaults_are_the_embedded_sqlite() -> None:
     assert isinstance(inst.storage, SqliteStorage)
     assert inst.storage.path.endswith(".runcore/runs.db")
     assert isinstance(inst.run_coordinator, rc.DefaultRunCoordinator)
-    assert isinstance(inst.run_launcher, rc.ThreadPoolRunLauncher)
+    # SQLite can be opened by other processes: runs are isolated in worker processes, and
+    # runs tagged non_isolated go to threads of this process.
+    assert isinstance(inst.run_launcher, SubprocessRunLauncher)
+    assert isinstance(inst.non_isolated_launcher, rc.ThreadPoolRunLauncher)
     assert isinstance(inst.output_store, rc.FileOutputStore)
 
 
 def test_in_memory_keeps_outputs_in_memory() -> None:
     inst = rc.Instance.from_config({"storage": {"in_memory": {}}})
     assert isinstance(inst.storage, rc.InMemoryStorage)
+    assert isinstance(inst.run_launcher, rc.ThreadPoolRunLauncher)
+    assert inst.non_isolated_launcher is None  # no other process could see the runs
     assert isinstance(inst.output_store, rc.InMemoryOutputStore)
 
 

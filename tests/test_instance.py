@@ -58,12 +58,19 @@ def after_gate(wait_for_gate: str) -> str:
 gated = rc.job("gated", [wait_for_gate, after_gate])
 
 
+# These tests gate ops on threading.Events of this process, so runs execute on threads here;
+# the worker-process launcher has tests of its own (test_launchers.py).
+THREADS = {"class": "runcore.launchers:ThreadPoolRunLauncher"}
+
+
 @pytest.fixture(params=["memory", "sqlite"])
 def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[rc.Instance]:
     if request.param == "memory":
         inst = rc.Instance.ephemeral()
     else:
-        inst = rc.Instance.from_config({"storage": {"sqlite": {"path": str(tmp_path / "r.db")}}})
+        inst = rc.Instance.from_config(
+            {"storage": {"sqlite": {"path": str(tmp_path / "r.db")}}, "run_launcher": THREADS}
+        )
     with inst:
         yield inst
 
@@ -221,7 +228,9 @@ def test_closed_instance_refuses_work() -> None:
 
 
 def test_close_waits_for_in_flight_runs(tmp_path: Path) -> None:
-    inst = rc.Instance.from_config({"storage": {"sqlite": {"path": str(tmp_path / "r.db")}}})
+    inst = rc.Instance.from_config(
+        {"storage": {"sqlite": {"path": str(tmp_path / "r.db")}}, "run_launcher": THREADS}
+    )
     run = inst.submit_run(gated)
     assert entered.wait(10)
     threading.Timer(0.05, gate.set).start()

@@ -12,6 +12,7 @@
     runcore [--config FILE] daemon [--interval SECONDS]
     runcore [--config FILE] daemon status
     runcore demo [--db PATH] [--plain]
+    runcore worker execute-run RUN_ID --instance CONFIG        (what launchers start)
 
 The instance config is ``--config``, else ``$RUNCORE_CONFIG``, else ``./runcore.yaml`` if it
 exists, else the embedded default: SQLite at ``.runcore/runs.db``.
@@ -293,6 +294,18 @@ def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if any(s.alive for s in statuses) else 1
 
 
+def cmd_worker_execute(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.worker import run_execute_command
+
+    return run_execute_command(args.run_id, args.instance, sys.stderr)
+
+
+def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.worker import run_warm_command
+
+    return run_warm_command(args.instance, args.preload or (), out, sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.demo import run_demo
 
@@ -316,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs_commands(sub)
     _add_instance_commands(sub)
     _add_daemon_commands(sub)
+    _add_worker_commands(sub)
     demo = sub.add_parser("demo", help="run the demo job on SQLite with a live view")
     demo.add_argument("--db", default=".runcore/runs.db", help="SQLite file (default: %(default)s)")
     demo.add_argument("--plain", action="store_true", help="print events as lines, no redraw")
@@ -385,6 +399,19 @@ def _add_daemon_commands(sub: Any) -> None:
     daemon_sub = daemon.add_subparsers(dest="daemon_command")
     daemon_status = daemon_sub.add_parser("status", help="whether a daemon is alive")
     daemon_status.set_defaults(func=cmd_daemon_status)
+
+
+def _add_worker_commands(sub: Any) -> None:
+    worker = sub.add_parser("worker", help="run worker commands (used by launchers)")
+    worker_sub = worker.add_subparsers(dest="worker_command", required=True)
+    execute = worker_sub.add_parser("execute-run", help="execute one stored run, then exit")
+    execute.add_argument("run_id")
+    execute.add_argument("--instance", required=True, help="instance config: JSON or a file")
+    execute.set_defaults(func=cmd_worker_execute)
+    warm = worker_sub.add_parser("warm", help="get ready, then execute the run read from stdin")
+    warm.add_argument("--instance", required=True, help="instance config: JSON or a file")
+    warm.add_argument("--preload", action="append", help="a code location to import ahead")
+    warm.set_defaults(func=cmd_worker_warm)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

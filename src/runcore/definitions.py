@@ -487,6 +487,14 @@ def _import_file(path: str) -> Any:
         return module
 
 
+_importing = 0
+
+
+def importing_code_location() -> bool:
+    """Whether a code location's module is being imported right now (by any thread)."""
+    return _importing > 0
+
+
 def load_code_location(location: str) -> Definitions:
     """Load the :class:`Definitions` named by ``"pkg.module:attr"`` or ``"path/file.py:attr"``.
 
@@ -499,7 +507,12 @@ def load_code_location(location: str) -> Definitions:
             f"a code location must be 'pkg.module:attr' or 'file.py:attr', got {location!r}"
         )
     target, attr = _split_location(location.strip())
-    module = _import_target(target, location)
+    global _importing  # noqa: PLW0603 - a process-wide fact: is a location being imported?
+    _importing += 1
+    try:
+        module = _import_target(target, location)
+    finally:
+        _importing -= 1
     if attr is not None:
         if not hasattr(module, attr):
             candidates = sorted(

@@ -31,6 +31,22 @@ if TYPE_CHECKING:
     from runcore.storage.base import InstanceStorage
 
 
+class RunInterrupted(BaseException):
+    """Raised inside op code on the main thread when the run's worker is told to stop.
+
+    A ``BaseException``, so op code that catches ``Exception`` does not swallow it; the step
+    fails with it, is not retried, and the run (whose cancel is set) ends CANCELED.
+    """
+
+
+_main_thread_in_op = False
+
+
+def main_thread_in_op() -> bool:
+    """Whether the main thread is inside op code now (so it may be interrupted)."""
+    return _main_thread_in_op
+
+
 class StepRunner:
     """Executes single steps of one run; events go to ``emit``.
 
@@ -138,6 +154,16 @@ class StepRunner:
         return True
 
     def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            global _main_thread_in_op  # noqa: PLW0603 - read by the worker's SIGTERM handler
+            _main_thread_in_op = True
+            try:
+                return self._call_op(step, kwargs, attempt)
+            finally:
+                _main_thread_in_op = False
+        return self._call_op(step, kwargs, attempt)
+
+    def _call_op(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
         op_def = step.op
         if op_def.takes_context:
             ctx = OpContext(

@@ -18,9 +18,16 @@ import attrs
 from runcore import config as _config
 from runcore.coordinators.base import CoordinatorContext, RunCoordinator
 from runcore.coordinators.default import DefaultRunCoordinator
-from runcore.definitions import Definitions, Job, infer_code_location, load_code_location
+from runcore.definitions import (
+    Definitions,
+    Job,
+    importing_code_location,
+    infer_code_location,
+    load_code_location,
+)
 from runcore.errors import (
     ConfigError,
+    DefinitionError,
     InstanceClosedError,
     RunNotFoundError,
     RunTimeoutError,
@@ -29,6 +36,7 @@ from runcore.errors import (
 from runcore.events import Event, EventType
 from runcore.execution import StepPools
 from runcore.launchers.base import LaunchContext, RunLauncher
+from runcore.launchers.routing import IsolationRouter
 from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.plan import build_plan, resolve_op_selection
@@ -48,6 +56,9 @@ from runcore.storage.memory import InMemoryStorage
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import QueueExplanation
+
+#: Set in the environment of run worker processes.
+WORKER_ENV = "RUNCORE_WORKER"
 
 _TAG_CHOICES = {
     ISOLATION_TAG: ("isolated", "non_isolated"),
@@ -146,6 +157,60 @@ def _build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage
     return InMemoryStorage()
 
 
+def build_storage_and_outputs(
+    cfg: _config.InstanceConfig, base_dir: str
+) -> tuple[InstanceStorage, OutputStore]:
+    """The storage and output store a config names (unstarted); relative paths from
+    ``base_dir``. Outputs default to ``outputs/`` beside a SQLite file, else memory."""
+    storage = _build_storage(cfg.storage, base_dir)
+    output_store: OutputStore
+    if cfg.outputs.path is not None:
+        output_store = FileOutputStore(os.path.join(base_dir, os.path.expanduser(cfg.outputs.path)))
+    elif cfg.storage.sqlite is not None:
+        db_path = os.path.join(base_dir, os.path.expanduser(cfg.storage.sqlite.path))
+        output_store = FileOutputStore(os.path.join(os.path.dirname(db_path), "outputs"))
+    else:
+        output_store = InMemoryOutputStore()
+    return storage, output_store
+
+
+def _build_launchers(
+    cfg: _config.InstanceConfig, storage: InstanceStorage
+) -> tuple[RunLauncher, RunLauncher | None]:
+    """The isolated launcher and, if different, the non-isolated one.
+
+    Isolated: ``run_launcher`` if configured, else worker processes when other processes can
+    open the storage (SQLite, PostgreSQL), else threads (in-memory storage is invisible to
+    other processes). Non-isolated: ``non_isolated_runs.launcher`` if configured, else the
+    configured ``run_launcher`` (the user chose where runs go), else a thread pool sized by
+    ``non_isolated_runs.max_concurrent_runs``.
+    """
+    if cfg.run_launcher is not None:
+        isolated: RunLauncher = _config.build_plugin(
+            cfg.run_launcher, RunLauncher, where="run_launcher"
+        )
+    elif storage.shareable:
+        from runcore.launchers.subprocess import SubprocessRunLauncher
+
+        isolated = SubprocessRunLauncher()
+    else:
+        return ThreadPoolRunLauncher(), None
+    ni = cfg.non_isolated_runs
+    if ni.launcher is not None:
+        return isolated, _config.build_plugin(
+            ni.launcher, RunLauncher, where="non_isolated_runs.launcher"
+        )
+    if cfg.run_launcher is not None:
+        return isolated, None
+    return isolated, ThreadPoolRunLauncher(max_workers=max(1, ni.max_concurrent_runs))
+
+
+def step_pools_for(cfg: _config.InstanceConfig | None) -> StepPools | None:
+    """Op-granularity pool settings of a config (None at run granularity)."""
+    pools = (cfg or _config.InstanceConfig()).concurrency.pools
+    return StepPools(default_limit=pools.default_limit) if pools.granularity == "op" else None
+
+
 @attrs.define(eq=False)
 class Instance:
     """Runs jobs and remembers them. The components are its fields.
@@ -160,9 +225,11 @@ class Instance:
     storage: InstanceStorage = attrs.field(factory=InMemoryStorage)
     run_coordinator: RunCoordinator = attrs.field(factory=DefaultRunCoordinator)
     run_launcher: RunLauncher = attrs.field(factory=ThreadPoolRunLauncher)
+    non_isolated_launcher: RunLauncher | None = None
     output_store: OutputStore = attrs.field(factory=InMemoryOutputStore)
     config: _config.InstanceConfig | None = None
     jobs: JobRegistry = attrs.field(factory=JobRegistry)
+    _router: IsolationRouter | None = attrs.field(default=None, init=False, repr=False)
     _started: bool = attrs.field(default=False, init=False)
     _closed: bool = attrs.field(default=False, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -185,31 +252,18 @@ class Instance:
         from runcore.coordinators.queued import limits_from_config
 
         limits_from_config(cfg.concurrency, cfg.non_isolated_runs)  # bad limits fail here
-        storage = _build_storage(cfg.storage, base_dir)
+        storage, output_store = build_storage_and_outputs(cfg, base_dir)
         coordinator: RunCoordinator = (
             _config.build_plugin(cfg.run_coordinator, RunCoordinator, where="run_coordinator")
             if cfg.run_coordinator is not None
             else DefaultRunCoordinator()
         )
-        launcher: RunLauncher = (
-            _config.build_plugin(cfg.run_launcher, RunLauncher, where="run_launcher")
-            if cfg.run_launcher is not None
-            else ThreadPoolRunLauncher()
-        )
-        output_store: OutputStore
-        if cfg.outputs.path is not None:
-            output_store = FileOutputStore(
-                os.path.join(base_dir, os.path.expanduser(cfg.outputs.path))
-            )
-        elif cfg.storage.sqlite is not None:
-            db_path = os.path.join(base_dir, os.path.expanduser(cfg.storage.sqlite.path))
-            output_store = FileOutputStore(os.path.join(os.path.dirname(db_path), "outputs"))
-        else:
-            output_store = InMemoryOutputStore()
+        launcher, non_isolated = _build_launchers(cfg, storage)
         return cls(
             storage=storage,
             run_coordinator=coordinator,
             run_launcher=launcher,
+            non_isolated_launcher=non_isolated,
             output_store=output_store,
             config=cfg,
         )
@@ -229,7 +283,7 @@ class Instance:
 
     def _start_components(self) -> None:
         self.storage.start()
-        self.run_launcher.start(
+        self.launcher.start(
             LaunchContext(
                 storage=self.storage,
                 resolve_job=self.jobs.resolve,
@@ -242,20 +296,31 @@ class Instance:
         self.run_coordinator.start(
             CoordinatorContext(
                 storage=self.storage,
-                launcher=self.run_launcher,
+                launcher=self.launcher,
                 concurrency=cfg.concurrency,
                 non_isolated_runs=cfg.non_isolated_runs,
             )
         )
 
     @property
+    def launcher(self) -> RunLauncher:
+        """The launcher coordinators hand runs to: ``run_launcher``, or a router that sends
+        runs tagged ``runcore/isolation: non_isolated`` to ``non_isolated_launcher``."""
+        router = self._router
+        if router is None:
+            if (
+                self.non_isolated_launcher is None
+                or self.non_isolated_launcher is self.run_launcher
+            ):
+                return self.run_launcher
+            router = self._router = IsolationRouter(self.run_launcher, self.non_isolated_launcher)
+        return router
+
+    @property
     def step_pools(self) -> StepPools | None:
         """How steps claim pool slots here: at op granularity (the default), each step with a
         pool claims a slot before it runs; at run granularity, None (the queue does it)."""
-        cfg = self.config or _config.InstanceConfig()
-        if cfg.concurrency.pools.granularity != "op":
-            return None
-        return StepPools(default_limit=cfg.concurrency.pools.default_limit)
+        return step_pools_for(self.config)
 
     def _config_for_workers(self) -> dict[str, Any]:
         data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}
@@ -275,7 +340,7 @@ class Instance:
             started = self._started
         if started:
             self.run_coordinator.close()
-            self.run_launcher.close()
+            self.launcher.close()
         self.storage.close()
 
     def __enter__(self) -> Self:
@@ -300,6 +365,12 @@ class Instance:
     ) -> Run:
         """Store a NOT_STARTED run of ``job`` without submitting it (see :meth:`submit_run`)."""
         self.ensure_started()
+        if os.environ.get(WORKER_ENV) and importing_code_location():
+            raise DefinitionError(
+                "a code location submitted a run while a run worker was importing it: every "
+                "worker would start more runs, without end. Put the code that submits runs "
+                "under `if __name__ == '__main__':` in that module"
+            )
         job_obj = self._job_for(job, code_location)
         location = code_location or infer_code_location(job_obj)
         self.jobs.register(job_obj, location)

@@ -1,6 +1,34 @@
-"""Launchers: where a run executes (threads here; later processes, code servers, ECS)."""
+"""Launchers: where a run executes (threads here, worker processes, code servers, ECS).
+
+``SubprocessRunLauncher`` is imported on first use, so ``import runcore`` does not load
+``subprocess`` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from runcore.launchers.base import HealthStatus, LaunchContext, RunLauncher, WorkerHealth
+from runcore.launchers.routing import IsolationRouter
 from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 
-__all__ = ["HealthStatus", "LaunchContext", "RunLauncher", "ThreadPoolRunLauncher", "WorkerHealth"]
+if TYPE_CHECKING:
+    from runcore.launchers.subprocess import SubprocessRunLauncher
+
+__all__ = [
+    "HealthStatus",
+    "IsolationRouter",
+    "LaunchContext",
+    "RunLauncher",
+    "SubprocessRunLauncher",
+    "ThreadPoolRunLauncher",
+    "WorkerHealth",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SubprocessRunLauncher":
+        from runcore.launchers.subprocess import SubprocessRunLauncher
+
+        return SubprocessRunLauncher
+    raise AttributeError(f"module 'runcore.launchers' has no attribute {name!r}")

@@ -1,0 +1,398 @@
+"""Isolated runs: one worker process per run, optionally started ahead of time.
+
+Each run executes in ``python -m runcore worker execute-run RUN_ID --instance CONFIG``: its own
+interpreter, memory and CPU, and a crash takes down only that run. With ``warm_workers=N`` the
+launcher keeps N workers started ahead (``runcore worker warm``): interpreter up, runcore
+imported, storage open, known code locations imported. Each warm worker serves one run only
+and is then replaced, so isolation is kept and only the import cost is moved ahead. A warm
+worker whose code location changed on disk since it started is retired instead of used.
+
+The launcher watches its workers from one thread: a worker that exits without ending its run
+(killed, segfault, ``os._exit``) fails the run with the exit code or signal and the last lines
+the worker wrote to stderr, so no run is left STARTING or STARTED without a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO, TYPE_CHECKING
+
+import attrs
+
+from runcore.errors import ConfigError, RunLaunchError
+from runcore.events import Event, EventType
+from runcore.instance import WORKER_ENV
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.runs import IN_PROGRESS_STATUSES, RunStatus
+
+if TYPE_CHECKING:
+    from runcore.runs import Run
+
+log = logging.getLogger("runcore.launchers")
+
+WORKER_PID_TAG = "runcore/worker_pid"
+WORKER_HOST_TAG = "runcore/worker_host"
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker's exit status in words."""
+    from runcore.worker import EXIT_MEANINGS
+
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    meaning = EXIT_MEANINGS.get(code)
+    return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
+
+
+@attrs.define(eq=False)
+class _Worker:
+    process: subprocess.Popen[bytes]
+    stderr: IO[bytes]
+    started: float
+    run_id: str | None = None
+    preloaded: tuple[str, ...] = ()
+    terminate_at: float | None = None  # when SIGKILL follows an unanswered SIGTERM
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.stderr.seek(0, os.SEEK_END)
+            size = self.stderr.tell()
+            self.stderr.seek(max(0, size - limit))
+            return self.stderr.read().decode(errors="replace").strip()
+        return ""
+
+
+def _location_files(location: str) -> list[str]:
+    """The files whose change makes a warm worker that imported ``location`` stale."""
+    target = location.rpartition(":")[0] or location
+    if target.endswith(".py") or "/" in target:
+        return [os.path.abspath(target)]
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return []
+    if os.path.basename(spec.origin) == "__init__.py":
+        folder = os.path.dirname(spec.origin)
+        return [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py")]
+    return [spec.origin]
+
+
+class SubprocessRunLauncher(RunLauncher):
+    """Runs each run in its own worker process (isolated), tracked by pid.
+
+    ``warm_workers``: workers kept started ahead (0: start one per run, cold).
+    ``grace_period``: seconds between SIGTERM and SIGKILL on terminate.
+    ``preload``: code locations warm workers import ahead (those of launched runs are added).
+    ``env``: extra environment variables for workers.
+
+    Threads: one watcher (``runcore-subprocess-watcher``), started on first use and stopped
+    by :meth:`close`. Runs still executing at ``close()`` keep running in their processes.
+    """
+
+    def __init__(
+        self,
+        warm_workers: int = 0,
+        grace_period: float = 5.0,
+        preload: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        poll_interval: float = 0.02,
+    ) -> None:
+        if isinstance(warm_workers, bool) or not isinstance(warm_workers, int) or warm_workers < 0:
+            raise ConfigError(
+                f"SubprocessRunLauncher warm_workers must be an int >= 0, got {warm_workers!r}"
+            )
+        if not isinstance(grace_period, int | float) or grace_period < 0:
+            raise ConfigError(
+                f"SubprocessRunLauncher grace_period must be a number >= 0, got {grace_period!r}"
+            )
+        self.warm_workers = warm_workers
+        self.grace_period = float(grace_period)
+        self.poll_interval = poll_interval
+        self.env = dict(env or {})
+        self._preload: list[str] = list(preload)
+        self._running: dict[str, _Worker] = {}
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._closed = False
+        self._config_json: str | None = None
+        self._mtimes: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"SubprocessRunLauncher(warm_workers={self.warm_workers})"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self, context: LaunchContext) -> None:
+        super().start(context)
+        self._config_json = json.dumps(dict(context.instance_config))
+        if self.warm_workers:
+            self._ensure_watcher()
+
+    def _ensure_watcher(self) -> None:
+        with self._lock:
+            if self._watcher is not None or self._closed:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, name="runcore-subprocess-watcher", daemon=True
+            )
+            self._watcher.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        for worker in idle:  # retire: an empty line on stdin makes a warm worker exit
+            with contextlib.suppress(OSError):
+                assert worker.process.stdin is not None
+                worker.process.stdin.close()
+        for worker in idle:
+            try:
+                worker.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+            worker.stderr.close()
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The worker must import what this process can: same sys.path, current dir included.
+        paths = [os.getcwd() if p == "" else p for p in sys.path]
+        existing = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
+        )
+        env[WORKER_ENV] = "1"
+        env.update(self.env)
+        return env
+
+    def _spawn(self, args: list[str], *, warm: bool) -> _Worker:
+        # Kept open for the worker's life (closed when it is reaped), so no context manager.
+        stderr = tempfile.TemporaryFile(prefix="runcore-worker-")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "runcore", "worker", *args],
+                stdin=subprocess.PIPE if warm else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=self._worker_env(),
+                start_new_session=True,  # a Ctrl-C in the host does not reach the runs
+            )
+        except OSError as exc:
+            stderr.close()
+            raise RunLaunchError(f"cannot start a worker process: {exc}") from exc
+        return _Worker(process=process, stderr=stderr, started=time.time())
+
+    def _spawn_warm(self) -> _Worker:
+        with self._lock:
+            preload = tuple(self._preload)
+        args = ["warm", "--instance", self._config()]
+        for location in preload:
+            args += ["--preload", location]
+        worker = self._spawn(args, warm=True)
+        worker.preloaded = preload
+        return worker
+
+    def _config(self) -> str:
+        if self._config_json is None:
+            raise RunLaunchError("SubprocessRunLauncher has not been started")
+        return self._config_json
+
+    def _stale(self, worker: _Worker) -> bool:
+        for location in worker.preloaded:
+            for path in _location_files(location):
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_mtime > worker.started:
+                        return True
+        return False
+
+    def _take_warm(self) -> _Worker | None:
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                worker = self._idle.pop(0)
+            if worker.process.poll() is None and not self._stale(worker):
+                return worker
+            self._retire(worker)
+
+    @staticmethod
+    def _retire(worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            worker.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.process.wait(timeout=5)
+        worker.stderr.close()
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def launch_run(self, run: Run) -> None:
+        if run.code_location is None:
+            raise RunLaunchError(
+                f"run {run.run_id}: job {run.job_name!r} has no code location, so no worker "
+                "process can import it (was it defined in an interactive session or built "
+                "inside a function?). Define it at the top level of a module or file, pass "
+                "code_location='pkg.module:defs' to submit_run, or tag the run "
+                "runcore/isolation: non_isolated to run it on a thread of this process"
+            )
+        with self._lock:
+            if self._closed:
+                raise RunLaunchError(f"cannot launch run {run.run_id}: the launcher is closed")
+            if run.code_location not in self._preload:
+                self._preload.append(run.code_location)
+        worker = self._take_warm() if self.warm_workers else None
+        if worker is not None:
+            assert worker.process.stdin is not None
+            try:
+                worker.process.stdin.write(f"{run.run_id}\n".encode())
+                worker.process.stdin.close()
+            except OSError:
+                self._retire(worker)
+                worker = None
+        if worker is None:
+            worker = self._spawn(
+                ["execute-run", run.run_id, "--instance", self._config()], warm=False
+            )
+        worker.run_id = run.run_id
+        with self._lock:
+            self._running[run.run_id] = worker
+        self._ensure_watcher()
+        self.context.storage.add_run_tags(
+            run.run_id, {WORKER_PID_TAG: str(worker.process.pid), WORKER_HOST_TAG: _hostname()}
+        )
+
+    def terminate(self, run_id: str) -> bool:
+        with self._lock:
+            worker = self._running.get(run_id)
+        if worker is None or worker.process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError):
+            worker.process.send_signal(signal.SIGTERM)
+        worker.terminate_at = time.monotonic() + self.grace_period
+        return True
+
+    def check_run_worker_health(self, run: Run) -> WorkerHealth:
+        with self._lock:
+            worker = self._running.get(run.run_id)
+        if worker is not None:
+            code = worker.process.poll()
+            if code is None:
+                return WorkerHealth.running()
+            return WorkerHealth.dead(
+                f"the worker process {worker.process.pid} {describe_exit(code)}"
+            )
+        pid = run.tags.get(WORKER_PID_TAG)
+        if pid is None:
+            return WorkerHealth.unknown("no worker process was recorded for the run")
+        if run.tags.get(WORKER_HOST_TAG) != _hostname():
+            return WorkerHealth.unknown(
+                f"the run's worker runs on host {run.tags.get(WORKER_HOST_TAG)!r}"
+            )
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return WorkerHealth.dead(f"the worker process {pid} is gone")
+        except PermissionError:
+            return WorkerHealth.running()  # alive, owned by another user
+        return WorkerHealth.running()
+
+    # --- the watcher ------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self._reap()
+                self._refill()
+            except Exception:
+                log.exception("runcore subprocess watcher: a pass failed; it goes on")
+
+    def _reap(self) -> None:
+        with self._lock:
+            running = list(self._running.items())
+        now = time.monotonic()
+        for run_id, worker in running:
+            code = worker.process.poll()
+            if code is None:
+                if worker.terminate_at is not None and now >= worker.terminate_at:
+                    with contextlib.suppress(OSError):
+                        worker.process.kill()
+                    worker.terminate_at = None
+                continue
+            with self._lock:
+                self._running.pop(run_id, None)
+            self._after_exit(run_id, worker, code)
+
+    def _after_exit(self, run_id: str, worker: _Worker, code: int) -> None:
+        storage = self.context.storage
+        run = storage.get_run(run_id)
+        if run is not None and run.status in IN_PROGRESS_STATUSES:
+            reason = f"the run's worker process {worker.process.pid} {describe_exit(code)}"
+            tail = worker.stderr_tail()
+            if tail:
+                reason += f"; its last output:\n{tail}"
+            if run.status is RunStatus.CANCELING:
+                storage.transition(
+                    run_id,
+                    [RunStatus.CANCELING],
+                    RunStatus.CANCELED,
+                    event=Event(
+                        run_id=run_id,
+                        event_type=EventType.RUN_CANCELED,
+                        message=f"canceled: {reason}",
+                    ),
+                )
+            else:
+                storage.transition(
+                    run_id,
+                    [RunStatus.STARTING, RunStatus.STARTED],
+                    RunStatus.FAILURE,
+                    event=Event(
+                        run_id=run_id,
+                        event_type=EventType.RUN_FAILURE,
+                        message=reason,
+                        data={"exit_code": code},
+                    ),
+                    failure_reason=reason,
+                )
+        worker.stderr.close()
+
+    def _refill(self) -> None:
+        with self._lock:
+            missing = 0 if self._closed else self.warm_workers - len(self._idle)
+        for _ in range(missing):
+            worker = self._spawn_warm()
+            with self._lock:
+                if self._closed:
+                    self._retire(worker)
+                    return
+                self._idle.append(worker)

@@ -1,0 +1,206 @@
+"""The run worker: execute one stored run in this process, then exit.
+
+::
+
+    python -m runcore worker execute-run RUN_ID --instance CONFIG
+    python -m runcore worker warm --instance CONFIG [--preload LOCATION ...]
+
+``CONFIG`` is the instance config as JSON text or a YAML/JSON file path; launchers pass the
+JSON the instance gives them. The worker opens the storage itself, loads the run's code
+location, executes the plan, writes events, and exits with a code that says how it ended:
+
+====  =======================================================================
+ 0    the run succeeded
+ 1    the run failed (including a code location that does not load)
+ 2    bad input: unknown run id, malformed config, storage that cannot be opened
+ 3    the run was canceled
+ 4    the run was not startable (not STARTING: someone else started or canceled it)
+====  =======================================================================
+
+SIGTERM means cancel: the cancel is set, op code running on the main thread is interrupted
+(:class:`~runcore.execution.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
+worker ahead of time (imports done, storage open, locations preloaded), prints ``ready``, and
+waits for a run id on standard input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+import attrs
+
+from runcore.errors import ConfigError, RuncoreError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.runs import RunStatus
+
+if TYPE_CHECKING:
+    from runcore.execution import StepPools
+    from runcore.instance import JobRegistry
+    from runcore.outputs import OutputStore
+    from runcore.storage.base import InstanceStorage
+
+EXIT_SUCCESS = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CANCELED = 3
+EXIT_NOT_STARTABLE = 4
+
+_EXIT_BY_STATUS = {
+    RunStatus.SUCCESS: EXIT_SUCCESS,
+    RunStatus.FAILURE: EXIT_FAILURE,
+    RunStatus.CANCELED: EXIT_CANCELED,
+}
+
+#: How a launcher reads a worker's exit code.
+EXIT_MEANINGS = {
+    EXIT_SUCCESS: "the run succeeded",
+    EXIT_FAILURE: "the run failed",
+    EXIT_USAGE: "the worker was given bad input (unknown run, malformed config or storage)",
+    EXIT_CANCELED: "the run was canceled",
+    EXIT_NOT_STARTABLE: "the run was no longer startable",
+}
+
+
+@attrs.frozen
+class WorkerResources:
+    """What a worker needs, built from the instance config: no launcher, no coordinator."""
+
+    storage: InstanceStorage
+    output_store: OutputStore
+    pools: StepPools | None
+    jobs: JobRegistry
+
+
+def load_resources(config: str | dict[str, Any]) -> WorkerResources:
+    """Build the worker's storage, output store, pool settings and job registry."""
+    from runcore import config as _config
+    from runcore.instance import JobRegistry, build_storage_and_outputs, step_pools_for
+
+    source: Any = config
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        try:
+            source = json.loads(config)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--instance: not valid JSON: {exc}") from exc
+    cfg, base_dir = _config.load_instance_config(source)
+    storage, outputs = build_storage_and_outputs(cfg, base_dir)
+    return WorkerResources(storage, outputs, step_pools_for(cfg), JobRegistry())
+
+
+def _fail(storage: InstanceStorage, run_id: str, message: str, exc: BaseException) -> None:
+    error = ErrorInfo.from_exception(exc)
+    storage.transition(
+        run_id,
+        [RunStatus.STARTING],
+        RunStatus.FAILURE,
+        event=Event(
+            run_id=run_id,
+            event_type=EventType.RUN_FAILURE,
+            message=f"{message}: {error}",
+            error=error,
+        ),
+    )
+
+
+def _install_cancel_handler(cancel: threading.Event) -> None:
+    from runcore.execution import RunInterrupted, main_thread_in_op
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        cancel.set()
+        if main_thread_in_op():
+            raise RunInterrupted("the run's worker received SIGTERM: the run is being canceled")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) -> int:
+    """Execute stored run ``run_id``; returns the worker's exit code (see the module doc)."""
+    from runcore.execution import execute_run
+
+    storage = resources.storage
+    cancel = threading.Event()
+    _install_cancel_handler(cancel)
+    run = storage.get_run(run_id)
+    if run is None:
+        err.write(f"runcore worker: no run with id {run_id!r}\n")
+        return EXIT_USAGE
+    if run.status is not RunStatus.STARTING:
+        if run.status is RunStatus.CANCELING:
+            storage.transition(
+                run_id,
+                [RunStatus.CANCELING],
+                RunStatus.CANCELED,
+                event=Event(
+                    run_id=run_id,
+                    event_type=EventType.RUN_CANCELED,
+                    message="the run was canceled before its worker started it",
+                ),
+            )
+        err.write(f"runcore worker: run {run_id} is {run.status.value}, not STARTING\n")
+        return EXIT_NOT_STARTABLE
+    try:
+        if run.code_location is None:
+            raise RuncoreError(
+                f"run {run_id} has no code location, so no worker process can load job "
+                f"{run.job_name!r}; submit a job defined in an importable module or file"
+            )
+        job = resources.jobs.load(run.code_location).get_job(run.job_name)
+    except Exception as exc:
+        _fail(storage, run_id, "the worker could not load the run's job", exc)
+        err.write(f"runcore worker: run {run_id}: cannot load its job: {exc}\n")
+        return EXIT_FAILURE
+    final, _ = execute_run(
+        run,
+        job,
+        storage=storage,
+        output_store=resources.output_store,
+        cancel=cancel,
+        pools=resources.pools,
+    )
+    return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
+
+
+def run_execute_command(run_id: str, config: str, err: TextIO) -> int:
+    """``runcore worker execute-run``."""
+    try:
+        resources = load_resources(config)
+        resources.storage.start()
+    except RuncoreError as exc:
+        err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
+        return EXIT_USAGE
+    try:
+        return execute_run_in_worker(run_id, resources, err)
+    finally:
+        resources.storage.close()
+
+
+def run_warm_command(config: str, preload: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``runcore worker warm``: get ready, say so, then execute the run named on stdin."""
+    try:
+        resources = load_resources(config)
+        resources.storage.start()
+    except RuncoreError as exc:
+        err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
+        return EXIT_USAGE
+    for location in preload:
+        try:
+            resources.jobs.load(location)
+        except RuncoreError as exc:
+            # Not fatal: a run of this location fails with the same error, recorded on it.
+            err.write(f"runcore worker: preloading {location!r} failed: {exc}\n")
+    out.write(f"ready {os.getpid()}\n")
+    out.flush()
+    line = sys.stdin.readline()
+    run_id = line.strip()
+    if not run_id:
+        return EXIT_SUCCESS  # the launcher closed the pipe: retired unused
+    try:
+        return execute_run_in_worker(run_id, resources, err)
+    finally:
+        resources.storage.close()
