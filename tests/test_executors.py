@@ -25,6 +25,18 @@ def _types(events: list[rc.Event], step_key: str | None = None) -> list[str]:
 
 
 @pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Make SIGINT raise KeyboardInterrupt, as in a terminal.
+
+    A process started in the background by a non-interactive shell (as CI starts the tests)
+    inherits SIGINT ignored, and Python then keeps it ignored.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def fixtures_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """``fixtures_defs`` importable here and, through sys.path, in spawned workers."""
     monkeypatch.syspath_prepend(str(FIXTURES_PARENT))
@@ -170,7 +182,9 @@ def test_thread_pool_keyboard_interrupt_propagates_and_fails_the_run() -> None:
     assert inst.get_run("kb-run").status is rc.RunStatus.FAILURE
 
 
-def test_ctrl_c_while_thread_pool_steps_run_cancels_them_and_fails_the_run() -> None:
+def test_ctrl_c_while_thread_pool_steps_run_cancels_them_and_fails_the_run(
+    sigint_raises: None,
+) -> None:
     saw_cancel = threading.Event()
 
     @rc.op
@@ -340,7 +354,9 @@ def test_an_unpicklable_output_fails_the_step_with_advice(value: Any, kind: str)
     assert _types(result.events, "uses") == ["STEP_SKIPPED"]
 
 
-def test_ctrl_c_in_the_parent_terminates_busy_workers_and_fails_the_run() -> None:
+def test_ctrl_c_in_the_parent_terminates_busy_workers_and_fails_the_run(
+    sigint_raises: None,
+) -> None:
     @rc.op
     def interrupts_parent() -> None:
         os.kill(os.getppid(), signal.SIGINT)
