@@ -12,6 +12,7 @@
     runcore [--config FILE] daemon [--interval SECONDS]
     runcore [--config FILE] daemon status
     runcore demo [--db PATH] [--plain]
+    runcore code-server --location LOC [--host H] [--port P] [--max-workers N] ...
     runcore worker execute-run RUN_ID --instance CONFIG        (what launchers start)
 
 The instance config is ``--config``, else ``$RUNCORE_CONFIG``, else ``./runcore.yaml`` if it
@@ -306,6 +307,40 @@ def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
     return run_warm_command(args.instance, args.preload or (), out, sys.stderr)
 
 
+def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.codeserver.server import serve
+
+    max_workers = args.max_workers
+    if max_workers is None:
+        env = os.environ.get("RUNCORE_GRPC_MAX_WORKERS")
+        try:
+            max_workers = int(env) if env else (os.cpu_count() or 1) * 5
+        except ValueError:
+            raise UsageError(f"RUNCORE_GRPC_MAX_WORKERS must be an integer, got {env!r}") from None
+    if max_workers < 1:
+        raise UsageError(f"--max-workers must be >= 1, got {max_workers}")
+    instance = args.instance or json.dumps(_config_dict(args.config))
+    return serve(
+        absolute_location(args.location),
+        host=args.host,
+        port=args.port,
+        max_workers=max_workers,
+        instance=instance,
+        run_mode=args.run_mode,
+        token=args.token or os.environ.get("RUNCORE_CODE_SERVER_TOKEN"),
+        log_interval=args.log_interval,
+        out=out,
+    )
+
+
+def _config_dict(explicit: str | None) -> dict[str, Any]:
+    """The instance config as a plain dict with absolute paths (for another process)."""
+    from runcore.instance import Instance
+
+    inst = Instance.from_config(config_source(explicit))
+    return inst.config_for_workers()
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.demo import run_demo
 
@@ -330,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_instance_commands(sub)
     _add_daemon_commands(sub)
     _add_worker_commands(sub)
+    _add_code_server_command(sub)
     demo = sub.add_parser("demo", help="run the demo job on SQLite with a live view")
     demo.add_argument("--db", default=".runcore/runs.db", help="SQLite file (default: %(default)s)")
     demo.add_argument("--plain", action="store_true", help="print events as lines, no redraw")
@@ -399,6 +435,37 @@ def _add_daemon_commands(sub: Any) -> None:
     daemon_sub = daemon.add_subparsers(dest="daemon_command")
     daemon_status = daemon_sub.add_parser("status", help="whether a daemon is alive")
     daemon_status.set_defaults(func=cmd_daemon_status)
+
+
+def _add_code_server_command(sub: Any) -> None:
+    server = sub.add_parser(
+        "code-server", help="serve a code location over gRPC and run non-isolated runs"
+    )
+    server.add_argument("--location", required=True, help="'pkg.module:defs' or 'file.py:defs'")
+    server.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    server.add_argument("--port", type=int, default=4266, help="port (0: any free port)")
+    server.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        help="runs executing at once (default: $RUNCORE_GRPC_MAX_WORKERS or cpu count x 5)",
+    )
+    server.add_argument(
+        "--instance", help="instance config as JSON or a file (default: --config's instance)"
+    )
+    server.add_argument(
+        "--run-mode",
+        choices=["thread", "process"],
+        default="thread",
+        help="execute runs as threads of the server, or as its child processes",
+    )
+    server.add_argument(
+        "--token", help="shared secret clients must send (or $RUNCORE_CODE_SERVER_TOKEN)"
+    )
+    server.add_argument(
+        "--log-interval", type=float, default=10.0, help="seconds between utilization log lines"
+    )
+    server.set_defaults(func=cmd_code_server)
 
 
 def _add_worker_commands(sub: Any) -> None:

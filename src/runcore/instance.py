@@ -288,7 +288,7 @@ class Instance:
                 storage=self.storage,
                 resolve_job=self.jobs.resolve,
                 output_store=self.output_store,
-                instance_config=self._config_for_workers(),
+                instance_config=self.config_for_workers(),
                 pools=self.step_pools,
             )
         )
@@ -322,7 +322,9 @@ class Instance:
         pool claims a slot before it runs; at run granularity, None (the queue does it)."""
         return step_pools_for(self.config)
 
-    def _config_for_workers(self) -> dict[str, Any]:
+    def config_for_workers(self) -> dict[str, Any]:
+        """The instance config as plain JSON-able data, with absolute paths: what another
+        process (a run worker, a code server) needs to open the same storage and outputs."""
         data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}
         storage_cfg = self.storage.to_config()
         if storage_cfg is not None:
