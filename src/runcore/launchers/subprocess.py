@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("runcore.launchers")
 
 WORKER_PID_TAG = "runcore/worker_pid"
+_EXITED_KEPT = 1000  # exit codes remembered for health checks after a worker is reaped
 WORKER_HOST_TAG = "runcore/worker_host"
 
 
@@ -136,6 +137,7 @@ class SubprocessRunLauncher(RunLauncher):
         self.env = dict(env or {})
         self._preload: list[str] = list(preload)
         self._running: dict[str, _Worker] = {}
+        self._exited: dict[str, tuple[int, int]] = {}  # run id -> (pid, exit code), recent ones
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -311,6 +313,10 @@ class SubprocessRunLauncher(RunLauncher):
             return WorkerHealth.dead(
                 f"the worker process {worker.process.pid} {describe_exit(code)}"
             )
+        with self._lock:
+            exited = self._exited.get(run.run_id)
+        if exited is not None:
+            return WorkerHealth.dead(f"the worker process {exited[0]} {describe_exit(exited[1])}")
         pid = run.tags.get(WORKER_PID_TAG)
         if pid is None:
             return WorkerHealth.unknown("no worker process was recorded for the run")
@@ -350,6 +356,9 @@ class SubprocessRunLauncher(RunLauncher):
                 continue
             with self._lock:
                 self._running.pop(run_id, None)
+                self._exited[run_id] = (worker.process.pid, code)
+                while len(self._exited) > _EXITED_KEPT:
+                    del self._exited[next(iter(self._exited))]
             self._after_exit(run_id, worker, code)
 
     def _after_exit(self, run_id: str, worker: _Worker, code: int) -> None:

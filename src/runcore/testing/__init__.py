@@ -2,6 +2,8 @@
 
 * ``StorageContract``: subclass it in a pytest module and provide a ``storage`` fixture to
   prove a custom :class:`~runcore.storage.InstanceStorage` keeps runcore's contract.
+* ``LauncherContract``: the same for a custom :class:`~runcore.RunLauncher`, given an
+  ``instance`` fixture that uses it.
 * ``RecordingLauncher``: a launcher that records the runs it is asked to launch and runs
   nothing, to check a coordinator configuration without executing jobs.
 """
@@ -10,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RecordingLauncher", "StorageContract"]
+__all__ = ["LauncherContract", "RecordingLauncher", "StorageContract"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "LauncherContract":
+        from runcore.testing.launcher_contract import LauncherContract
+
+        return LauncherContract
     if name == "RecordingLauncher":
         from runcore.testing.recording import RecordingLauncher
 
