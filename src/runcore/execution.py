@@ -22,7 +22,7 @@ from runcore.errors import Failure, OutputStoreError, RunFailedError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.outputs import InMemoryOutputStore, OutputStore
 from runcore.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
-from runcore.runs import Run, RunStatus
+from runcore.runs import FailureKind, Run, RunStatus
 
 if TYPE_CHECKING:
     from runcore.executors.base import Executor
@@ -130,6 +130,8 @@ class StepRunner:
                 self.cancel.set()
             self.errors[step.key] = exc
             data = jsonable_fields(exc.metadata) if isinstance(exc, Failure) else {}
+            if isinstance(exc, Failure) and not exc.allow_retry:
+                data["allow_retry"] = False
             self._step_event(
                 step,
                 EventType.STEP_FAILURE,
@@ -444,15 +446,25 @@ class RunExecution:
             )
 
 
-def _failure_reason(execution: RunExecution) -> str:
+def _failure_reason(execution: RunExecution) -> tuple[str, dict[str, Any]]:
+    """The run's failure reason (its first failed step's error) and the failure event's data:
+    the kind (``user_code``, or ``worker_died`` when a step's process died) and whether a run
+    retry is allowed (not when a step raised ``Failure(allow_retry=False)``)."""
+    failures = {
+        r.event.step_key: r.event
+        for r in execution.storage.get_event_records(
+            execution.run.run_id, event_types=[EventType.STEP_FAILURE]
+        )
+    }
     first = next(k for k in execution.plan.step_keys if k in execution.failed)
-    records = execution.storage.get_event_records(
-        execution.run.run_id, event_types=[EventType.STEP_FAILURE]
-    )
-    for record in records:
-        if record.event.step_key == first and record.event.error is not None:
-            return f"step {first!r} failed: {record.event.error}"
-    return f"step {first!r} failed"
+    event = failures.get(first)
+    reason = f"step {first!r} failed" + (f": {event.error}" if event and event.error else "")
+    died = any(e.error is not None and e.error.type == "WorkerDied" for e in failures.values())
+    kind = FailureKind.WORKER_DIED if died else FailureKind.USER_CODE
+    data: dict[str, Any] = {"failure_kind": kind.value, "failed_steps": sorted(execution.failed)}
+    if any(e.data.get("allow_retry") is False for e in failures.values()):
+        data["allow_retry"] = False
+    return reason, data
 
 
 def execute_run(
@@ -511,6 +523,7 @@ def execute_run(
                 event_type=EventType.RUN_FAILURE,
                 message=f"the run's execution failed: {error}",
                 error=error,
+                data={"failure_kind": FailureKind.ENGINE.value},
             ),
         )
         if not isinstance(exc, Exception):
@@ -524,12 +537,12 @@ def _finish(execution: RunExecution) -> Run:
     storage = execution.storage
     canceled = execution.cancel.is_set() and execution.runner.interrupt is None
     if execution.failed and not canceled:
-        reason = _failure_reason(execution)
+        reason, data = _failure_reason(execution)
         final = storage.transition(
             run_id,
             [RunStatus.STARTED, RunStatus.CANCELING],
             RunStatus.FAILURE,
-            event=Event(run_id=run_id, event_type=EventType.RUN_FAILURE, message=reason),
+            event=Event(run_id=run_id, event_type=EventType.RUN_FAILURE, message=reason, data=data),
             failure_reason=reason,
         )
     elif canceled or execution.skipped:

@@ -21,6 +21,19 @@ BACKFILL_TAG = "runcore/backfill"
 SCHEDULE_NAME_TAG = "runcore/schedule_name"
 SENSOR_NAME_TAG = "runcore/sensor_name"
 RETRY_NUMBER_TAG = "runcore/retry_number"
+RETRY_OF_TAG = "runcore/retry_of"
+
+
+class FailureKind(enum.Enum):
+    """Why a run failed, for run retries and for people: set from the RUN_FAILURE event's
+    ``data["failure_kind"]``."""
+
+    USER_CODE = "user_code"  # an op raised
+    WORKER_DIED = "worker_died"  # the process or thread executing the run is gone
+    START_TIMEOUT = "start_timeout"  # stuck in STARTING past run_monitoring.start_timeout
+    MAX_RUNTIME = "max_runtime"  # ran past its maximum runtime
+    LAUNCH_FAILURE = "launch_failure"  # the launcher could not start it
+    ENGINE = "engine"  # runcore itself failed (storage, a bug)
 
 
 class RunStatus(enum.Enum):
@@ -115,6 +128,7 @@ class Run:
     started_at: float | None = None
     ended_at: float | None = None
     failure_reason: str | None = None
+    failure_kind: FailureKind | None = None
     pools: list[str] = attrs.field(factory=list)
     root_pools: list[str] | None = None
 

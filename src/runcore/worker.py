@@ -37,7 +37,7 @@ import attrs
 
 from runcore.errors import ConfigError, RuncoreError
 from runcore.events import ErrorInfo, Event, EventType
-from runcore.runs import RunStatus
+from runcore.runs import FailureKind, RunStatus
 
 if TYPE_CHECKING:
     from runcore.execution import StepPools
@@ -104,6 +104,7 @@ def _fail(storage: InstanceStorage, run_id: str, message: str, exc: BaseExceptio
             event_type=EventType.RUN_FAILURE,
             message=f"{message}: {error}",
             error=error,
+            data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
         ),
     )
 

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 from runcore.coordinators.base import RunCoordinator
 from runcore.errors import RunLaunchError
 from runcore.events import ErrorInfo, Event, EventType
-from runcore.runs import IN_PROGRESS_STATUSES, ISOLATION_TAG, RunsFilter, RunStatus
+from runcore.runs import (
+    IN_PROGRESS_STATUSES,
+    ISOLATION_TAG,
+    FailureKind,
+    RunsFilter,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -38,6 +44,7 @@ class DefaultRunCoordinator(RunCoordinator):
                     event_type=EventType.RUN_FAILURE,
                     message=f"the launcher could not start the run: {error}",
                     error=error,
+                    data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
                 ),
             )
             if isinstance(exc, RunLaunchError):

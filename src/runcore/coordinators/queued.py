@@ -28,7 +28,14 @@ from runcore.coordinators.admission import (
 from runcore.coordinators.base import RunCoordinator
 from runcore.errors import ConfigError
 from runcore.events import ErrorInfo, Event, EventType
-from runcore.runs import IN_PROGRESS_STATUSES, PRIORITY_TAG, Run, RunsFilter, RunStatus
+from runcore.runs import (
+    IN_PROGRESS_STATUSES,
+    PRIORITY_TAG,
+    FailureKind,
+    Run,
+    RunsFilter,
+    RunStatus,
+)
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -320,6 +327,7 @@ def _fail_launch(storage: InstanceStorage, run_id: str, exc: BaseException) -> N
             event_type=EventType.RUN_FAILURE,
             message=f"the launcher could not start the run: {error}",
             error=error,
+            data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
         ),
     )
 

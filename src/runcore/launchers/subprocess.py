@@ -34,7 +34,7 @@ from runcore.errors import ConfigError, RunLaunchError
 from runcore.events import Event, EventType
 from runcore.instance import WORKER_ENV
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
-from runcore.runs import IN_PROGRESS_STATUSES, RunStatus
+from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -389,7 +389,10 @@ class SubprocessRunLauncher(RunLauncher):
                         run_id=run_id,
                         event_type=EventType.RUN_FAILURE,
                         message=reason,
-                        data={"exit_code": code},
+                        data={
+                            "exit_code": code,
+                            "failure_kind": FailureKind.WORKER_DIED.value,
+                        },
                     ),
                     failure_reason=reason,
                 )

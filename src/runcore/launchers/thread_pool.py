@@ -11,7 +11,7 @@ from runcore.errors import ConfigError, RunLaunchError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.execution import execute_run
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
-from runcore.runs import RunStatus
+from runcore.runs import FailureKind, RunStatus
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -79,6 +79,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                         event_type=EventType.RUN_FAILURE,
                         message=f"the run's job could not be loaded: {error}",
                         error=error,
+                        data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
                     ),
                 )
                 return

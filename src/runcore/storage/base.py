@@ -18,6 +18,7 @@ Contract every backend keeps (``runcore.testing.StorageContract`` checks it):
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ import attrs
 
 from runcore.errors import DuplicateRunError
 from runcore.events import STATUS_EVENT_TYPES, Event, EventRecord, EventType
-from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
+from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 
 #: Seconds after its last attempt that a waiting slot claim stops holding its place in line.
 WAITER_TTL = 30.0
@@ -287,6 +288,10 @@ def apply_transition(
         reason = event.message or (str(event.error) if event.error else None)
     if reason is not None:
         changes["failure_reason"] = reason
+    if to_status is RunStatus.FAILURE and event is not None:
+        kind = event.data.get("failure_kind")
+        with contextlib.suppress(ValueError):
+            changes["failure_kind"] = FailureKind(kind) if kind else FailureKind.ENGINE
     return attrs.evolve(run, **changes)
 
 
