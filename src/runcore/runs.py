@@ -158,7 +158,8 @@ class RunsFilter:
 
     ``tags`` matches runs that carry every given key with the given value; a value that is a
     sequence matches any of its items. ``created_after``/``created_before`` are Unix seconds
-    (exclusive bounds).
+    (exclusive bounds); ``updated_after`` matches runs whose last status change (or creation) is
+    later than it.
     """
 
     run_ids: Sequence[str] | None = None
@@ -167,6 +168,7 @@ class RunsFilter:
     tags: Mapping[str, str | Sequence[str]] | None = None
     created_after: float | None = None
     created_before: float | None = None
+    updated_after: float | None = None
     parent_run_id: str | None = None
     root_run_id: str | None = None
 
@@ -181,6 +183,10 @@ class RunsFilter:
         if self.created_after is not None and not run.created_at > self.created_after:
             return False
         if self.created_before is not None and not run.created_at < self.created_before:
+            return False
+        if self.updated_after is not None and not (
+            (run.updated_at or run.created_at) > self.updated_after
+        ):
             return False
         if self.parent_run_id is not None and run.parent_run_id != self.parent_run_id:
             return False

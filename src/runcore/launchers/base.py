@@ -76,6 +76,47 @@ class WorkerHealth:
         return cls(HealthStatus.UNKNOWN, reason)
 
 
+#: Tags a launcher records on a run so that any process on the same host can check the
+#: process executing it (a worker process, or the host process of a thread).
+WORKER_PID_TAG = "runcore/worker_pid"
+WORKER_HOST_TAG = "runcore/worker_host"
+
+
+def hostname() -> str:
+    """This host's name (as recorded in :data:`WORKER_HOST_TAG`)."""
+    import socket
+
+    return socket.gethostname()
+
+
+def worker_tags(pid: int) -> dict[str, str]:
+    """The tags that record process ``pid`` of this host as a run's worker."""
+    return {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: hostname()}
+
+
+def recorded_process_health(run: Run, what: str = "worker process") -> WorkerHealth:
+    """Health from the pid and host a launcher recorded on the run (see :func:`worker_tags`).
+
+    DEAD if the process is gone from this host; RUNNING if it exists (a reused pid cannot be
+    told apart); UNKNOWN for another host or no record.
+    """
+    import os
+
+    pid = run.tags.get(WORKER_PID_TAG)
+    if pid is None:
+        return WorkerHealth.unknown(f"no {what} was recorded for the run")
+    host = run.tags.get(WORKER_HOST_TAG)
+    if host != hostname():
+        return WorkerHealth.unknown(f"the run's {what} runs on host {host!r}")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return WorkerHealth.dead(f"the {what} {pid} is gone")
+    except PermissionError:
+        return WorkerHealth.running()  # it exists, owned by another user
+    return WorkerHealth.running()
+
+
 class RunLauncher(ABC):
     """Starts runs. Subclass it, implement the three abstract methods, pass the contract suite."""
 

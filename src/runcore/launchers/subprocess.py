@@ -33,7 +33,13 @@ import attrs
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.events import Event, EventType
 from runcore.instance import WORKER_ENV
-from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.launchers.base import (
+    LaunchContext,
+    RunLauncher,
+    WorkerHealth,
+    recorded_process_health,
+    worker_tags,
+)
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
 
 if TYPE_CHECKING:
@@ -41,15 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runcore.launchers")
 
-WORKER_PID_TAG = "runcore/worker_pid"
 _EXITED_KEPT = 1000  # exit codes remembered for health checks after a worker is reaped
-WORKER_HOST_TAG = "runcore/worker_host"
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def describe_exit(code: int | None) -> str:
@@ -289,9 +287,7 @@ class SubprocessRunLauncher(RunLauncher):
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
-        self.context.storage.add_run_tags(
-            run.run_id, {WORKER_PID_TAG: str(worker.process.pid), WORKER_HOST_TAG: _hostname()}
-        )
+        self.context.storage.add_run_tags(run.run_id, worker_tags(worker.process.pid))
 
     def terminate(self, run_id: str) -> bool:
         with self._lock:
@@ -317,20 +313,7 @@ class SubprocessRunLauncher(RunLauncher):
             exited = self._exited.get(run.run_id)
         if exited is not None:
             return WorkerHealth.dead(f"the worker process {exited[0]} {describe_exit(exited[1])}")
-        pid = run.tags.get(WORKER_PID_TAG)
-        if pid is None:
-            return WorkerHealth.unknown("no worker process was recorded for the run")
-        if run.tags.get(WORKER_HOST_TAG) != _hostname():
-            return WorkerHealth.unknown(
-                f"the run's worker runs on host {run.tags.get(WORKER_HOST_TAG)!r}"
-            )
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return WorkerHealth.dead(f"the worker process {pid} is gone")
-        except PermissionError:
-            return WorkerHealth.running()  # alive, owned by another user
-        return WorkerHealth.running()
+        return recorded_process_health(run)
 
     # --- the watcher ------------------------------------------------------------------------
 

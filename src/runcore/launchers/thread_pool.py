@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.execution import execute_run
-from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.launchers.base import (
+    WORKER_PID_TAG,
+    LaunchContext,
+    RunLauncher,
+    WorkerHealth,
+    recorded_process_health,
+    worker_tags,
+)
 from runcore.runs import FailureKind, RunStatus
 
 if TYPE_CHECKING:
@@ -19,6 +27,8 @@ if TYPE_CHECKING:
     from runcore.runs import Run
 
 log = logging.getLogger("runcore.launchers")
+
+_LAUNCHED_KEPT = 10_000
 
 
 class ThreadPoolRunLauncher(RunLauncher):
@@ -41,6 +51,7 @@ class ThreadPoolRunLauncher(RunLauncher):
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._active: dict[str, threading.Event] = {}
+        self._launched: dict[str, None] = {}  # runs launched here, recent ones (ordered set)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -62,6 +73,14 @@ class ThreadPoolRunLauncher(RunLauncher):
                 )
             cancel = threading.Event()
             self._active[run.run_id] = cancel
+            self._launched[run.run_id] = None
+            while len(self._launched) > _LAUNCHED_KEPT:
+                del self._launched[next(iter(self._launched))]
+        if context.storage.shareable:
+            # Recorded before the run can start, so that another process (a daemon) can tell
+            # whether the process holding the run's thread is alive.
+            context.storage.add_run_tags(run.run_id, worker_tags(os.getpid()))
+        with self._lock:
             self._pool.submit(self._execute, context, run, cancel)
 
     def _execute(self, context: LaunchContext, run: Run, cancel: threading.Event) -> None:
@@ -124,10 +143,15 @@ class ThreadPoolRunLauncher(RunLauncher):
         with self._lock:
             if run.run_id in self._active:
                 return WorkerHealth.running()
-        current = self.context.storage.get_run(run.run_id)
-        if current is not None and current.status.is_terminal:
+            launched_here = run.run_id in self._launched
+        current = self.context.storage.get_run(run.run_id) or run
+        if current.status.is_terminal:
             return WorkerHealth.unknown(f"the run has ended {current.status.value}")
-        return WorkerHealth.dead("no thread of this process is executing the run")
+        if launched_here:
+            return WorkerHealth.dead("the run's thread ended without finishing the run")
+        if current.tags.get(WORKER_PID_TAG) == str(os.getpid()):
+            return WorkerHealth.unknown("another launcher of this process holds the run")
+        return recorded_process_health(current, "process running the run's thread")
 
     def close(self) -> None:
         with self._lock:

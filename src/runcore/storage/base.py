@@ -262,6 +262,19 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def reclaim_pool_slots(self) -> int:
+        """Free every slot whose owner run has ended or no longer exists; returns how many.
+
+        Terminal transitions already free a run's slots; this is the safety net the daemon
+        runs on every monitoring pass. Backends may answer it in one statement.
+        """
+        freed = 0
+        for run_id in dict.fromkeys(lease.run_id for lease in self.get_pool_leases()):
+            run = self.get_run(run_id)
+            if run is None or run.status.is_terminal:
+                freed += self.release_pool_slots(run_id)
+        return freed
+
     def to_config(self) -> dict[str, Any] | None:
         """The ``storage:`` config another process would use to open this storage, if any."""
         return None

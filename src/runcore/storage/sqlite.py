@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS runs (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
+CREATE INDEX IF NOT EXISTS runs_by_status_updated ON runs (status, updated_at);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_name, id);
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at);
 CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
@@ -539,6 +540,9 @@ class SqliteStorage(InstanceStorage):
         if filters.created_before is not None:
             clauses.append("runs.created_at < ?")
             params.append(filters.created_before)
+        if filters.updated_after is not None:
+            clauses.append("COALESCE(runs.updated_at, runs.created_at) > ?")
+            params.append(filters.updated_after)
         if filters.parent_run_id is not None:
             one_of("parent_run_id", [filters.parent_run_id])
         if filters.root_run_id is not None:
@@ -845,6 +849,21 @@ class SqliteStorage(InstanceStorage):
                 conn.executemany(_INSERT_EVENT, rows)
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
+
+        return self._write(write)
+
+    def reclaim_pool_slots(self) -> int:
+        ended = "SELECT run_id FROM runs WHERE status IN ('SUCCESS', 'FAILURE', 'CANCELED')"
+        alive = "SELECT run_id FROM runs"
+
+        def write(conn: sqlite3.Connection) -> int:
+            freed = conn.execute(
+                f"DELETE FROM pool_slots WHERE run_id IN ({ended}) OR run_id NOT IN ({alive})"
+            ).rowcount
+            conn.execute(
+                f"DELETE FROM pool_waiters WHERE run_id IN ({ended}) OR run_id NOT IN ({alive})"
+            )
+            return int(freed)
 
         return self._write(write)
 

@@ -958,6 +958,21 @@ class StorageContract:
         assert storage.claim_pool_slot("db", "r2", None, limit=1)
         assert [lease.run_id for lease in storage.get_pool_leases()] == ["r2"]
 
+    def test_updated_after_finds_recent_status_changes(self, storage: InstanceStorage) -> None:
+        storage.add_runs(
+            [
+                _run(run_id=f"u{i}", status=RunStatus.STARTED, created_at=1_700_000_000.0 + i)
+                for i in range(3)
+            ]
+        )
+        before = time.time() - 1
+        storage.transition("u1", [RunStatus.STARTED], RunStatus.FAILURE)
+        recent = storage.get_run_records(RunsFilter(updated_after=before))
+        assert _ids(recent) == ["u1"]
+        failed = RunsFilter(statuses=[RunStatus.FAILURE], updated_after=before)
+        assert _ids(storage.get_run_records(failed)) == ["u1"]
+        assert storage.get_run_records(RunsFilter(updated_after=time.time() + 60)) == []
+
     def test_waiting_claims_are_served_by_priority_then_age(self, storage: InstanceStorage) -> None:
         assert storage.claim_pool_slot("db", "holder", "s", limit=1)
         assert not storage.claim_pool_slot("db", "old", "s", limit=1, priority=0, order=1.0)
