@@ -23,6 +23,7 @@ EXPECTED = {
     "ExecuteInProcessResult",
     "Executor",
     "Failure",
+    "FailureKind",
     "FileOutputStore",
     "IllegalTransitionError",
     "InMemoryOutputStore",

@@ -40,7 +40,7 @@ from runcore.instance import Instance
 from runcore.launchers import RunLauncher, ThreadPoolRunLauncher, WorkerHealth
 from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.result import ExecuteInProcessResult
-from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
+from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 from runcore.storage import InMemoryStorage, InstanceStorage
 
 __version__ = "0.1.0.dev0"
@@ -60,6 +60,7 @@ __all__ = [
     "ExecuteInProcessResult",
     "Executor",
     "Failure",
+    "FailureKind",
     "FileOutputStore",
     "IllegalTransitionError",
     "InMemoryOutputStore",

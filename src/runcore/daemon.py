@@ -27,6 +27,8 @@ from runcore.storage.base import DaemonHeartbeat
 if TYPE_CHECKING:
     from runcore.coordinators.queued import DequeueResult
     from runcore.instance import Instance
+    from runcore.monitoring import MonitorPass, RunMonitor
+    from runcore.retries import RetryPass, RunRetrier
     from runcore.storage.base import InstanceStorage
 
 log = logging.getLogger("runcore.daemon")
@@ -45,6 +47,8 @@ class DaemonPass:
     """What one :meth:`Daemon.run_once` did."""
 
     dequeue: DequeueResult | None
+    monitor: MonitorPass | None = None
+    retries: RetryPass | None = None
 
 
 @attrs.frozen
@@ -79,9 +83,14 @@ def daemon_statuses(
 class Daemon:
     """Background duties over ``instance``; use as a context manager or ``start``/``stop``.
 
-    Threads: ``start()`` starts one thread per duty (``runcore-daemon-dequeue``) and one for
-    heartbeats (``runcore-daemon-heartbeat``), all daemonic; ``stop()`` (or leaving the ``with``
-    block) signals them and joins them. The instance stays open: its owner closes it.
+    Duties: **dequeue** (when the coordinator queues), **monitor** (``run_monitoring``, on
+    by default) and **retries** (``run_retries``, off by default); their intervals default to
+    the config's ``poll_interval_seconds`` (dequeue: ``dequeue_interval``).
+
+    Threads: ``start()`` starts one thread per enabled duty (``runcore-daemon-dequeue``,
+    ``-monitor``, ``-retries``) and one for heartbeats (``runcore-daemon-heartbeat``), all
+    daemonic; ``stop()`` (or leaving the ``with`` block) signals them and joins them. The
+    instance stays open: its owner closes it.
     """
 
     def __init__(
@@ -90,13 +99,27 @@ class Daemon:
         *,
         dequeue_interval: float = 0.5,
         heartbeat_interval: float = 5.0,
+        monitor_interval: float | None = None,
+        retry_interval: float | None = None,
         clock: Callable[[], float] = time.time,
         daemon_id: str | None = None,
     ) -> None:
-        if dequeue_interval <= 0 or heartbeat_interval <= 0:
+        from runcore.config import InstanceConfig
+
+        cfg = instance.config or InstanceConfig()
+        poll = cfg.run_monitoring.poll_interval_seconds
+        monitor_interval = poll if monitor_interval is None else monitor_interval
+        retry_interval = poll if retry_interval is None else retry_interval
+        if min(dequeue_interval, heartbeat_interval, monitor_interval, retry_interval) <= 0:
             raise ValueError("daemon intervals must be > 0 seconds")
         self.instance = instance
         self.dequeue_interval = dequeue_interval
+        self.monitor_interval = monitor_interval
+        self.retry_interval = retry_interval
+        self.monitoring = cfg.run_monitoring
+        self.retrying = cfg.run_retries
+        self._monitor: RunMonitor | None = None
+        self._retrier: RunRetrier | None = None
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
         if daemon_id is None:
@@ -132,6 +155,40 @@ class Daemon:
         self.instance.ensure_started()
         return coordinator.dequeue_pass()
 
+    def monitor_once(self) -> MonitorPass | None:
+        """One monitoring pass (None when ``run_monitoring.enabled`` is false)."""
+        if not self.monitoring.enabled:
+            return None
+        self.instance.ensure_started()
+        if self._monitor is None:
+            from runcore.monitoring import RunMonitor
+
+            self._monitor = RunMonitor(
+                self.instance.storage, self.instance.launcher, self.monitoring, self.clock
+            )
+        return self._monitor.run_once()
+
+    def retry_once(self) -> RetryPass | None:
+        """One run-retry pass (None when ``run_retries.enabled`` is false)."""
+        if not self.retrying.enabled:
+            return None
+        self.instance.ensure_started()
+        if self._retrier is None:
+            from runcore.retries import RunRetrier
+
+            self._retrier = RunRetrier(self.instance, self.retrying, self.clock)
+        return self._retrier.run_once()
+
+    @property
+    def duties(self) -> list[str]:
+        """The duties this daemon performs."""
+        enabled = [
+            ("dequeue", self.dequeues),
+            ("monitor", self.monitoring.enabled),
+            ("retries", self.retrying.enabled),
+        ]
+        return [name for name, on in enabled if on]
+
     def heartbeat(self, *, stopped: bool = False) -> None:
         """Record that this daemon is alive (or, with ``stopped``, that it has stopped)."""
         self.instance.ensure_started()
@@ -144,7 +201,7 @@ class Daemon:
                     "pid": os.getpid(),
                     "host": _hostname(),
                     "interval": self.heartbeat_interval,
-                    "duties": ["dequeue"] if self.dequeues else [],
+                    "duties": self.duties,
                     "last_error": self._last_error,
                     "stopped": stopped,
                 },
@@ -153,7 +210,9 @@ class Daemon:
 
     def run_once(self) -> DaemonPass:
         """Exactly one pass of each enabled duty, synchronously, then a heartbeat."""
-        result = DaemonPass(dequeue=self.dequeue_once())
+        result = DaemonPass(
+            dequeue=self.dequeue_once(), monitor=self.monitor_once(), retries=self.retry_once()
+        )
         self.heartbeat()
         return result
 
@@ -184,6 +243,19 @@ class Daemon:
                     target=self._dequeue_loop, name="runcore-daemon-dequeue", daemon=True
                 )
             )
+        for duty, fn, interval in (
+            ("monitor", self.monitor_once, self.monitor_interval),
+            ("retries", self.retry_once, self.retry_interval),
+        ):
+            if duty in self.duties:
+                self._threads.append(
+                    threading.Thread(
+                        target=self._loop,
+                        args=(duty, fn, interval),
+                        name=f"runcore-daemon-{duty}",
+                        daemon=True,
+                    )
+                )
         for thread in self._threads:
             thread.start()
 

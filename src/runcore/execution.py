@@ -97,6 +97,10 @@ class StepRunner:
             if source is None:
                 kwargs[param] = step.op.input_defaults[param]
             elif source in step.external:
+                if self.output_store.has(self.run.run_id, source):
+                    # carried over from an earlier run (a from_failure retry copies them)
+                    kwargs[param] = self.output_store.get(self.run.run_id, source)
+                    continue
                 if self.parent_run_id is None:
                     raise OutputStoreError(
                         f"step {step.key!r} needs the output of {source!r}, which this run does "

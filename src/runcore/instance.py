@@ -364,8 +364,13 @@ class Instance:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         root_run_id: str | None = None,
+        step_keys: Sequence[str] | None = None,
     ) -> Run:
-        """Store a NOT_STARTED run of ``job`` without submitting it (see :meth:`submit_run`)."""
+        """Store a NOT_STARTED run of ``job`` without submitting it (see :meth:`submit_run`).
+
+        ``step_keys`` (instead of ``op_selection``) names the exact steps to execute; with
+        ``parent_run_id``, steps outside them read their outputs from the parent run.
+        """
         self.ensure_started()
         if os.environ.get(WORKER_ENV) and importing_code_location():
             raise DefinitionError(
@@ -376,7 +381,10 @@ class Instance:
         job_obj = self._job_for(job, code_location)
         location = code_location or infer_code_location(job_obj)
         self.jobs.register(job_obj, location)
-        step_keys = resolve_op_selection(job_obj, op_selection) if op_selection else None
+        if op_selection:
+            step_keys = resolve_op_selection(job_obj, op_selection)
+        elif step_keys is not None:
+            step_keys = list(step_keys)
         plan = build_plan(job_obj, step_keys, allow_external=parent_run_id is not None)
         run_tags = {**job_obj.tags, **validate_tags(tags)}
         self._check_isolation(run_tags)

@@ -34,9 +34,12 @@ from runcore.errors import ConfigError, RunLaunchError
 from runcore.events import Event, EventType
 from runcore.instance import WORKER_ENV
 from runcore.launchers.base import (
+    WORKER_HOST_TAG,
+    WORKER_PID_TAG,
     LaunchContext,
     RunLauncher,
     WorkerHealth,
+    hostname,
     recorded_process_health,
     worker_tags,
 )
@@ -292,11 +295,28 @@ class SubprocessRunLauncher(RunLauncher):
     def terminate(self, run_id: str) -> bool:
         with self._lock:
             worker = self._running.get(run_id)
-        if worker is None or worker.process.poll() is not None:
+        if worker is None:
+            return self._terminate_recorded(run_id)
+        if worker.process.poll() is not None:
             return False
         with contextlib.suppress(OSError):
             worker.process.send_signal(signal.SIGTERM)
         worker.terminate_at = time.monotonic() + self.grace_period
+        return True
+
+    def _terminate_recorded(self, run_id: str) -> bool:
+        """SIGTERM a worker this launcher did not start (another process's), found by the pid
+        and host recorded on the run; the worker's own handler cancels the run."""
+        run = self.context.storage.get_run(run_id)
+        if run is None or run.status.is_terminal:
+            return False
+        pid = run.tags.get(WORKER_PID_TAG)
+        if pid is None or run.tags.get(WORKER_HOST_TAG) != hostname() or pid == str(os.getpid()):
+            return False
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except (OSError, ValueError):
+            return False
         return True
 
     def check_run_worker_health(self, run: Run) -> WorkerHealth:

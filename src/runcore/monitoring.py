@@ -1,0 +1,213 @@
+"""Run monitoring: nothing stuck, nothing leaked. A daemon duty; one pass per poll interval.
+
+Each pass looks at every in-progress run and, by the daemon's clock:
+
+* STARTING past ``start_timeout_seconds``: the launcher is told to terminate it, and it fails
+  (``failure_kind`` ``start_timeout``).
+* STARTING or STARTED whose worker the launcher reports DEAD: it fails with the worker's
+  reason (``worker_died``).
+* STARTED past its maximum runtime (tag ``runcore/max_runtime``, else
+  ``max_runtime_seconds``): terminated, and failed (``max_runtime``).
+* CANCELING past ``cancel_timeout_seconds``: terminated by force (SIGKILL for a worker process
+  of this host) and marked CANCELED.
+
+Then it frees every pool slot whose owner run has ended (a safety net: terminal transitions
+already free them). Every change is a compare-and-set, so a run that ended by itself between
+the look and the write is left as it is, and two daemons never both act on one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from runcore.events import Event, EventType
+from runcore.launchers.base import WORKER_HOST_TAG, WORKER_PID_TAG, HealthStatus, hostname
+from runcore.runs import (
+    IN_PROGRESS_STATUSES,
+    MAX_RUNTIME_TAG,
+    FailureKind,
+    Run,
+    RunsFilter,
+    RunStatus,
+)
+
+if TYPE_CHECKING:
+    from runcore.config import RunMonitoringConfig
+    from runcore.launchers.base import RunLauncher
+    from runcore.storage.base import InstanceStorage
+
+
+@attrs.frozen
+class MonitorPass:
+    """What one monitoring pass did, by run id."""
+
+    start_timeouts: tuple[str, ...] = ()
+    dead_workers: tuple[str, ...] = ()
+    max_runtimes: tuple[str, ...] = ()
+    forced_cancels: tuple[str, ...] = ()
+    slots_reclaimed: int = 0
+
+
+def max_runtime_of(run: Run, default: float | None) -> float | None:
+    """The run's maximum runtime in seconds: its tag, else the configured default."""
+    raw = run.tags.get(MAX_RUNTIME_TAG)
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            return float(raw)
+    return default
+
+
+class RunMonitor:
+    """One monitoring pass over the in-progress runs (see the module docstring).
+
+    Threads: none; the daemon calls :meth:`run_once` from its monitoring thread.
+    """
+
+    def __init__(
+        self,
+        storage: InstanceStorage,
+        launcher: RunLauncher,
+        config: RunMonitoringConfig,
+        clock: Callable[[], float],
+    ) -> None:
+        self.storage = storage
+        self.launcher = launcher
+        self.config = config
+        self.clock = clock
+
+    def run_once(self) -> MonitorPass:
+        """Check every in-progress run once; returns what was done."""
+        now = self.clock()
+        found: dict[str, list[str]] = {
+            "start": [],
+            "dead": [],
+            "runtime": [],
+            "cancel": [],
+        }
+        records = self.storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        for record in records:
+            run = record.run
+            since = run.updated_at or run.created_at
+            if run.status is RunStatus.CANCELING:
+                if now - since > self.config.cancel_timeout_seconds and self._force_cancel(
+                    run, now - since
+                ):
+                    found["cancel"].append(run.run_id)
+                continue
+            if run.status is RunStatus.STARTING and now - since > self.config.start_timeout_seconds:
+                if self._start_timeout(run, now - since):
+                    found["start"].append(run.run_id)
+                continue
+            if self._dead_worker(run):
+                found["dead"].append(run.run_id)
+                continue
+            limit = max_runtime_of(run, self.config.max_runtime_seconds)
+            started = run.started_at
+            if (
+                run.status is RunStatus.STARTED
+                and limit is not None
+                and started is not None
+                and now - started > limit
+                and self._max_runtime(run, now - started, limit)
+            ):
+                found["runtime"].append(run.run_id)
+        reclaimed = self.storage.reclaim_pool_slots()
+        return MonitorPass(
+            start_timeouts=tuple(found["start"]),
+            dead_workers=tuple(found["dead"]),
+            max_runtimes=tuple(found["runtime"]),
+            forced_cancels=tuple(found["cancel"]),
+            slots_reclaimed=reclaimed,
+        )
+
+    # --- the actions ------------------------------------------------------------------------
+
+    def _fail(self, run: Run, sources: list[RunStatus], reason: str, kind: FailureKind) -> bool:
+        done = self.storage.transition(
+            run.run_id,
+            sources,
+            RunStatus.FAILURE,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_FAILURE,
+                message=reason,
+                data={"failure_kind": kind.value},
+            ),
+            failure_reason=reason,
+        )
+        return done is not None
+
+    def _terminate(self, run: Run) -> None:
+        with contextlib.suppress(Exception):  # best effort: the status change is what counts
+            self.launcher.terminate(run.run_id)
+
+    def _start_timeout(self, run: Run, waited: float) -> bool:
+        reason = (
+            f"the run was STARTING for {waited:.0f} s, past run_monitoring."
+            f"start_timeout_seconds ({self.config.start_timeout_seconds:g} s): its worker "
+            "never started it"
+        )
+        # Fail first, then stop the worker: a worker that ends the run on its way out finds
+        # it terminal already, so the reason recorded is this one.
+        failed = self._fail(run, [RunStatus.STARTING], reason, FailureKind.START_TIMEOUT)
+        if failed:
+            self._terminate(run)
+        return failed
+
+    def _dead_worker(self, run: Run) -> bool:
+        try:
+            health = self.launcher.check_run_worker_health(run)
+        except Exception:  # a launcher that cannot tell is not a dead worker
+            return False
+        if health.status is not HealthStatus.DEAD:
+            return False
+        current = self.storage.get_run(run.run_id)
+        if current is None or current.status.is_terminal:
+            return False  # it ended by itself meanwhile
+        reason = f"the run's worker died: {health.reason}"
+        return self._fail(
+            current,
+            [RunStatus.STARTING, RunStatus.STARTED],
+            reason,
+            FailureKind.WORKER_DIED,
+        )
+
+    def _max_runtime(self, run: Run, ran: float, limit: float) -> bool:
+        reason = f"the run ran for {ran:.0f} s, past its maximum runtime of {limit:g} s"
+        failed = self._fail(
+            run, [RunStatus.STARTED, RunStatus.CANCELING], reason, FailureKind.MAX_RUNTIME
+        )
+        if failed:
+            self._terminate(run)
+        return failed
+
+    def _force_cancel(self, run: Run, waited: float) -> bool:
+        done = self.storage.transition(
+            run.run_id,
+            [RunStatus.CANCELING],
+            RunStatus.CANCELED,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_CANCELED,
+                message=(
+                    f"canceled by force: the run was CANCELING for {waited:.0f} s, past "
+                    f"run_monitoring.cancel_timeout_seconds "
+                    f"({self.config.cancel_timeout_seconds:g} s)"
+                ),
+            ),
+        )
+        if done is None:
+            return False  # it ended by itself meanwhile
+        self._terminate(run)
+        pid = run.tags.get(WORKER_PID_TAG)
+        on_this_host = run.tags.get(WORKER_HOST_TAG) == hostname()
+        if pid is not None and on_this_host and pid != str(os.getpid()):
+            with contextlib.suppress(OSError, ValueError):  # never our own process: a thread
+                os.kill(int(pid), signal.SIGKILL)
+        return True
