@@ -215,3 +215,23 @@ def test_monitoring_can_be_disabled(tmp_path: Path) -> None:
         daemon = rc.Daemon(inst)
         assert daemon.monitor_once() is None
         assert "monitor" not in daemon.duties
+
+
+def test_cancel_while_starting_never_leaves_a_run_behind(tmp_path: Path) -> None:
+    from runcore.testing.contract_jobs import LOCATION
+
+    with rc.Instance.from_config({"storage": {"sqlite": {"path": str(tmp_path / "r.db")}}}) as inst:
+        runs = []
+        for delay in (0.0, 0.005, 0.02, 0.05, 0.1):
+            run = inst.submit_run("pid", code_location=LOCATION)
+            time.sleep(delay)  # cancel at different points of the worker's start
+            inst.cancel_run(run.run_id)
+            runs.append(run)
+        for run in runs:
+            done = inst.wait_for_run(run.run_id, timeout=30)
+            # Canceled, or it was fast enough to finish before the cancel reached it.
+            assert done.status in (rc.RunStatus.CANCELED, rc.RunStatus.SUCCESS), done
+        assert any(inst.get_run(r.run_id).status is rc.RunStatus.CANCELED for r in runs), (
+            "no cancel landed"
+        )
+        assert inst.storage.get_pool_leases() == []
