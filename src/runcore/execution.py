@@ -23,6 +23,7 @@ from runcore.events import ErrorInfo, Event, EventType
 from runcore.outputs import InMemoryOutputStore, OutputStore
 from runcore.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
 from runcore.runs import FailureKind, Run, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.executors.base import Executor
@@ -491,15 +492,12 @@ def execute_run(
     started = storage.transition(run.run_id, [RunStatus.STARTING], RunStatus.STARTED)
     if started is None:
         # Canceled before a worker picked it up: finish the cancel, start nothing.
-        canceled = storage.transition(
+        canceled = move_run(
+            storage,
             run.run_id,
             [RunStatus.CANCELING],
             RunStatus.CANCELED,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_CANCELED,
-                message="the run was canceled before it started",
-            ),
+            "the run was canceled before it started",
         )
         return (canceled or storage.get_run(run.run_id) or run), None
     execution: RunExecution | None = None
@@ -517,18 +515,14 @@ def execute_run(
         )
         (executor or job.executor or InProcessExecutor()).execute(execution)
     except BaseException as exc:
-        error = ErrorInfo.from_exception(exc)
-        final = storage.transition(
+        final = move_run(
+            storage,
             run.run_id,
             [RunStatus.STARTED, RunStatus.CANCELING],
             RunStatus.FAILURE,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_FAILURE,
-                message=f"the run's execution failed: {error}",
-                error=error,
-                data={"failure_kind": FailureKind.ENGINE.value},
-            ),
+            f"the run's execution failed: {type(exc).__name__}: {exc}",
+            error=exc,
+            kind=FailureKind.ENGINE,
         )
         if not isinstance(exc, Exception):
             raise
@@ -540,57 +534,34 @@ def _finish(execution: RunExecution) -> Run:
     run_id = execution.run.run_id
     storage = execution.storage
     canceled = execution.cancel.is_set() and execution.runner.interrupt is None
+    both = [RunStatus.STARTED, RunStatus.CANCELING]
     if execution.failed and not canceled:
         reason, data = _failure_reason(execution)
-        final = storage.transition(
-            run_id,
-            [RunStatus.STARTED, RunStatus.CANCELING],
-            RunStatus.FAILURE,
-            event=Event(run_id=run_id, event_type=EventType.RUN_FAILURE, message=reason, data=data),
-            failure_reason=reason,
-        )
+        final = move_run(storage, run_id, both, RunStatus.FAILURE, reason, data=data)
     elif canceled or execution.skipped:
         # The cancel event may have been set directly (not through Instance.cancel_run, which
         # moves the run to CANCELING first): STARTED cannot go straight to CANCELED.
-        storage.transition(
-            run_id,
-            [RunStatus.STARTED],
-            RunStatus.CANCELING,
-            event=Event(
-                run_id=run_id,
-                event_type=EventType.RUN_CANCELING,
-                message="the run's cancel event was set",
-            ),
+        move_run(
+            storage, run_id, [RunStatus.STARTED], RunStatus.CANCELING, "the run's cancel was set"
         )
-        final = storage.transition(
-            run_id,
-            [RunStatus.CANCELING],
-            RunStatus.CANCELED,
-            event=Event(
-                run_id=run_id, event_type=EventType.RUN_CANCELED, message="the run was canceled"
-            ),
+        final = move_run(
+            storage, run_id, [RunStatus.CANCELING], RunStatus.CANCELED, "the run was canceled"
         )
     else:
-        final = storage.transition(
+        final = move_run(
+            storage,
             run_id,
             [RunStatus.STARTED],
             RunStatus.SUCCESS,
-            event=Event(
-                run_id=run_id,
-                event_type=EventType.RUN_SUCCESS,
-                message=f"{len(execution.succeeded)} steps succeeded",
-            ),
+            f"{len(execution.succeeded)} steps succeeded",
         )
         if final is None:  # canceled while its last step ran: the cancel wins
-            final = storage.transition(
+            final = move_run(
+                storage,
                 run_id,
                 [RunStatus.CANCELING],
                 RunStatus.CANCELED,
-                event=Event(
-                    run_id=run_id,
-                    event_type=EventType.RUN_CANCELED,
-                    message="the run was canceled as it finished",
-                ),
+                "the run was canceled as it finished",
             )
     return final or storage.get_run(run_id) or execution.run
 

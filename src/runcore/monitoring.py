@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from runcore.events import Event, EventType
 from runcore.launchers.base import WORKER_HOST_TAG, WORKER_PID_TAG, HealthStatus, hostname
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
@@ -36,6 +35,7 @@ from runcore.runs import (
     RunsFilter,
     RunStatus,
 )
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.config import RunMonitoringConfig
@@ -129,19 +129,10 @@ class RunMonitor:
     # --- the actions ------------------------------------------------------------------------
 
     def _fail(self, run: Run, sources: list[RunStatus], reason: str, kind: FailureKind) -> bool:
-        done = self.storage.transition(
-            run.run_id,
-            sources,
-            RunStatus.FAILURE,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_FAILURE,
-                message=reason,
-                data={"failure_kind": kind.value},
-            ),
-            failure_reason=reason,
+        return (
+            move_run(self.storage, run.run_id, sources, RunStatus.FAILURE, reason, kind=kind)
+            is not None
         )
-        return done is not None
 
     def _terminate(self, run: Run) -> None:
         with contextlib.suppress(Exception):  # best effort: the status change is what counts
@@ -188,19 +179,13 @@ class RunMonitor:
         return failed
 
     def _force_cancel(self, run: Run, waited: float) -> bool:
-        done = self.storage.transition(
+        done = move_run(
+            self.storage,
             run.run_id,
             [RunStatus.CANCELING],
             RunStatus.CANCELED,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_CANCELED,
-                message=(
-                    f"canceled by force: the run was CANCELING for {waited:.0f} s, past "
-                    f"run_monitoring.cancel_timeout_seconds "
-                    f"({self.config.cancel_timeout_seconds:g} s)"
-                ),
-            ),
+            f"canceled by force: the run was CANCELING for {waited:.0f} s, past "
+            f"run_monitoring.cancel_timeout_seconds ({self.config.cancel_timeout_seconds:g} s)",
         )
         if done is None:
             return False  # it ended by itself meanwhile

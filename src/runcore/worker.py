@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 
 from runcore.errors import ConfigError, RuncoreError
-from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import FailureKind, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.execution import StepPools
@@ -93,22 +93,6 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
     return WorkerResources(storage, outputs, step_pools_for(cfg), JobRegistry())
 
 
-def _fail(storage: InstanceStorage, run_id: str, message: str, exc: BaseException) -> None:
-    error = ErrorInfo.from_exception(exc)
-    storage.transition(
-        run_id,
-        [RunStatus.STARTING],
-        RunStatus.FAILURE,
-        event=Event(
-            run_id=run_id,
-            event_type=EventType.RUN_FAILURE,
-            message=f"{message}: {error}",
-            error=error,
-            data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
-        ),
-    )
-
-
 def _install_cancel_handler(cancel: threading.Event) -> None:
     from runcore.execution import RunInterrupted, main_thread_in_op
 
@@ -133,15 +117,12 @@ def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) 
         return EXIT_USAGE
     if run.status is not RunStatus.STARTING:
         if run.status is RunStatus.CANCELING:
-            storage.transition(
+            move_run(
+                storage,
                 run_id,
                 [RunStatus.CANCELING],
                 RunStatus.CANCELED,
-                event=Event(
-                    run_id=run_id,
-                    event_type=EventType.RUN_CANCELED,
-                    message="the run was canceled before its worker started it",
-                ),
+                "the run was canceled before its worker started it",
             )
         err.write(f"runcore worker: run {run_id} is {run.status.value}, not STARTING\n")
         return EXIT_NOT_STARTABLE
@@ -153,7 +134,15 @@ def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) 
             )
         job = resources.jobs.load(run.code_location).get_job(run.job_name)
     except Exception as exc:
-        _fail(storage, run_id, "the worker could not load the run's job", exc)
+        move_run(
+            storage,
+            run_id,
+            [RunStatus.STARTING],
+            RunStatus.FAILURE,
+            f"the worker could not load the run's job: {type(exc).__name__}: {exc}",
+            error=exc,
+            kind=FailureKind.LAUNCH_FAILURE,
+        )
         err.write(f"runcore worker: run {run_id}: cannot load its job: {exc}\n")
         return EXIT_FAILURE
     final, _ = execute_run(

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore.errors import InstanceClosedError, RunNotFoundError
-from runcore.events import Event, EventType
-from runcore.runs import RunStatus
+from runcore.runs import FailureKind, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -83,15 +83,12 @@ class RunCoordinator(ABC):
             if run.status.is_terminal:
                 return False
             if run.status in (RunStatus.NOT_STARTED, RunStatus.QUEUED):
-                done = storage.transition(
+                done = move_run(
+                    storage,
                     run_id,
                     [run.status],
                     RunStatus.CANCELED,
-                    event=Event(
-                        run_id=run_id,
-                        event_type=EventType.RUN_CANCELED,
-                        message=f"canceled while {run.status.value}",
-                    ),
+                    f"canceled while {run.status.value}",
                 )
                 if done is not None:
                     return True
@@ -99,30 +96,33 @@ class RunCoordinator(ABC):
             if run.status is RunStatus.CANCELING:
                 self.context.launcher.terminate(run_id)
                 return True
-            moved = storage.transition(
-                run_id,
-                [run.status],
-                RunStatus.CANCELING,
-                event=Event(
-                    run_id=run_id, event_type=EventType.RUN_CANCELING, message="cancel requested"
-                ),
-            )
+            moved = move_run(storage, run_id, [run.status], RunStatus.CANCELING, "cancel requested")
             if moved is None:
                 continue
             if not self.context.launcher.terminate(run_id):
                 # No worker of this launcher holds it (it never got a thread, or it is gone):
                 # nothing will finish the cancel, so finish it here.
-                storage.transition(
+                move_run(
+                    storage,
                     run_id,
                     [RunStatus.CANCELING],
                     RunStatus.CANCELED,
-                    event=Event(
-                        run_id=run_id,
-                        event_type=EventType.RUN_CANCELED,
-                        message="canceled; no worker was executing the run",
-                    ),
+                    "canceled; no worker was executing the run",
                 )
             return True
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free resources (none by default)."""
+
+
+def fail_launch(storage: InstanceStorage, run_id: str, exc: BaseException) -> None:
+    """End a STARTING run whose launcher raised: FAILURE, kind ``launch_failure``."""
+    move_run(
+        storage,
+        run_id,
+        [RunStatus.STARTING],
+        RunStatus.FAILURE,
+        f"the launcher could not start the run: {type(exc).__name__}: {exc}",
+        error=exc,
+        kind=FailureKind.LAUNCH_FAILURE,
+    )

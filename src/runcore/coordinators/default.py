@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runcore.coordinators.base import RunCoordinator
+from runcore.coordinators.base import RunCoordinator, fail_launch
 from runcore.errors import RunLaunchError
-from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
     ISOLATION_TAG,
-    FailureKind,
     RunsFilter,
     RunStatus,
 )
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -34,19 +33,7 @@ class DefaultRunCoordinator(RunCoordinator):
         try:
             self.context.launcher.launch_run(starting)
         except Exception as exc:
-            error = ErrorInfo.from_exception(exc)
-            storage.transition(
-                run.run_id,
-                [RunStatus.STARTING],
-                RunStatus.FAILURE,
-                event=Event(
-                    run_id=run.run_id,
-                    event_type=EventType.RUN_FAILURE,
-                    message=f"the launcher could not start the run: {error}",
-                    error=error,
-                    data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
-                ),
-            )
+            fail_launch(storage, run.run_id, exc)
             if isinstance(exc, RunLaunchError):
                 raise
             raise RunLaunchError(
@@ -82,12 +69,7 @@ class DefaultRunCoordinator(RunCoordinator):
             f"runs are in progress ({', '.join(holders) or 'none'}); wait for one to end, raise "
             "the limit, or use runcore.coordinators:QueuedRunCoordinator to queue instead"
         )
-        storage.transition(
-            run.run_id,
-            [RunStatus.NOT_STARTED],
-            RunStatus.CANCELED,
-            event=Event(
-                run_id=run.run_id, event_type=EventType.RUN_CANCELED, message=f"refused: {message}"
-            ),
+        move_run(
+            storage, run.run_id, [RunStatus.NOT_STARTED], RunStatus.CANCELED, f"refused: {message}"
         )
         raise RunLaunchError(f"run {run.run_id} refused: {message}")

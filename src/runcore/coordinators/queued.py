@@ -25,21 +25,20 @@ from runcore.coordinators.admission import (
     admit,
     queue_order,
 )
-from runcore.coordinators.base import RunCoordinator
+from runcore.coordinators.base import RunCoordinator, fail_launch
 from runcore.errors import ConfigError
-from runcore.events import ErrorInfo, Event, EventType
+from runcore.events import Event, EventType
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
     PRIORITY_TAG,
-    FailureKind,
     Run,
     RunsFilter,
     RunStatus,
 )
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
-    from runcore.storage.base import InstanceStorage
 
 
 def limits_from_config(
@@ -161,15 +160,12 @@ class QueuedRunCoordinator(RunCoordinator):
         return f"QueuedRunCoordinator(max_launch_per_pass={self.max_launch_per_pass})"
 
     def submit_run(self, run: Run) -> Run:
-        queued = self.context.storage.transition(
+        queued = move_run(
+            self.context.storage,
             run.run_id,
             [RunStatus.NOT_STARTED],
             RunStatus.QUEUED,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_ENQUEUED,
-                message="queued; a daemon starts it when the limits allow",
-            ),
+            "queued; a daemon starts it when the limits allow",
         )
         return queued or self.context.storage.get_run(run.run_id) or run
 
@@ -268,7 +264,7 @@ class QueuedRunCoordinator(RunCoordinator):
         try:
             self.context.launcher.launch_run(starting)
         except Exception as exc:
-            _fail_launch(storage, run_id, exc)
+            fail_launch(storage, run_id, exc)
             return False
         return True
 
@@ -314,22 +310,6 @@ def _notes(run: Run, limits: Limits) -> list[str]:
         if tag_limit.limit == 0 and tag_limit.bucket(run.tags) is not None:
             notes.append(f"note: {tag_limit.describe(tag_limit.bucket(run.tags) or '')} is 0")
     return notes
-
-
-def _fail_launch(storage: InstanceStorage, run_id: str, exc: BaseException) -> None:
-    error = ErrorInfo.from_exception(exc)
-    storage.transition(
-        run_id,
-        [RunStatus.STARTING],
-        RunStatus.FAILURE,
-        event=Event(
-            run_id=run_id,
-            event_type=EventType.RUN_FAILURE,
-            message=f"the launcher could not start the run: {error}",
-            error=error,
-            data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
-        ),
-    )
 
 
 __all__ = [

@@ -31,7 +31,6 @@ from typing import IO, TYPE_CHECKING
 import attrs
 
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.events import Event, EventType
 from runcore.instance import WORKER_ENV
 from runcore.launchers.base import (
     WORKER_HOST_TAG,
@@ -44,6 +43,7 @@ from runcore.launchers.base import (
     worker_tags,
 )
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -373,31 +373,22 @@ class SubprocessRunLauncher(RunLauncher):
             if tail:
                 reason += f"; its last output:\n{tail}"
             if run.status is RunStatus.CANCELING:
-                storage.transition(
+                move_run(
+                    storage,
                     run_id,
                     [RunStatus.CANCELING],
                     RunStatus.CANCELED,
-                    event=Event(
-                        run_id=run_id,
-                        event_type=EventType.RUN_CANCELED,
-                        message=f"canceled: {reason}",
-                    ),
+                    f"canceled: {reason}",
                 )
             else:
-                storage.transition(
+                move_run(
+                    storage,
                     run_id,
                     [RunStatus.STARTING, RunStatus.STARTED],
                     RunStatus.FAILURE,
-                    event=Event(
-                        run_id=run_id,
-                        event_type=EventType.RUN_FAILURE,
-                        message=reason,
-                        data={
-                            "exit_code": code,
-                            "failure_kind": FailureKind.WORKER_DIED.value,
-                        },
-                    ),
-                    failure_reason=reason,
+                    reason,
+                    kind=FailureKind.WORKER_DIED,
+                    data={"exit_code": code},
                 )
         worker.stderr.close()
 

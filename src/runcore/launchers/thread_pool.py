@@ -9,7 +9,6 @@ import threading
 from typing import TYPE_CHECKING
 
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.events import ErrorInfo, Event, EventType
 from runcore.execution import execute_run
 from runcore.launchers.base import (
     WORKER_PID_TAG,
@@ -20,6 +19,7 @@ from runcore.launchers.base import (
     worker_tags,
 )
 from runcore.runs import FailureKind, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -88,18 +88,14 @@ class ThreadPoolRunLauncher(RunLauncher):
             try:
                 job = context.resolve_job(run)
             except Exception as exc:
-                error = ErrorInfo.from_exception(exc)
-                context.storage.transition(
+                move_run(
+                    context.storage,
                     run.run_id,
                     [RunStatus.STARTING],
                     RunStatus.FAILURE,
-                    event=Event(
-                        run_id=run.run_id,
-                        event_type=EventType.RUN_FAILURE,
-                        message=f"the run's job could not be loaded: {error}",
-                        error=error,
-                        data={"failure_kind": FailureKind.LAUNCH_FAILURE.value},
-                    ),
+                    f"the run's job could not be loaded: {type(exc).__name__}: {exc}",
+                    error=exc,
+                    kind=FailureKind.LAUNCH_FAILURE,
                 )
                 return
             execute_run(
@@ -114,18 +110,15 @@ class ThreadPoolRunLauncher(RunLauncher):
             # execute_run ends every run it started; this is the last guard, for a failure of
             # the storage itself, so that no run is left in progress without a worker.
             log.exception("run %s: the run thread failed", run.run_id)
-            error = ErrorInfo.from_exception(exc)
             with contextlib.suppress(Exception):
-                context.storage.transition(
+                move_run(
+                    context.storage,
                     run.run_id,
                     [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
                     RunStatus.FAILURE,
-                    event=Event(
-                        run_id=run.run_id,
-                        event_type=EventType.RUN_FAILURE,
-                        message=f"the run's thread failed: {error}",
-                        error=error,
-                    ),
+                    f"the run's thread failed: {type(exc).__name__}: {exc}",
+                    error=exc,
+                    kind=FailureKind.ENGINE,
                 )
         finally:
             with self._lock:

@@ -27,7 +27,7 @@ from typing import Any, Self
 import attrs
 
 from runcore.errors import DuplicateRunError
-from runcore.events import STATUS_EVENT_TYPES, Event, EventRecord, EventType
+from runcore.events import STATUS_EVENT_TYPES, ErrorInfo, Event, EventRecord, EventType
 from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 
 #: Seconds after its last attempt that a waiting slot claim stops holding its place in line.
@@ -285,6 +285,34 @@ def status_event(run: Run, to_status: RunStatus, event: Event | None, now: float
     if event is not None:
         return event
     return Event(run_id=run.run_id, event_type=STATUS_EVENT_TYPES[to_status], timestamp=now)
+
+
+def move_run(
+    storage: RunStorage,
+    run_id: str,
+    from_statuses: Sequence[RunStatus],
+    to_status: RunStatus,
+    message: str = "",
+    *,
+    error: BaseException | ErrorInfo | None = None,
+    kind: FailureKind | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Run | None:
+    """``storage.transition`` with its status event made from a message: the one way runcore
+    moves a run with a reason. For a failure, ``error`` (an exception is captured) and ``kind``
+    go on the event, and so on the run (``failure_reason``, ``failure_kind``)."""
+    info = ErrorInfo.from_exception(error) if isinstance(error, BaseException) else error
+    event_data = dict(data or {})
+    if kind is not None:
+        event_data["failure_kind"] = kind.value
+    event = Event(
+        run_id=run_id,
+        event_type=STATUS_EVENT_TYPES[to_status],
+        message=message,
+        error=info,
+        data=event_data,
+    )
+    return storage.transition(run_id, from_statuses, to_status, event=event)
 
 
 def apply_transition(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from runcore.events import Event, EventType
-from runcore.launchers.base import RunLauncher, WorkerHealth
-from runcore.runs import LEGAL_TRANSITIONS, Run, RunStatus
+from runcore.launchers.base import RunLauncher
+from runcore.runs import Run, RunStatus
+from runcore.storage.base import move_run
 
 
 class RecordingLauncher(RunLauncher):
@@ -38,35 +38,11 @@ class RecordingLauncher(RunLauncher):
             if known:
                 self.terminated.append(run_id)
         if known:
-            self.context.storage.transition(
+            move_run(
+                self.context.storage,
                 run_id,
                 [RunStatus.CANCELING],
                 RunStatus.CANCELED,
-                event=Event(
-                    run_id=run_id,
-                    event_type=EventType.RUN_CANCELED,
-                    message="terminated by RecordingLauncher",
-                ),
-            )
-        return known
-
-    def check_run_worker_health(self, run: Run) -> WorkerHealth:
-        with self._lock:
-            known = any(r.run_id == run.run_id for r in self.launched)
-        return WorkerHealth.running() if known else WorkerHealth.unknown("never launched here")
-
-    def finish(self, run_id: str, status: RunStatus = RunStatus.SUCCESS) -> Run:
-        """End a launched run as if its worker had executed it (STARTED, then ``status``)."""
-        storage = self.context.storage
-        storage.transition(run_id, [RunStatus.STARTING], RunStatus.STARTED)
-        sources = [
-            s for s in (RunStatus.STARTED, RunStatus.CANCELING) if status in LEGAL_TRANSITIONS[s]
-        ]
-        ended = storage.transition(run_id, sources, status)
-        if ended is None:
-            current = storage.get_run(run_id)
-            raise ValueError(
-                f"run {run_id} cannot be finished as {status.value}: it is "
-                f"{current.status.value if current else 'unknown'}"
+                "terminated by RecordingLauncher",
             )
         return ended
