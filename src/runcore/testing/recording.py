@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from runcore.launchers.base import RunLauncher
-from runcore.runs import Run, RunStatus
+from runcore.launchers.base import RunLauncher, WorkerHealth
+from runcore.runs import LEGAL_TRANSITIONS, Run, RunStatus
 from runcore.storage.base import move_run
 
 
@@ -44,5 +44,26 @@ class RecordingLauncher(RunLauncher):
                 [RunStatus.CANCELING],
                 RunStatus.CANCELED,
                 "terminated by RecordingLauncher",
+            )
+        return known
+
+    def check_run_worker_health(self, run: Run) -> WorkerHealth:
+        with self._lock:
+            known = any(r.run_id == run.run_id for r in self.launched)
+        return WorkerHealth.running() if known else WorkerHealth.unknown("never launched here")
+
+    def finish(self, run_id: str, status: RunStatus = RunStatus.SUCCESS) -> Run:
+        """End a launched run as if its worker had executed it (STARTED, then ``status``)."""
+        storage = self.context.storage
+        storage.transition(run_id, [RunStatus.STARTING], RunStatus.STARTED)
+        sources = [
+            s for s in (RunStatus.STARTED, RunStatus.CANCELING) if status in LEGAL_TRANSITIONS[s]
+        ]
+        ended = storage.transition(run_id, sources, status)
+        if ended is None:
+            current = storage.get_run(run_id)
+            raise ValueError(
+                f"run {run_id} cannot be finished as {status.value}: it is "
+                f"{current.status.value if current else 'unknown'}"
             )
         return ended
