@@ -308,7 +308,13 @@ def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.codeserver.server import serve
+    try:
+        from runcore.codeserver.server import serve
+    except ImportError as exc:
+        raise UsageError(
+            f"the code server cannot start: {exc}; reinstall runcore's dependencies "
+            "(grpcio>=1.72.2, protobuf>=6.30)"
+        ) from exc
 
     max_workers = args.max_workers
     if max_workers is None:

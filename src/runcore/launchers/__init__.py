@@ -1,7 +1,7 @@
 """Launchers: where a run executes (threads here, worker processes, code servers, ECS).
 
-``SubprocessRunLauncher`` is imported on first use, so ``import runcore`` does not load
-``subprocess`` and friends.
+``SubprocessRunLauncher`` and ``CodeServerRunLauncher`` are imported on first use, so
+``import runcore`` loads neither ``subprocess`` nor ``grpc``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from runcore.launchers.routing import IsolationRouter
 from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 
 if TYPE_CHECKING:
+    from runcore.launchers.code_server import CodeServerRunLauncher
     from runcore.launchers.subprocess import SubprocessRunLauncher
 
 __all__ = [
+    "CodeServerRunLauncher",
     "HealthStatus",
     "IsolationRouter",
     "LaunchContext",
@@ -31,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from runcore.launchers.subprocess import SubprocessRunLauncher
 
         return SubprocessRunLauncher
+    if name == "CodeServerRunLauncher":
+        from runcore.launchers.code_server import CodeServerRunLauncher
+
+        return CodeServerRunLauncher
     raise AttributeError(f"module 'runcore.launchers' has no attribute {name!r}")

@@ -152,6 +152,8 @@ class CodeServerRunLauncher(RunLauncher):
         """Live, accepting replicas from least to most utilized; and why the others are not."""
         from runcore.codeserver.client import CodeServerError
 
+        if len(self.addresses) == 1:
+            return list(self.addresses), []  # nothing to choose: ExecuteRun says if it is down
         with self._lock:
             start = self._turn % len(self.addresses)
             self._turn += 1

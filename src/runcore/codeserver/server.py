@@ -1,0 +1,878 @@
+"""The code server: one code location, imported once, serving non-isolated runs over gRPC.
+
+::
+
+    runcore code-server --location pkg.mod:defs [--host 127.0.0.1] [--port 4266]
+                        [--max-workers N] [--run-mode thread|process] [--token SECRET]
+
+A launcher (:class:`~runcore.launchers.code_server.CodeServerRunLauncher`) stores a run in
+STARTING and calls ``ExecuteRun(run_id)``. The server checks the run (it exists, is STARTING, its
+job is in the served location), queues it, and answers at once. One of ``max_workers`` run
+workers picks it up and executes it with :func:`runcore.execution.execute_run` on its thread
+(``--run-mode thread``), or waits on a child ``python -m runcore worker execute-run RUN_ID``
+(``--run-mode process``). Runs beyond ``max_workers`` wait in the server's queue, counted by
+``GetUtilization`` and logged as one JSON line every ``log_interval`` seconds.
+
+Runs and events go to the instance storage named by ``--instance``, which must be one other
+processes can open (SQLite, PostgreSQL): the launcher and the server meet there, and nothing
+crosses gRPC but run ids and counters.
+
+Stopping: the ``Shutdown`` RPC, SIGTERM or SIGINT drain the server: it refuses new runs, waits
+for the runs it holds (up to the RPC's timeout, or :data:`SIGNAL_DRAIN_TIMEOUT` seconds after a
+signal; a second signal cuts the wait short), cancels what is left, and stops. The exit code is
+0 when every held run ended within the timeout, 1 otherwise.
+
+A server that dies without draining (SIGKILL, a crash) takes its thread-mode runs with it;
+launchers then report those runs' workers DEAD, naming the server's address, and the daemon's
+run monitoring fails them. In process mode the worker processes are in their own sessions and
+outlive a killed server: their runs are still reported DEAD (the server that held them is gone).
+
+Security: the server binds loopback by default. With a token, every call must carry it in the
+``runcore-token`` metadata header (else ``UNAUTHENTICATED``); binding any other address without
+a token is refused. The channel is not encrypted: outside one host, run it on a private network.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
+
+import attrs
+import grpc
+
+from runcore.codeserver.client import (
+    DRAINING_MESSAGE,
+    TOKEN_METADATA_KEY,
+    RemoteRunState,
+    Utilization,
+    pb2,
+    pb2_grpc,
+)
+from runcore.errors import ConfigError, RuncoreError, UnknownJobError
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
+
+if TYPE_CHECKING:
+    from runcore.definitions import Definitions, Job
+    from runcore.runs import Run
+    from runcore.worker import WorkerResources
+
+log = logging.getLogger("runcore.codeserver")
+
+#: Seconds a signal-initiated drain waits for held runs before canceling them.
+SIGNAL_DRAIN_TIMEOUT = 30.0
+#: Seconds canceled runs get to end after a drain timed out, before the server stops anyway.
+CANCEL_WAIT = 10.0
+#: Seconds between SIGTERM and SIGKILL for a run's worker process (``--run-mode process``).
+PROCESS_GRACE = 5.0
+
+RUN_MODES = ("thread", "process")
+
+_PROTO_STATE = {
+    RemoteRunState.UNKNOWN: pb2.RUN_STATE_UNKNOWN,
+    RemoteRunState.QUEUED: pb2.RUN_STATE_QUEUED,
+    RemoteRunState.RUNNING: pb2.RUN_STATE_RUNNING,
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _abort(context: Any, code: Any, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc's context.abort returned")  # it raises; this satisfies typing
+
+
+@attrs.define(eq=False)
+class _HeldRun:
+    """A run this server holds, from ``ExecuteRun`` until its worker is done with it.
+
+    Mutable fields are guarded by the server's lock.
+    """
+
+    run: Run
+    job: Job | None  # None in process mode: the child loads it
+    cancel: threading.Event = attrs.field(factory=threading.Event)
+    state: RemoteRunState = RemoteRunState.QUEUED
+    dropped: bool = False  # canceled while queued: the worker that picks it up skips it
+    process: subprocess.Popen[bytes] | None = None
+    term_sent_at: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+
+class _RunWorkers:
+    """A bounded pool of run worker threads taking held runs in FIFO order.
+
+    Threads: up to ``max_workers`` daemon threads named ``runcore-codeserver-run-N``, each
+    started when a run is queued and no worker is idle, so an idle server holds none. They
+    exit after :meth:`stop` once the queue is empty; a worker busy with a run exits after it.
+    Daemon threads, so that an op that ignores its cancel cannot keep the process alive.
+    """
+
+    def __init__(self, max_workers: int, work: Callable[[_HeldRun], None]) -> None:
+        self.max_workers = max_workers
+        self._work = work
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_HeldRun] = collections.deque()
+        self._threads = 0
+        self._idle = 0
+        self._started = 0
+        self._stopping = False
+
+    def submit(self, held: _HeldRun) -> None:
+        """Queue ``held``; a worker takes it as soon as one is free."""
+        with self._cond:
+            self._queue.append(held)
+            if len(self._queue) > self._idle and self._threads < self.max_workers:
+                self._threads += 1
+                self._started += 1
+                threading.Thread(
+                    target=self._loop, name=f"runcore-codeserver-run-{self._started}", daemon=True
+                ).start()
+            else:
+                self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._idle += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle -= 1
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                held = self._queue.popleft()
+            try:
+                self._work(held)
+            except BaseException:
+                log.exception("code server: run %s: the run worker failed", held.run_id)
+
+    def stop(self) -> None:
+        """Let idle workers exit; busy ones exit after their run."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+
+class _TokenCheck(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls that do not carry the server's token (``UNAUTHENTICATED``)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+        self._missing = self._deny(
+            f"this code server requires a token: send it in the {TOKEN_METADATA_KEY!r} metadata "
+            "header (configure CodeServerRunLauncher with token: ..., the same secret the "
+            "server was started with)"
+        )
+        self._wrong = self._deny(
+            f"the {TOKEN_METADATA_KEY!r} metadata header does not match this code server's token; "
+            "configure the launcher with the token the server was started with "
+            "(--token or $RUNCORE_CODE_SERVER_TOKEN)"
+        )
+
+    @staticmethod
+    def _deny(message: str) -> Any:
+        def deny(request: Any, context: Any) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        given = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == TOKEN_METADATA_KEY:
+                given = value
+        if given is None:
+            return self._missing
+        if not hmac.compare_digest(str(given).encode(), self._token):
+            return self._wrong
+        return continuation(handler_call_details)
+
+
+class CodeServer(pb2_grpc.CodeServerServicer):
+    """The ``CodeServer`` gRPC service and the runs it holds.
+
+    ``defs`` are the served location's definitions (loaded by :func:`serve`); ``resources``
+    the storage (started), output store and pool settings; ``instance_config`` the config text
+    child workers get in process mode.
+
+    Threads: RPC methods run on gRPC's handler threads (they never execute op code, so calls
+    answer while every run worker is busy); runs execute on :class:`_RunWorkers` threads; one
+    utilization logger ``runcore-codeserver-log`` while ``log_interval > 0``, started by
+    :meth:`start_logging`. :meth:`drain` (on the thread of :func:`serve`) waits for runs and
+    cancels the rest; :meth:`close` stops the workers and the logger.
+    """
+
+    def __init__(
+        self,
+        *,
+        location: str,
+        defs: Definitions,
+        resources: WorkerResources,
+        max_workers: int,
+        run_mode: str = "thread",
+        instance_config: str = "",
+        log_interval: float = 10.0,
+        log_stream: TextIO | None = None,
+        process_grace: float = PROCESS_GRACE,
+    ) -> None:
+        if run_mode not in RUN_MODES:
+            raise ConfigError(f"run_mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
+        self.location = location
+        self.defs = defs
+        self.resources = resources
+        self.max_workers = max_workers
+        self.run_mode = run_mode
+        self.instance_config = instance_config
+        self.log_interval = log_interval
+        self.process_grace = process_grace
+        self.server_id = uuid.uuid4().hex
+        self._log_stream = log_stream or sys.stdout
+        self._lock = threading.Condition()
+        self._held: dict[str, _HeldRun] = {}
+        self._running = 0
+        self._queued = 0
+        self._workers = _RunWorkers(max_workers, self._work)
+        self._draining = False
+        self._stop_requested = threading.Event()
+        self._deadline = float("inf")
+        self._closed = threading.Event()
+        self._logger_thread: threading.Thread | None = None
+        self._structlog: Any = None
+
+    # --- state ------------------------------------------------------------------------------
+
+    def utilization(self) -> Utilization:
+        """The run workers' load now."""
+        with self._lock:
+            return Utilization(
+                max_concurrent_requests=self.max_workers,
+                num_running_requests=self._running,
+                num_queued_requests=self._queued,
+                draining=self._draining,
+            )
+
+    def _proto_utilization(self) -> pb2.Utilization:
+        util = self.utilization()
+        return pb2.Utilization(
+            max_concurrent_requests=util.max_concurrent_requests,
+            num_running_requests=util.num_running_requests,
+            num_queued_requests=util.num_queued_requests,
+            draining=util.draining,
+        )
+
+    # --- RPCs -------------------------------------------------------------------------------
+
+    def Ping(self, request: pb2.PingRequest, context: Any) -> pb2.PingReply:
+        from runcore import __version__
+
+        return pb2.PingReply(
+            echo=request.echo,
+            server_id=self.server_id,
+            pid=os.getpid(),
+            location=self.location,
+            run_mode=self.run_mode,
+            runcore_version=__version__,
+        )
+
+    def ListJobs(self, request: pb2.ListJobsRequest, context: Any) -> pb2.ListJobsReply:
+        return pb2.ListJobsReply(
+            location=self.location,
+            jobs=[
+                pb2.JobInfo(
+                    name=job.name,
+                    description=job.description or "",
+                    op_names=list(job.order),
+                    tags=dict(job.tags),
+                )
+                for job in sorted(self.defs.jobs, key=lambda j: j.name)
+            ],
+        )
+
+    def GetUtilization(self, request: pb2.GetUtilizationRequest, context: Any) -> pb2.Utilization:
+        return self._proto_utilization()
+
+    def GetRunState(self, request: pb2.GetRunStateRequest, context: Any) -> pb2.GetRunStateReply:
+        with self._lock:
+            held = self._held.get(request.run_id)
+            if held is None:
+                return pb2.GetRunStateReply(
+                    state=pb2.RUN_STATE_UNKNOWN, pid=0, server_id=self.server_id
+                )
+            state = held.state
+            if self.run_mode == "process":
+                pid = held.process.pid if held.process is not None else 0
+            else:
+                pid = os.getpid() if state is RemoteRunState.RUNNING else 0
+        return pb2.GetRunStateReply(state=_PROTO_STATE[state], pid=pid, server_id=self.server_id)
+
+    def ExecuteRun(self, request: pb2.ExecuteRunRequest, context: Any) -> pb2.ExecuteRunReply:
+        run_id = request.run_id
+        if not run_id:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ExecuteRun needs a run_id")
+        self._check_accepting(context, run_id)
+        try:
+            run = self.resources.storage.get_run(run_id)
+        except RuncoreError as exc:
+            _abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                f"the code server could not read run {run_id} from its storage: "
+                f"{type(exc).__name__}: {exc}",
+            )
+        if run is None:
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no run with id {run_id!r} in this code server's storage; is the server "
+                "started with the same instance storage (--instance) as the launcher?",
+            )
+        if run.status is not RunStatus.STARTING:
+            _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {run_id} is {run.status.value}, not STARTING: ExecuteRun takes a run a "
+                "launcher has just moved to STARTING (someone else started, canceled or ended it)",
+            )
+        try:
+            job = self.defs.get_job(run.job_name)
+        except UnknownJobError:
+            where = (
+                f" (the run names code location {run.code_location!r})"
+                if run.code_location and run.code_location != self.location
+                else ""
+            )
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"run {run_id} is of job {run.job_name!r}, which code location "
+                f"{self.location!r} served here does not define{where}; its jobs: "
+                f"{', '.join(self.defs.job_names) or 'none'}. Send the run to a code server of "
+                "its own location",
+            )
+        held = _HeldRun(run=run, job=job if self.run_mode == "thread" else None)
+        with self._lock:
+            self._check_accepting(context, run_id)
+            self._held[run_id] = held
+            self._queued += 1
+        self._workers.submit(held)
+        with self._lock:
+            state = held.state
+        return pb2.ExecuteRunReply(
+            run_id=run_id, state=_PROTO_STATE[state], utilization=self._proto_utilization()
+        )
+
+    def _check_accepting(self, context: Any, run_id: str) -> None:
+        if self._draining:
+            _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"{DRAINING_MESSAGE} (shutting down) and accepts no new runs; send run "
+                f"{run_id} to another replica",
+            )
+        held = self._held.get(run_id)
+        if held is not None:
+            _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"run {run_id} is already held by this code server ({held.state.value})",
+            )
+
+    def CancelRun(self, request: pb2.CancelRunRequest, context: Any) -> pb2.CancelRunReply:
+        state = self.cancel(request.run_id)
+        return pb2.CancelRunReply(
+            found=state is not None, state=_PROTO_STATE[state or RemoteRunState.UNKNOWN]
+        )
+
+    def Shutdown(self, request: pb2.ShutdownRequest, context: Any) -> pb2.ShutdownReply:
+        with self._lock:
+            held = len(self._held)
+        self.request_stop(max(0.0, request.timeout_seconds))
+        return pb2.ShutdownReply(in_flight_runs=held)
+
+    # --- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, run_id: str) -> RemoteRunState | None:
+        """Cancel a held run; returns its state before, or None if the server does not hold it.
+
+        A queued run is dropped and ends CANCELED here; an executing run's cancel is set (in
+        process mode its worker gets SIGTERM, then SIGKILL after ``process_grace`` seconds).
+        """
+        with self._lock:
+            held = self._held.get(run_id)
+            if held is None:
+                return None
+            state = held.state
+            if state is RemoteRunState.QUEUED:
+                held.dropped = True
+                self._release(held)
+            else:
+                held.cancel.set()
+                self._signal_child(held)
+        if state is RemoteRunState.QUEUED:
+            self._cancel_unstarted(held.run, "while it was queued on the code server")
+        return state
+
+    def _signal_child(self, held: _HeldRun) -> None:
+        # Called with the lock held.
+        if held.process is None or held.term_sent_at is not None:
+            return
+        with contextlib.suppress(OSError):
+            held.process.send_signal(signal.SIGTERM)
+        held.term_sent_at = time.monotonic()
+
+    def _cancel_unstarted(self, run: Run, when: str) -> None:
+        storage = self.resources.storage
+        storage.transition(
+            run.run_id,
+            [RunStatus.STARTING],
+            RunStatus.CANCELING,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_CANCELING,
+                message=f"canceled {when}",
+            ),
+        )
+        storage.transition(
+            run.run_id,
+            [RunStatus.CANCELING],
+            RunStatus.CANCELED,
+            event=Event(
+                run_id=run.run_id,
+                event_type=EventType.RUN_CANCELED,
+                message=f"canceled {when}, before a run worker started it",
+            ),
+        )
+
+    def _release(self, held: _HeldRun) -> None:
+        # Called with the lock held: the server no longer holds the run.
+        if self._held.get(held.run_id) is held:
+            del self._held[held.run_id]
+            if held.state is RemoteRunState.QUEUED:
+                self._queued -= 1
+            else:
+                self._running -= 1
+            self._lock.notify_all()
+
+    # --- executing --------------------------------------------------------------------------
+
+    def _work(self, held: _HeldRun) -> None:
+        """Execute one held run on this run worker thread (never raises for the run's errors)."""
+        with self._lock:
+            if held.dropped:
+                return
+            held.state = RemoteRunState.RUNNING
+            self._queued -= 1
+            self._running += 1
+        try:
+            if self.run_mode == "process":
+                self._execute_in_child(held)
+            else:
+                from runcore.execution import execute_run
+
+                assert held.job is not None
+                execute_run(
+                    held.run,
+                    held.job,
+                    storage=self.resources.storage,
+                    output_store=self.resources.output_store,
+                    cancel=held.cancel,
+                    pools=self.resources.pools,
+                )
+        except BaseException as exc:
+            # execute_run ends every run it started (and re-raises SystemExit and the like
+            # after failing the run); this guards against a failure of the storage itself, so
+            # that no run is left in progress without a worker.
+            log.exception("code server: run %s: the run worker failed", held.run_id)
+            self._fail(held.run_id, f"the code server's run worker failed: {exc}", exc)
+        finally:
+            with self._lock:
+                self._release(held)
+
+    def _fail(
+        self,
+        run_id: str,
+        message: str,
+        exc: BaseException | None = None,
+        kind: FailureKind = FailureKind.ENGINE,
+    ) -> None:
+        """Fail an in-progress run with ``message`` (best effort: storage errors are ignored)."""
+        error = ErrorInfo.from_exception(exc) if exc is not None else None
+        with contextlib.suppress(Exception):
+            self.resources.storage.transition(
+                run_id,
+                [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
+                RunStatus.FAILURE,
+                event=Event(
+                    run_id=run_id,
+                    event_type=EventType.RUN_FAILURE,
+                    message=message,
+                    error=error,
+                    data={"failure_kind": kind.value},
+                ),
+                failure_reason=message,
+            )
+
+    def _child_env(self) -> dict[str, str]:
+        from runcore.instance import WORKER_ENV
+
+        env = dict(os.environ)
+        # The worker must import what this server can: same sys.path, current dir included.
+        paths = [os.getcwd() if p == "" else p for p in sys.path]
+        existing = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
+        )
+        env[WORKER_ENV] = "1"
+        return env
+
+    def _execute_in_child(self, held: _HeldRun) -> None:
+        run_id = held.run_id
+        if held.cancel.is_set():
+            self._cancel_unstarted(held.run, "before its worker process was started")
+            return
+        # Kept open until the worker exits, then read for the failure reason.
+        with tempfile.TemporaryFile(prefix="runcore-codeserver-worker-") as stderr:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "runcore",
+                    "worker",
+                    "execute-run",
+                    run_id,
+                    "--instance",
+                    self.instance_config,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=self._child_env(),
+                start_new_session=True,  # a Ctrl-C of the server does not reach the runs
+            )
+            with self._lock:
+                held.process = process
+                if held.cancel.is_set():
+                    self._signal_child(held)
+            code = self._wait_child(held, process)
+            self._after_child_exit(held, process.pid, code, _tail(stderr))
+
+    def _wait_child(self, held: _HeldRun, process: subprocess.Popen[bytes]) -> int:
+        killed = False
+        while True:
+            try:
+                return process.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            with self._lock:
+                sent = held.term_sent_at
+            if sent is not None and not killed and time.monotonic() - sent >= self.process_grace:
+                with contextlib.suppress(OSError):
+                    process.kill()
+                killed = True
+
+    def _after_child_exit(self, held: _HeldRun, pid: int, code: int, tail: str) -> None:
+        from runcore.launchers.subprocess import describe_exit
+
+        storage = self.resources.storage
+        run = storage.get_run(held.run_id)
+        if run is None or run.status not in IN_PROGRESS_STATUSES:
+            return
+        reason = f"the run's worker process {pid} (of code server pid {os.getpid()}) " + (
+            describe_exit(code)
+        )
+        if tail:
+            reason += f"; its last output:\n{tail}"
+        if held.cancel.is_set():
+            storage.transition(
+                held.run_id,
+                [RunStatus.STARTING, RunStatus.STARTED],
+                RunStatus.CANCELING,
+                event=Event(
+                    run_id=held.run_id, event_type=EventType.RUN_CANCELING, message="canceling"
+                ),
+            )
+            storage.transition(
+                held.run_id,
+                [RunStatus.CANCELING],
+                RunStatus.CANCELED,
+                event=Event(
+                    run_id=held.run_id,
+                    event_type=EventType.RUN_CANCELED,
+                    message=f"canceled: {reason}",
+                ),
+            )
+            return
+        storage.transition(
+            held.run_id,
+            [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
+            RunStatus.FAILURE,
+            event=Event(
+                run_id=held.run_id,
+                event_type=EventType.RUN_FAILURE,
+                message=reason,
+                data={"exit_code": code, "failure_kind": FailureKind.WORKER_DIED.value},
+            ),
+            failure_reason=reason,
+        )
+
+    # --- logging ----------------------------------------------------------------------------
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        """Write one JSON line (structlog) to the server's log stream."""
+        if self._structlog is None:
+            import structlog
+
+            self._structlog = structlog.wrap_logger(
+                structlog.PrintLogger(file=self._log_stream),
+                processors=[
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.JSONRenderer(),
+                ],
+            )
+        with contextlib.suppress(Exception):  # a closed or broken stream must not stop us
+            self._structlog.info(event, server_id=self.server_id, **fields)
+
+    def start_logging(self) -> None:
+        """Start the utilization logger (one JSON line every ``log_interval`` seconds)."""
+        if self.log_interval <= 0 or self._logger_thread is not None:
+            return
+        self._logger_thread = threading.Thread(
+            target=self._log_loop, name="runcore-codeserver-log", daemon=True
+        )
+        self._logger_thread.start()
+
+    def _log_loop(self) -> None:
+        while not self._closed.wait(self.log_interval):
+            self.log_event("code_server_utilization", **self.utilization().as_dict())
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def request_stop(self, timeout: float) -> None:
+        """Begin draining: refuse new runs, give held runs ``timeout`` more seconds.
+
+        Safe from any thread and from a signal handler (it takes no lock); a later request can
+        only shorten the wait.
+        """
+        self._draining = True
+        self._deadline = min(self._deadline, time.monotonic() + timeout)
+        self._stop_requested.set()
+
+    def wait_for_stop_request(self, poll: float = 0.5) -> None:
+        """Block until :meth:`request_stop` (an RPC, a signal)."""
+        while not self._stop_requested.wait(poll):
+            pass
+
+    def drain(self) -> bool:
+        """Wait for held runs until the stop deadline, then cancel the rest.
+
+        Returns True when every held run ended in time (a clean drain). Runs still executing
+        :data:`CANCEL_WAIT` seconds after their cancel (an op that ignores it) are failed with
+        the reason, so that none stays in progress once the server is gone.
+        """
+        with self._lock:
+            held = len(self._held)
+        self.log_event("code_server_draining", in_flight_runs=held)
+        clean = self._wait_for_held(lambda: self._deadline)
+        if clean:
+            return True
+        with self._lock:
+            leftovers = list(self._held)
+        for run_id in leftovers:
+            self.cancel(run_id)
+        cancel_deadline = time.monotonic() + max(CANCEL_WAIT, self.process_grace + 1.0)
+        if not self._wait_for_held(lambda: cancel_deadline):
+            with self._lock:
+                stuck = list(self._held.values())
+            for item in stuck:
+                self._fail(
+                    item.run_id,
+                    f"the code server (pid {os.getpid()}) stopped while the run was executing: "
+                    "the drain timed out and the run did not stop on cancel",
+                    kind=FailureKind.WORKER_DIED,
+                )
+        self.log_event("code_server_drain_timed_out", canceled_runs=len(leftovers))
+        return False
+
+    def _wait_for_held(self, deadline: Callable[[], float]) -> bool:
+        while True:
+            with self._lock:
+                if not self._held:
+                    return True
+                remaining = deadline() - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Short waits: a signal handler may shorten the deadline without notifying.
+                self._lock.wait(min(remaining, 0.1))
+
+    def close(self) -> None:
+        """Stop the run workers and the logger (after :meth:`drain`)."""
+        self._closed.set()
+        self._workers.stop()
+        if self._logger_thread is not None:
+            self._logger_thread.join(timeout=5)
+
+
+def _tail(stream: IO[bytes], limit: int = 2000) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        stream.seek(0, os.SEEK_END)
+        size = stream.tell()
+        stream.seek(max(0, size - limit))
+        return stream.read().decode(errors="replace").strip()
+    return ""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: CodeServer) -> Iterator[None]:
+    """SIGTERM/SIGINT drain the server; a second one cuts the wait short. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal received
+        received += 1
+        server.request_stop(SIGNAL_DRAIN_TIMEOUT if received == 1 else 0.0)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _bind(server: Any, host: str, port: int) -> int:
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    try:
+        bound = int(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"the code server cannot listen on {address}: {exc}; is the port in use? Pick "
+            "another --port (0: any free port)"
+        ) from exc
+    if bound == 0:
+        raise ConfigError(
+            f"the code server cannot listen on {address}; is the port in use? Pick another "
+            "--port (0: any free port)"
+        )
+    return bound
+
+
+def serve(
+    location: str,
+    *,
+    host: str,
+    port: int,
+    max_workers: int,
+    instance: str,
+    run_mode: str,
+    token: str | None,
+    log_interval: float,
+    out: TextIO,
+) -> int:
+    """Run a code server until it is shut down; returns the exit code (0: a clean drain).
+
+    ``instance`` is the instance config as JSON text or a file path. Prints one line to
+    ``out`` when listening, ``runcore code server listening on HOST:PORT (max_workers=N, ...)``
+    with the actual port (``port=0`` picks a free one), then JSON log lines. Raises
+    :class:`~runcore.errors.ConfigError` for a bad setting (a non-loopback ``host`` without
+    ``token``, storage other processes cannot open) and
+    :class:`~runcore.errors.CodeLocationError`, with the traceback, when ``location`` does not
+    import.
+    """
+    from runcore.worker import load_resources
+
+    if run_mode not in RUN_MODES:
+        raise ConfigError(f"--run-mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
+    if max_workers < 1:
+        raise ConfigError(f"--max-workers must be >= 1, got {max_workers}")
+    if not token and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host!r} without a token: it is not a loopback address, so "
+            "anyone who can reach it could execute runs. Give --token (or "
+            "$RUNCORE_CODE_SERVER_TOKEN) and the same token to CodeServerRunLauncher, or bind "
+            "--host 127.0.0.1"
+        )
+    resources = load_resources(instance)
+    if not resources.storage.shareable:
+        raise ConfigError(
+            f"the code server's instance storage ({type(resources.storage).__name__}) cannot be "
+            "opened by other processes, so launchers could not hand it runs; give --instance "
+            "a config with storage: {sqlite: {path: ...}}"
+        )
+    resources.storage.start()
+    try:
+        defs = resources.jobs.load(location)
+        server = CodeServer(
+            location=location,
+            defs=defs,
+            resources=resources,
+            max_workers=max_workers,
+            run_mode=run_mode,
+            instance_config=instance,
+            log_interval=log_interval,
+            log_stream=out,
+        )
+        rpc_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(8, min(32, 2 * (os.cpu_count() or 1))),
+            thread_name_prefix="runcore-codeserver-rpc",
+        )
+        grpc_server = grpc.server(
+            rpc_pool,
+            interceptors=[_TokenCheck(token)] if token else [],
+            # No SO_REUSEPORT: a second server on a port in use must fail, not share it.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        add_servicer: Any = pb2_grpc.add_CodeServerServicer_to_server
+        add_servicer(server, grpc_server)
+        bound = _bind(grpc_server, host, port)
+        # Signals first: a SIGTERM right after the "listening" line must drain, not kill.
+        with _stop_on_signals(server):
+            grpc_server.start()
+            try:
+                out.write(
+                    f"runcore code server listening on {host}:{bound} "
+                    f"(max_workers={max_workers}, run_mode={run_mode}, location={location})\n"
+                )
+                out.flush()
+                server.start_logging()
+                server.wait_for_stop_request()
+                clean = server.drain()
+            finally:
+                grpc_server.stop(grace=2).wait()
+                rpc_pool.shutdown(wait=False)
+                server.close()
+        server.log_event("code_server_stopped", clean=clean)
+        return 0 if clean else 1
+    finally:
+        resources.storage.close()

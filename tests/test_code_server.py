@@ -1,0 +1,594 @@
+"""The gRPC code server and CodeServerRunLauncher: real servers, real processes, real SQLite.
+
+Every server is a ``python -m runcore code-server`` subprocess on a free loopback port (``--port
+0``; the port is read from its "listening" line). The fixtures kill every server they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+import runcore as rc
+from runcore.codeserver.client import CodeServerClient, CodeServerError, RemoteRunState
+from runcore.codeserver.server import is_loopback
+from runcore.launchers.base import WORKER_PID_TAG, HealthStatus, LaunchContext
+from runcore.launchers.code_server import CODE_SERVER_TAG, CodeServerRunLauncher
+from runcore.testing import LauncherContract
+from runcore.testing.contract_jobs import LOCATION as CONTRACT_LOCATION
+
+LAUNCHER_CLASS = "runcore.launchers.code_server:CodeServerRunLauncher"
+WAIT = 20.0
+
+DEFS = '''
+import os
+import runcore as rc
+
+
+@rc.op
+def report_pid() -> int:
+    return os.getpid()
+
+
+@rc.op
+def nap(context: rc.OpContext) -> int:
+    """Sleep for the run's ``nap`` tag (seconds), waking early on cancel."""
+    context.wait_for_cancel(float(context.tags.get("nap", "30")))
+    return os.getpid()
+
+
+quick = rc.job("quick", [report_pid], description="one fast step")
+sleepy = rc.job("sleepy", [nap])
+defs = rc.Definitions(jobs=[quick, sleepy])
+'''
+
+BROKEN = """
+raise ValueError("boom while importing the user's module")
+"""
+
+
+def until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@attrs.define
+class Server:
+    process: subprocess.Popen[bytes]
+    address: str
+    stdout: Path
+    stderr: Path
+    token: str | None = None
+
+    def client(self, token: str | None = None, timeout: float = 5.0) -> CodeServerClient:
+        return CodeServerClient(self.address, token=token, timeout=timeout)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = self.stdout.read_text().splitlines()[1:]
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@attrs.define
+class Env:
+    """One test's world: a SQLite instance config, a code location, and server processes."""
+
+    tmp: Path
+    location: str
+    storage: dict[str, Any]
+    servers: list[Server] = attrs.field(factory=list)
+    clients: list[CodeServerClient] = attrs.field(factory=list)
+
+    def start(
+        self, *args: str, location: str | None = None, wait: bool = True
+    ) -> Server | subprocess.Popen[bytes]:
+        n = len(self.servers)
+        stdout, stderr = self.tmp / f"server{n}.out", self.tmp / f"server{n}.err"
+        with stdout.open("wb") as out, stderr.open("wb") as err:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "runcore",
+                    "code-server",
+                    "--location",
+                    location or self.location,
+                    "--port",
+                    "0",
+                    "--instance",
+                    json.dumps({"storage": self.storage}),
+                    *args,
+                ],
+                stdout=out,
+                stderr=err,
+                cwd=self.tmp,
+            )
+        if not wait:
+            return process
+        token = args[args.index("--token") + 1] if "--token" in args else None
+        server = Server(process, "", stdout, stderr, token)
+        self.servers.append(server)
+
+        def listening() -> str | None:
+            if process.poll() is not None:
+                raise AssertionError(f"the code server exited: {stderr.read_text()}")
+            found = re.search(r"listening on (\S+):(\d+) ", stdout.read_text())
+            return f"{found.group(1)}:{found.group(2)}" if found else None
+
+        server.address = until(listening, "the code server to listen")
+        return server
+
+    def server(self, *args: str) -> Server:
+        server = self.start(*args)
+        assert isinstance(server, Server)
+        return server
+
+    def instance(self, addresses: list[str], **launcher_config: Any) -> rc.Instance:
+        inst = rc.Instance.from_config(
+            {
+                "storage": self.storage,
+                "run_launcher": {
+                    "class": LAUNCHER_CLASS,
+                    "config": {"addresses": addresses, **launcher_config},
+                },
+            }
+        )
+        inst.ensure_started()
+        return inst
+
+    def client(self, server: Server, token: str | None = None) -> CodeServerClient:
+        client = server.client(token)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        for server in self.servers:
+            if server.process.poll() is None:
+                # Cancel what it holds (process mode: its worker processes too), then stop.
+                with (
+                    contextlib.suppress(CodeServerError),
+                    contextlib.closing(server.client(server.token)) as client,
+                ):
+                    client.shutdown(0)
+                try:
+                    server.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    server.process.kill()
+                    server.process.wait(timeout=10)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    defs = tmp_path / "cs_defs.py"
+    defs.write_text(DEFS)
+    world = Env(
+        tmp=tmp_path,
+        location=f"{defs}:defs",
+        storage={"sqlite": {"path": str(tmp_path / "runs.db")}},
+    )
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+@pytest.fixture
+def inst_closer() -> Iterator[list[rc.Instance]]:
+    instances: list[rc.Instance] = []
+    yield instances
+    for inst in instances:
+        inst.close()
+
+
+def step_started(inst: rc.Instance, run_id: str) -> bool:
+    return any(e.event_type is rc.EventType.STEP_START for e in inst.get_events(run_id))
+
+
+# --- the launcher contract ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def contract_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """One code server serving the contract jobs, for the whole contract suite."""
+    tmp = tmp_path_factory.mktemp("contract")
+    world = Env(
+        tmp=tmp, location=CONTRACT_LOCATION, storage={"sqlite": {"path": str(tmp / "runs.db")}}
+    )
+    try:
+        world.server("--max-workers", "8")
+        yield world
+    finally:
+        world.close()
+
+
+class TestCodeServerLauncherContract(LauncherContract):
+    """The public launcher contract, against one code server serving the contract jobs."""
+
+    @pytest.fixture
+    def instance(self, contract_env: Env) -> Iterator[rc.Instance]:
+        with contract_env.instance([contract_env.servers[0].address]) as inst:
+            yield inst
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+def test_ping_and_list_jobs(env: Env) -> None:
+    server = env.server("--max-workers", "3")
+    client = env.client(server)
+    info = client.ping()
+    assert info.pid == server.process.pid
+    assert info.location == env.location
+    assert info.run_mode == "thread"
+    jobs = {job.name: job for job in client.list_jobs()}
+    assert sorted(jobs) == ["quick", "sleepy"]
+    assert jobs["quick"].op_names == ("report_pid",)
+    assert jobs["quick"].description == "one fast step"
+    util = client.get_utilization()
+    assert util.as_dict() == {
+        "max_concurrent_requests": 3,
+        "num_running_requests": 0,
+        "num_queued_requests": 0,
+    }
+
+
+def test_a_run_executes_to_success_on_a_server_thread(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    server = env.server()
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    run = inst.submit_run("quick", code_location=env.location)
+    done = inst.wait_for_run(run.run_id, timeout=WAIT)
+    assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
+    types = [e.event_type for e in inst.get_events(run.run_id)]
+    assert types[0] is rc.EventType.RUN_STARTING
+    assert rc.EventType.STEP_START in types
+    assert types[-1] is rc.EventType.RUN_SUCCESS
+    # Executed by a thread of the server process; the run names its replica, and no pid
+    # that a forced cancel could SIGKILL (it would be the whole server).
+    assert inst.output_store.get(run.run_id, "report_pid") == server.process.pid
+    assert done.tags[CODE_SERVER_TAG] == server.address
+    assert WORKER_PID_TAG not in done.tags
+    health = inst.run_launcher.check_run_worker_health(done)
+    assert health.status is HealthStatus.UNKNOWN
+    assert "ended SUCCESS" in health.reason
+
+
+def test_runs_beyond_max_workers_queue_in_the_server(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    server = env.server("--max-workers", "2", "--log-interval", "0.1")
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    client = env.client(server)
+    runs = [inst.submit_run("sleepy", code_location=env.location) for _ in range(5)]
+
+    until(
+        lambda: (
+            client.get_utilization().as_dict()
+            == {"max_concurrent_requests": 2, "num_running_requests": 2, "num_queued_requests": 3}
+        ),
+        "2 runs executing and 3 queued",
+    )
+    statuses = sorted(inst.get_run(r.run_id).status.value for r in runs)
+    assert statuses == ["STARTED", "STARTED", "STARTING", "STARTING", "STARTING"]
+    states = sorted(client.get_run_state(r.run_id).state.value for r in runs)
+    assert states == ["QUEUED", "QUEUED", "QUEUED", "RUNNING", "RUNNING"]
+    # RPCs do not wait for run workers: they answer while every worker is busy.
+    began = time.perf_counter()
+    client.ping()
+    assert time.perf_counter() - began < 1.0
+    until(
+        lambda: any(
+            line.get("event") == "code_server_utilization"
+            and line.get("num_running_requests") == 2
+            and line.get("num_queued_requests") == 3
+            and line.get("max_concurrent_requests") == 2
+            for line in server.log_lines()
+        ),
+        "a JSON utilization log line saying so",
+    )
+
+    # Canceling: queued runs are dropped (no worker ever starts them), executing ones stop.
+    queued = [r for r in runs if client.get_run_state(r.run_id).state is RemoteRunState.QUEUED]
+    running = [r for r in runs if r not in queued]
+    for run in queued + running:
+        assert inst.cancel_run(run.run_id)
+    for run in runs:
+        assert inst.wait_for_run(run.run_id, timeout=WAIT).status is rc.RunStatus.CANCELED
+    for run in queued:
+        events = inst.get_events(run.run_id)
+        assert rc.EventType.RUN_START not in [e.event_type for e in events]
+        assert "queued on the code server" in events[-1].message
+    assert client.get_utilization().num_queued_requests == 0
+
+
+def test_cancel_mid_step_ends_canceled(env: Env, inst_closer: list[rc.Instance]) -> None:
+    server = env.server()
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    run = inst.submit_run("sleepy", code_location=env.location)
+    until(lambda: step_started(inst, run.run_id), "the step to start")
+    health = inst.run_launcher.check_run_worker_health(inst.get_run(run.run_id))
+    assert health.status is HealthStatus.RUNNING
+    began = time.monotonic()
+    assert inst.cancel_run(run.run_id)
+    done = inst.wait_for_run(run.run_id, timeout=WAIT)
+    assert done.status is rc.RunStatus.CANCELED
+    assert time.monotonic() - began < 5
+
+
+def test_process_mode_runs_in_a_child_process_and_cancels(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    server = env.server("--run-mode", "process")
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    client = env.client(server)
+    assert client.ping().run_mode == "process"
+
+    run = inst.submit_run("quick", code_location=env.location)
+    done = inst.wait_for_run(run.run_id, timeout=WAIT)
+    assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
+    child_pid = inst.output_store.get(run.run_id, "report_pid")
+    assert child_pid not in (server.process.pid, os.getpid())
+
+    slow = inst.submit_run("sleepy", code_location=env.location)
+    until(lambda: step_started(inst, slow.run_id), "the step to start")
+    state = client.get_run_state(slow.run_id)
+    assert state.state is RemoteRunState.RUNNING
+    assert state.pid not in (0, server.process.pid)
+    assert inst.cancel_run(slow.run_id)
+    assert inst.wait_for_run(slow.run_id, timeout=WAIT).status is rc.RunStatus.CANCELED
+    until(lambda: client.get_run_state(slow.run_id).state is RemoteRunState.UNKNOWN, "release")
+    with pytest.raises(ProcessLookupError):
+        os.kill(state.pid, 0)  # the worker process is gone (reaped by the server)
+
+
+def test_a_killed_server_makes_its_runs_dead(env: Env, inst_closer: list[rc.Instance]) -> None:
+    server = env.server()
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    run = inst.submit_run("sleepy", code_location=env.location)
+    until(lambda: step_started(inst, run.run_id), "the step to start")
+
+    # Another process's launcher (nothing in memory) finds the replica by the run's tag.
+    other = CodeServerRunLauncher([server.address])
+    other.start(
+        LaunchContext(
+            storage=inst.storage,
+            resolve_job=inst.jobs.resolve,
+            output_store=inst.output_store,
+        )
+    )
+    try:
+        stored = inst.get_run(run.run_id)
+        assert other.check_run_worker_health(stored).status is HealthStatus.RUNNING
+        server.kill()
+        for launcher in (inst.run_launcher, other):
+            health = launcher.check_run_worker_health(stored)
+            assert health.status is HealthStatus.DEAD
+            assert server.address in health.reason
+    finally:
+        other.close()
+
+    # The daemon's monitoring acts on it: the run does not stay STARTED.
+    rc.Daemon(inst).monitor_once()
+    failed = inst.get_run(run.run_id)
+    assert failed.status is rc.RunStatus.FAILURE
+    assert server.address in (failed.failure_reason or "")
+
+
+def test_two_replicas_least_utilized_and_failover(env: Env, inst_closer: list[rc.Instance]) -> None:
+    busy = env.server("--max-workers", "4")
+    idle = env.server("--max-workers", "4")
+    # Load one replica with slow runs, through a launcher that knows only it.
+    only_busy = env.instance([busy.address])
+    inst_closer.append(only_busy)
+    slow = [only_busy.submit_run("sleepy", code_location=env.location) for _ in range(3)]
+    assert all(r.tags[CODE_SERVER_TAG] == busy.address for r in slow)
+
+    both = env.instance([busy.address, idle.address])
+    inst_closer.append(both)
+    placed = []
+    for _ in range(4):
+        run = both.submit_run("quick", code_location=env.location)
+        placed.append(both.get_run(run.run_id).tags[CODE_SERVER_TAG])
+        both.wait_for_run(run.run_id, timeout=WAIT)
+    assert placed == [idle.address] * 4  # not round-robin: the busy replica is skipped
+
+    # One replica dies: new runs go to the survivor, the survivor's runs keep running.
+    idle.kill()
+    survivor_run = both.submit_run("quick", code_location=env.location)
+    assert both.get_run(survivor_run.run_id).tags[CODE_SERVER_TAG] == busy.address
+    done = both.wait_for_run(survivor_run.run_id, timeout=WAIT)
+    assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
+    for run in slow:
+        health = both.run_launcher.check_run_worker_health(both.get_run(run.run_id))
+        assert health.status is HealthStatus.RUNNING
+
+
+def test_shutdown_drains_then_stops(env: Env, inst_closer: list[rc.Instance]) -> None:
+    server = env.server()
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    client = env.client(server)
+    run = inst.submit_run("sleepy", tags={"nap": "0.5"}, code_location=env.location)
+    until(lambda: step_started(inst, run.run_id), "the step to start")
+    assert client.shutdown(10) == 1
+    with pytest.raises(CodeServerError, match="draining") as refused:
+        client.execute_run("any-run")
+    assert refused.value.code == "UNAVAILABLE"
+    assert server.process.wait(timeout=WAIT) == 0  # a clean drain
+    assert inst.get_run(run.run_id).status is rc.RunStatus.SUCCESS
+
+
+def test_shutdown_timeout_cancels_held_runs(env: Env, inst_closer: list[rc.Instance]) -> None:
+    server = env.server("--max-workers", "1")
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    running = inst.submit_run("sleepy", code_location=env.location)
+    queued = inst.submit_run("sleepy", code_location=env.location)
+    until(lambda: step_started(inst, running.run_id), "the step to start")
+    env.client(server).shutdown(0.2)
+    assert server.process.wait(timeout=WAIT) == 1  # not clean: runs had to be canceled
+    for run in (running, queued):
+        assert inst.get_run(run.run_id).status is rc.RunStatus.CANCELED
+
+
+def test_sigterm_drains(env: Env) -> None:
+    server = env.server()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=WAIT) == 0
+    assert any(line.get("event") == "code_server_stopped" for line in server.log_lines())
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_fails_the_run_with_the_reason(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    inst = env.instance([address], timeout=2.0)
+    inst_closer.append(inst)
+    with pytest.raises(rc.RunLaunchError, match=re.escape(address)):
+        inst.submit_run("quick", code_location=env.location)
+    [run] = inst.get_runs()
+    assert run.status is rc.RunStatus.FAILURE
+    assert address in (run.failure_reason or "")
+    assert "unreachable" in (run.failure_reason or "")
+
+
+def test_token_is_required_when_set(env: Env, inst_closer: list[rc.Instance]) -> None:
+    server = env.server("--token", "s3cret")
+    with pytest.raises(CodeServerError, match="requires a token") as missing:
+        env.client(server).ping()
+    assert missing.value.code == "UNAUTHENTICATED"
+    with pytest.raises(CodeServerError, match="does not match") as wrong:
+        env.client(server, token="guess").ping()
+    assert wrong.value.code == "UNAUTHENTICATED"
+
+    wrong_inst = env.instance([server.address], token="guess")
+    inst_closer.append(wrong_inst)
+    with pytest.raises(rc.RunLaunchError, match="does not match this code server's token"):
+        wrong_inst.submit_run("quick", code_location=env.location)
+
+    inst = env.instance([server.address], token="s3cret")
+    inst_closer.append(inst)
+    run = inst.submit_run("quick", code_location=env.location)
+    assert inst.wait_for_run(run.run_id, timeout=WAIT).status is rc.RunStatus.SUCCESS
+
+
+def test_a_location_that_fails_to_import_stops_the_server(env: Env) -> None:
+    broken = env.tmp / "broken_defs.py"
+    broken.write_text(BROKEN)
+    process = env.start(location=f"{broken}:defs", wait=False)
+    assert isinstance(process, subprocess.Popen)
+    assert process.wait(timeout=WAIT) != 0
+    err = (env.tmp / "server0.err").read_text()
+    assert "Traceback" in err
+    assert "boom while importing the user's module" in err
+    assert "listening" not in (env.tmp / "server0.out").read_text()
+
+
+def test_execute_run_errors_are_grpc_status_codes(env: Env) -> None:
+    server = env.server()
+    client = env.client(server)
+    with pytest.raises(CodeServerError, match="no run with id 'nope'") as unknown:
+        client.execute_run("nope")
+    assert unknown.value.code == "NOT_FOUND"
+
+    with rc.Instance.from_config({"storage": env.storage}) as inst:
+        storage = inst.storage
+        ghost = storage.add_run(rc.Run(job_name="ghost", code_location=env.location))
+        storage.transition(ghost.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.STARTING)
+        with pytest.raises(CodeServerError, match=r"'ghost'.*does not define") as no_job:
+            client.execute_run(ghost.run_id)
+        assert no_job.value.code == "NOT_FOUND"
+
+        fresh = storage.add_run(rc.Run(job_name="quick", code_location=env.location))
+        with pytest.raises(CodeServerError, match="NOT_STARTED, not STARTING") as early:
+            client.execute_run(fresh.run_id)
+        assert early.value.code == "FAILED_PRECONDITION"
+    assert client.cancel_run("nope") is False
+    assert client.get_run_state("nope").state is RemoteRunState.UNKNOWN
+
+
+def test_a_non_loopback_bind_without_token_is_refused(env: Env) -> None:
+    process = env.start("--host", "0.0.0.0", wait=False)
+    assert isinstance(process, subprocess.Popen)
+    assert process.wait(timeout=WAIT) == 2
+    err = (env.tmp / "server0.err").read_text()
+    assert "refusing to listen on '0.0.0.0' without a token" in err
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+
+
+def test_a_port_in_use_is_refused(env: Env) -> None:
+    first = env.server()
+    port = first.address.rpartition(":")[2]
+    process = env.start("--port", port, wait=False)
+    assert isinstance(process, subprocess.Popen)
+    assert process.wait(timeout=WAIT) == 2
+    err = (env.tmp / "server1.err").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert first.client().ping().pid == first.process.pid
+
+
+def test_launcher_config_is_checked() -> None:
+    with pytest.raises(rc.ConfigError, match="non-empty list"):
+        CodeServerRunLauncher([])
+    with pytest.raises(rc.ConfigError, match="not 'host:port'"):
+        CodeServerRunLauncher(["localhost"])
+    with pytest.raises(rc.ConfigError, match="timeout"):
+        CodeServerRunLauncher(["127.0.0.1:1"], timeout=0)
+    with pytest.raises(rc.ConfigError, match="has no setting 'adresses'"):
+        rc.Instance.from_config(
+            {
+                "storage": {"in_memory": {}},
+                "run_launcher": {"class": LAUNCHER_CLASS, "config": {"adresses": ["x:1"]}},
+            }
+        )
+
+
+def test_importing_the_launcher_does_not_import_grpc() -> None:
+    code = (
+        "import sys, runcore.launchers.code_server\n"
+        "print('grpc' in sys.modules, 'google.protobuf' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["False", "False"]
