@@ -592,3 +592,25 @@ def test_importing_the_launcher_does_not_import_grpc() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_process_mode_workers_die_with_a_killed_server(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    server = env.server("--run-mode", "process")
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    client = env.client(server)
+    run = inst.submit_run("sleepy", code_location=env.location)
+    until(lambda: step_started(inst, run.run_id), "the step to start")
+    pid = client.get_run_state(run.run_id).pid
+    server.kill()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    until(gone, "the worker process to follow its server")

@@ -156,8 +156,26 @@ def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) 
     return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
 
 
+#: Set (to anything) in a worker's environment to have it get SIGTERM (that is, cancel its
+#: run) when the process that started it dies. Linux only; elsewhere it is ignored.
+DIE_WITH_PARENT_ENV = "RUNCORE_WORKER_DIE_WITH_PARENT"
+
+
+def _die_with_parent() -> None:
+    if not os.environ.get(DIE_WITH_PARENT_ENV) or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_execute_command(run_id: str, config: str, err: TextIO) -> int:
     """``runcore worker execute-run``."""
+    _die_with_parent()
     try:
         resources = load_resources(config)
         resources.storage.start()

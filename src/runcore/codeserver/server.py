@@ -24,8 +24,8 @@ signal; a second signal cuts the wait short), cancels what is left, and stops. T
 
 A server that dies without draining (SIGKILL, a crash) takes its thread-mode runs with it;
 launchers then report those runs' workers DEAD, naming the server's address, and the daemon's
-run monitoring fails them. In process mode the worker processes are in their own sessions and
-outlive a killed server: their runs are still reported DEAD (the server that held them is gone).
+run monitoring fails them. In process mode each worker process is told (Linux
+``PR_SET_PDEATHSIG``) to cancel its run when the server dies, so no op code outlives it.
 
 Security: the server binds loopback by default. With a token, every call must carry it in the
 ``runcore-token`` metadata header (else ``UNAUTHENTICATED``); binding any other address without
@@ -542,6 +542,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     def _child_env(self) -> dict[str, str]:
         from runcore.instance import WORKER_ENV
+        from runcore.worker import DIE_WITH_PARENT_ENV
 
         env = dict(os.environ)
         # The worker must import what this server can: same sys.path, current dir included.
@@ -551,6 +552,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
         )
         env[WORKER_ENV] = "1"
+        env[DIE_WITH_PARENT_ENV] = "1"  # a server killed with -9 takes its runs with it
         return env
 
     def _execute_in_child(self, held: _HeldRun) -> None:
