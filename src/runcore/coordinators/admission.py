@@ -140,7 +140,11 @@ class Decision:
 
 def queue_order(runs: Iterable[QueuedRun]) -> list[QueuedRun]:
     """Queued runs in the order admission considers them: priority, then submission."""
-    return sorted(runs, key=lambda r: (-r.priority, r.order))
+    return sorted(runs, key=_order_key)
+
+
+def _order_key(run: QueuedRun) -> tuple[int, int]:
+    return (-run.priority, run.order)
 
 
 class _Counter:
@@ -233,6 +237,19 @@ class _Ledger:
             reasons.extend(self.pool_hold(p) for p in sorted(set(run.root_pools)))
         return reasons
 
+    def blocked(self, run: QueuedRun, buckets: Sequence[tuple[int, str]]) -> bool:
+        """Whether any limit other than the global one holds ``run``: :meth:`holds` without
+        building the reasons, for passes that only decide."""
+        limit = self.limits.max_non_isolated_runs
+        if run.non_isolated and limit >= 0 and self.non_isolated.count >= limit:
+            return True
+        for index, bucket in buckets:
+            if self.tags[index][bucket].count >= self.limits.tag_limits[index].limit:
+                return True
+        if self.limits.pool_granularity == "run":
+            return any(self.pool_full(p) for p in run.pools)
+        return bool(run.root_pools) and all(self.pool_full(p) for p in run.root_pools or ())
+
     def pool_full(self, pool: str) -> bool:
         """Whether every slot of ``pool`` is taken."""
         limit = self.limits.pool_limit(pool)
@@ -296,13 +313,16 @@ def admit(
         if full is not None and not explain:
             break  # nothing else can start in this pass either: stop early on a full instance
         buckets = ledger.buckets(run.tags)
-        reasons = ledger.holds(run, buckets)
-        if full is not None:
-            reasons.insert(0, full)
-        if reasons:
-            if explain:
+        if not explain:
+            if ledger.blocked(run, buckets):
+                continue
+        else:
+            reasons = ledger.holds(run, buckets)
+            if full is not None:
+                reasons.insert(0, full)
+            if reasons:
                 held[run.run_id] = tuple(reasons)
-            continue
+                continue
         launch.append(run.run_id)
         ledger.count(run.run_id, run.non_isolated, buckets)
         take = ledger.take_pools(run)

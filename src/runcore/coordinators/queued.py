@@ -35,7 +35,7 @@ from runcore.runs import (
     RunsFilter,
     RunStatus,
 )
-from runcore.storage.base import move_run
+from runcore.storage.base import QueuedRunRow, QueueReader, move_run
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -84,6 +84,22 @@ def limits_from_config(
         pool_granularity=pools.granularity,
         pool_default_limit=pools.default_limit,
         pool_limits=dict(pool_limits or {}),
+    )
+
+
+def _queued_from_row(row: QueuedRunRow) -> QueuedRun:
+    raw = row.tags.get(PRIORITY_TAG)
+    try:
+        priority = int(raw) if raw is not None else 0
+    except ValueError:
+        priority = 0
+    return QueuedRun(
+        run_id=row.run_id,
+        order=row.storage_id,
+        priority=priority,
+        tags=row.tags,
+        pools=frozenset(row.pools),
+        root_pools=tuple(row.root_pools) if row.root_pools is not None else None,
     )
 
 
@@ -178,53 +194,77 @@ class QueuedRunCoordinator(RunCoordinator):
             ctx.concurrency, ctx.non_isolated_runs, ctx.storage.get_pool_limits()
         )
 
-    def _snapshot(self) -> tuple[list[QueuedRun], list[ActiveRun], dict[str, list[str]]]:
+    def _queued(self) -> list[QueuedRun]:
+        """The queue's admission data, oldest first; only runs not seen before are read."""
         storage = self.context.storage
         ids = storage.get_run_ids(RunsFilter(statuses=[RunStatus.QUEUED]), ascending=True)
         with self._lock:
             missing = [run_id for run_id in ids if run_id not in self._cache]
-        if missing:
-            fresh = {}
-            for start in range(0, len(missing), 500):
-                chunk = missing[start : start + 500]
+        fresh: dict[str, QueuedRun] = {}
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            if isinstance(storage, QueueReader):
+                for row in storage.get_queued_run_rows(chunk):
+                    fresh[row.run_id] = _queued_from_row(row)
+            else:
                 for record in storage.get_run_records(RunsFilter(run_ids=chunk), ascending=True):
                     fresh[record.run.run_id] = queued_run_info(record.run, record.storage_id)
-            with self._lock:
-                self._cache.update(fresh)
         with self._lock:
+            self._cache.update(fresh)
             wanted = set(ids)
             for stale in [k for k in self._cache if k not in wanted]:
                 del self._cache[stale]
-            queued = [self._cache[i] for i in ids if i in self._cache]
-        active = [
+            return [self._cache[i] for i in ids if i in self._cache]
+
+    def _active(self) -> list[ActiveRun]:
+        return [
             ActiveRun(run_id=r.run.run_id, tags=r.run.tags)
-            for r in storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+            for r in self.context.storage.get_run_records(
+                RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
+            )
         ]
+
+    def _holders(self) -> dict[str, list[str]]:
         holders: dict[str, list[str]] = {}
-        for lease in storage.get_pool_leases():
+        for lease in self.context.storage.get_pool_leases():
             who = lease.run_id if lease.step_key is None else f"{lease.run_id}/{lease.step_key}"
             holders.setdefault(lease.pool, []).append(who)
-        return queued, active, holders
+        return holders
 
-    def decide(self, *, explain: bool = False) -> tuple[Decision, list[QueuedRun], Limits]:
-        """Admission over the current queue, without starting anything."""
+    def decide(self, *, explain: bool = False) -> tuple[Decision, list[QueuedRun] | None, Limits]:
+        """Admission over the current queue, without starting anything.
+
+        The queue is None when it was not read (the global limit is reached, so nothing can
+        start, and no explanation was asked for).
+        """
         limits = self.limits()
-        queued, active, holders = self._snapshot()
+        active = self._active()
+        if (
+            not explain
+            and limits.max_concurrent_runs >= 0
+            and len(active) >= limits.max_concurrent_runs
+        ):
+            # Full: nothing can start, whatever the queue holds; do not read it.
+            return Decision(launch=(), held={}, pool_claims={}), None, limits
+        queued = self._queued()
         decision = admit(
-            queued, active, limits, holders, explain=explain, max_launch=self.max_launch_per_pass
+            queued,
+            active,
+            limits,
+            self._holders(),
+            explain=explain,
+            max_launch=self.max_launch_per_pass,
         )
         return decision, queued, limits
 
     def dequeue_pass(self) -> DequeueResult:
         """Start every queued run the limits allow now. Safe to run from several processes."""
         decision, queued, limits = self.decide()
-        if limits.max_concurrent_runs == 0 and queued and not self._warned_zero:
+        if limits.max_concurrent_runs == 0 and not self._warned_zero:
             import logging
 
             logging.getLogger("runcore.coordinator").warning(
-                "concurrency.runs.max_concurrent_runs is 0: no queued run will ever start "
-                "(%d queued)",
-                len(queued),
+                "concurrency.runs.max_concurrent_runs is 0: no queued run will ever start"
             )
             self._warned_zero = True
         launched: list[str] = []
@@ -242,7 +282,12 @@ class QueuedRunCoordinator(RunCoordinator):
             else:
                 failed += 1
         return DequeueResult(
-            launched=tuple(launched), queued=len(queued), lost_races=lost, failed_launches=failed
+            launched=tuple(launched),
+            queued=len(queued)
+            if queued is not None
+            else self.context.storage.count_runs(RunsFilter(statuses=[RunStatus.QUEUED])),
+            lost_races=lost,
+            failed_launches=failed,
         )
 
     def _start(self, run_id: str, claims: Sequence[tuple[str, int]]) -> bool | None:
@@ -279,7 +324,7 @@ class QueuedRunCoordinator(RunCoordinator):
 
             raise RunNotFoundError(run_id)
         decision, queued, limits = self.decide(explain=True)
-        ordered = queue_order(queued)
+        ordered = queue_order(queued or [])
         position = next((i + 1 for i, q in enumerate(ordered) if q.run_id == run_id), None)
         if run.status is not RunStatus.QUEUED or position is None:
             return QueueExplanation(run_id, run.status, None, len(ordered), ())

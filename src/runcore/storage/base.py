@@ -240,6 +240,28 @@ class HeartbeatStorage(ABC):
         """The latest heartbeat of every daemon that has sent one."""
 
 
+@attrs.frozen
+class QueuedRunRow:
+    """What admission reads of a queued run: no more than it needs."""
+
+    storage_id: int
+    run_id: str
+    tags: dict[str, str]
+    pools: list[str]
+    root_pools: list[str] | None
+
+
+class QueueReader(ABC):
+    """Optional ability of a storage: read queued runs narrowly, for a daemon's admission.
+
+    A storage without it still works: the coordinator then reads whole runs.
+    """
+
+    @abstractmethod
+    def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
+        """QUEUED runs (of ``run_ids``, if given), oldest first."""
+
+
 class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
     """Everything an instance remembers, behind one object.
 

@@ -42,6 +42,8 @@ from runcore.storage.base import (
     WAITER_TTL,
     DaemonHeartbeat,
     InstanceStorage,
+    QueuedRunRow,
+    QueueReader,
     SlotLease,
     apply_transition,
     now,
@@ -190,7 +192,7 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
     return result
 
 
-class SqliteStorage(InstanceStorage):
+class SqliteStorage(InstanceStorage, QueueReader):
     """Runs, events, pools and heartbeats in one SQLite file at ``path``.
 
     ``busy_timeout`` (seconds) is how long a call waits for another writer's lock before the
@@ -475,6 +477,29 @@ class SqliteStorage(InstanceStorage):
             return
         rows = [_run_row(run) for run in runs]
         self._write(lambda conn: self._insert_runs(conn, runs, rows))
+
+    def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
+        sql = (
+            "SELECT id, run_id, json_extract(body, '$.tags'), json_extract(body, '$.pools'), "
+            "json_extract(body, '$.root_pools') FROM runs WHERE status = 'QUEUED'"
+        )
+        params: list[Any] = []
+        if run_ids is not None:
+            if not run_ids:
+                return []
+            sql += f" AND run_id IN ({','.join('?' * len(run_ids))})"
+            params.extend(run_ids)
+        loads = json.loads
+        return [
+            QueuedRunRow(
+                storage_id=row[0],
+                run_id=row[1],
+                tags=loads(row[2]) if row[2] else {},
+                pools=loads(row[3]) if row[3] else [],
+                root_pools=loads(row[4]) if row[4] else None,
+            )
+            for row in self._read(sql + " ORDER BY id", params)
+        ]
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._read("SELECT body FROM runs WHERE run_id = ?", (run_id,))
