@@ -106,3 +106,91 @@ def median_rate(count: int, trial: Callable[[], float], trials: int) -> dict[str
         "min": rates[0],
         "max": rates[-1],
     }
+
+
+# --- the queued-coordination workload (identical for runcore and Dagster) -------------------
+
+#: Tag limits: ``QUEUE_KEY_LIMITS`` on a key alone (any value), ``QUEUE_VALUE_LIMITS`` on
+#: key=value, ``QUEUE_UNIQUE_LIMITS`` per unique value of a key; 50 in all.
+QUEUE_KEY_LIMITS = 20
+QUEUE_VALUE_LIMITS = 20
+QUEUE_UNIQUE_LIMITS = 10
+#: Values each per-unique-value key takes.
+QUEUE_UNIQUE_VALUES = 5
+#: Pools (one op each in its own job), granularity ``run``.
+QUEUE_POOLS = 20
+#: How many in-progress runs each tag limit, unique-value bucket and pool allows.
+QUEUE_TAG_LIMIT = 2
+QUEUE_UNIQUE_LIMIT = 1
+QUEUE_POOL_LIMIT = 2
+
+
+def queue_tag_limits() -> list[dict[str, Any]]:
+    """The 50 tag limits, in the config shape both libraries read (``dagster.yaml`` style)."""
+    limits: list[dict[str, Any]] = []
+    limits += [{"key": f"qkey{i}", "limit": QUEUE_TAG_LIMIT} for i in range(QUEUE_KEY_LIMITS)]
+    limits += [
+        {"key": f"qval{i}", "value": "hot", "limit": QUEUE_TAG_LIMIT}
+        for i in range(QUEUE_VALUE_LIMITS)
+    ]
+    limits += [
+        {
+            "key": f"quniq{i}",
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": QUEUE_UNIQUE_LIMIT,
+        }
+        for i in range(QUEUE_UNIQUE_LIMITS)
+    ]
+    return limits
+
+
+def queue_pool_names() -> list[str]:
+    """The pools, ``qpool0 ...``; a run of job ``pooled_<pool>`` uses that pool."""
+    return [f"qpool{i}" for i in range(QUEUE_POOLS)]
+
+
+#: A queued or in-progress run of the workload: (pool its job uses or None, its tags).
+QueueRun = tuple[str | None, dict[str, str]]
+
+
+def queue_saturating_runs() -> list[QueueRun]:
+    """In-progress runs that fill every tag limit, every unique-value bucket and every pool.
+
+    170 runs: 2 per key-only limit, 2 per key=value limit, 1 per (unique-value key, value)
+    and 2 per pool.
+    """
+    runs: list[QueueRun] = []
+    for i in range(QUEUE_KEY_LIMITS):
+        runs += [(None, {f"qkey{i}": f"x{n}"}) for n in range(QUEUE_TAG_LIMIT)]
+    for i in range(QUEUE_VALUE_LIMITS):
+        runs += [(None, {f"qval{i}": "hot"}) for _ in range(QUEUE_TAG_LIMIT)]
+    for i in range(QUEUE_UNIQUE_LIMITS):
+        runs += [(None, {f"quniq{i}": f"u{v}"}) for v in range(QUEUE_UNIQUE_VALUES)]
+    for pool in queue_pool_names():
+        runs += [(pool, {}) for _ in range(QUEUE_POOL_LIMIT)]
+    return runs
+
+
+def queue_blocked_run(i: int) -> QueueRun:
+    """The ``i``-th queued run: held by a full key-only limit, key=value limit,
+    unique-value bucket or pool (cycling), and carrying free-form tags besides, one of which
+    names a limited key with a value its limit does not cover."""
+    tags = {
+        "team": FILL_TEAMS[i % len(FILL_TEAMS)],
+        "env": "prod" if i % 2 else "dev",
+        f"qval{(i + 1) % QUEUE_VALUE_LIMITS}": "cold",
+    }
+    kind = i % 4
+    if kind == 0:
+        return None, {**tags, f"qkey{i % QUEUE_KEY_LIMITS}": f"y{i % 7}"}
+    if kind == 1:
+        return None, {**tags, f"qval{i % QUEUE_VALUE_LIMITS}": "hot"}
+    if kind == 2:
+        unique = f"u{i % QUEUE_UNIQUE_VALUES}"
+        return None, {**tags, f"quniq{i % QUEUE_UNIQUE_LIMITS}": unique}
+    return queue_pool_names()[i % QUEUE_POOLS], tags
+
+
+def queue_free_run(i: int) -> QueueRun:
+    """The ``i``-th run of the drain workload: free-form tags only, nothing limits it."""
+    return None, {"team": FILL_TEAMS[i % len(FILL_TEAMS)], "env": "prod" if i % 2 else "dev"}

@@ -269,6 +269,77 @@ def _query_rows() -> list[Row]:
     return rows
 
 
+#: Dagster's queued-run daemon launches a few dozen runs a second at best: its drain runs on
+#: this many queued runs (created and submitted one by one, ~10/s, before the timed drain).
+DAGSTER_DRAIN_RUNS = 200
+
+
+def _queue_rows() -> list[Row]:
+    enqueue = Case(
+        key="queue/enqueue",
+        case="enqueue",
+        runcore=Side({"count": 2_000, **TRIALS}, quick={"count": 300, **TRIAL}),
+        dagster=Side({"count": 40, **TRIALS}, quick={"count": 10, **TRIAL}),
+    )
+    rows = [
+        Row(
+            "queued: runs enqueued/s (create + submit), SQLite",
+            enqueue,
+            "rate",
+            Target("min", 500, "/s", binding=False),
+        )
+    ]
+    for n_queued in (10_000, 1_000):
+        big = n_queued > 1_000
+        case = Case(
+            key=f"queue/blocked/{n_queued}",
+            case="dequeue_blocked",
+            runcore=Side({"n_queued": n_queued, "blocker": "limits"}),
+            dagster=Side(
+                {"n_queued": n_queued, "blocker": "limits", **({"reps": 3} if big else {})},
+                quick={"reps": 1},
+            ),
+            dagster_slow=SlowPlan() if big else None,
+        )
+        what = f"queued: dequeue pass, {n_queued:,} runs all held by 50 tag limits + 20 pools"
+        rows += [
+            Row(f"{what}, steady pass", case, "steady", Target("max", 50, "ms", binding=big)),
+            Row(f"{what}, first pass", case, "first", Target("max", 50, "ms", binding=False)),
+        ]
+    held_by_global = Case(
+        key="queue/blocked/10000/global",
+        case="dequeue_blocked",
+        runcore=Side({"n_queued": 10_000, "blocker": "global"}),
+        dagster=Side({"n_queued": 10_000, "blocker": "global"}, quick={"reps": 1}),
+    )
+    what = "queued: dequeue pass, 10,000 runs held by max_concurrent_runs"
+    rows += [
+        Row(f"{what}, steady pass", held_by_global, "steady", Target("max", 50, "ms")),
+        Row(
+            f"{what}, first pass",
+            held_by_global,
+            "first",
+            Target("max", 50, "ms", binding=False),
+        ),
+    ]
+    drain = Case(
+        key="queue/drain",
+        case="drain",
+        runcore=Side({"n_queued": 10_000, **TRIALS}, quick={"n_queued": 2_000, **TRIAL}),
+        dagster=Side({"n_queued": DAGSTER_DRAIN_RUNS, **TRIAL}, quick={"n_queued": 20}),
+    )
+    rows.append(
+        Row(
+            "queued: runs launched/s draining the queue, no limits, no-op launcher "
+            f"(runcore 10,000 runs, Dagster {DAGSTER_DRAIN_RUNS})",
+            drain,
+            "rate",
+            Target("min", 500, "/s"),
+        )
+    )
+    return rows
+
+
 def all_rows() -> list[Row]:
     """Every row of the results table, in table order."""
     import_row = Row(
@@ -281,4 +352,5 @@ def all_rows() -> list[Row]:
         *_runs_rows(),
         *_event_rows(),
         *_query_rows(),
+        *_queue_rows(),
     ]

@@ -9,16 +9,32 @@ large transactions because ``add_run`` alone would take minutes to write 10,000 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, expected_output, fill_row, median_rate, summary_ms, time_calls
+from _harness import (
+    QUEUE_POOL_LIMIT,
+    Repeat,
+    expected_output,
+    fill_row,
+    median_rate,
+    queue_blocked_run,
+    queue_free_run,
+    queue_pool_names,
+    queue_saturating_runs,
+    queue_tag_limits,
+    summary_ms,
+    time_calls,
+)
 from _writers import run_concurrent_writers, time_sink
 
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -177,27 +193,52 @@ def case_writers(params: dict[str, Any]) -> dict[str, Any]:
         return run_concurrent_writers("bench_dagster", home, run_id, params)
 
 
-def _bulk_fill(instance: Any, n_runs: int, chunk: int = 5000) -> None:
-    """Insert ``n_runs`` runs into Dagster's own run tables, ``chunk`` runs per transaction.
+#: Tags Dagster's run-row builder copies into columns of their own (a row cannot be reused).
+_ROW_TAGS = frozenset({"dagster/partition", "dagster/partition_set", "dagster/backfill"})
 
-    Uses Dagster's run-row builder (``_get_run_insertion_values``) so every row is exactly what
-    ``add_run`` would write; only the per-run transaction is skipped.
+
+def _insert_runs(instance: Any, runs: Sequence[Any], chunk: int = 5000) -> None:
+    """Insert ``runs`` into Dagster's own run tables, ``chunk`` runs per transaction.
+
+    Rows are built by Dagster's run-row builder (``_get_run_insertion_values``), exactly what
+    ``add_run`` would write; only the per-run transaction is skipped. The builder queries the
+    storage for each run (does the job snapshot exist, is there a backfill column), so runs
+    sharing a job snapshot reuse the first one's row, with their own id, status and body.
     """
     from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
+    from dagster._serdes import serialize_value
 
     storage = instance.run_storage
     base = datetime.now(UTC)
-    for first in range(0, n_runs, chunk):
+    built: dict[Any, dict[str, Any]] = {}
+    for first in range(0, len(runs), chunk):
         rows: list[dict[str, Any]] = []
         tags: list[dict[str, str]] = []
-        for i in range(first, min(first + chunk, n_runs)):
-            job_name, status, run_tags = fill_row(i)
-            run = _new_run(str(uuid.uuid4()), job_name, status, run_tags)
-            rows.append(storage._get_run_insertion_values(run, base))
-            tags.extend({"run_id": run.run_id, "key": k, "value": v} for k, v in run_tags.items())
+        for run in runs[first : first + chunk]:
+            like = built.get(run.job_snapshot_id) if run.job_snapshot_id else None
+            if like is None or run.tags.keys() & _ROW_TAGS:
+                values = storage._get_run_insertion_values(run, base)
+                if run.job_snapshot_id:
+                    built.setdefault(run.job_snapshot_id, values)
+            else:
+                body = serialize_value(run)
+                values = {
+                    **like,
+                    "run_id": run.run_id,
+                    "status": run.status.value,
+                    "run_body": body,
+                }
+            rows.append(values)
+            tags.extend({"run_id": run.run_id, "key": k, "value": v} for k, v in run.tags.items())
         with storage.connect() as conn:
             conn.execute(RunsTable.insert(), rows)
-            conn.execute(RunTagsTable.insert(), tags)
+            if tags:
+                conn.execute(RunTagsTable.insert(), tags)
+
+
+def _bulk_fill(instance: Any, n_runs: int) -> None:
+    """Insert ``n_runs`` runs shaped by ``fill_row`` (see ``_insert_runs``)."""
+    _insert_runs(instance, [_new_run(str(uuid.uuid4()), *fill_row(i)) for i in range(n_runs)])
 
 
 def case_query(params: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +262,232 @@ def case_query(params: dict[str, Any]) -> dict[str, Any]:
     return {"time": result}
 
 
+# --- queued coordination ---------------------------------------------------------------------
+
+
+def _queued_instance(home: str, *, limits: bool, max_concurrent_runs: int = -1) -> Any:
+    """A SQLite instance at ``home`` with ``QueuedRunCoordinator`` and ``NoopRunLauncher``.
+
+    With ``limits`` it carries the workload's 50 tag limits and run-granularity pools (under
+    ``concurrency:`` in ``dagster.yaml``, as Dagster documents them).
+    """
+    runs: dict[str, Any] = {"max_concurrent_runs": max_concurrent_runs}
+    concurrency: dict[str, Any] = {"runs": runs}
+    if limits:
+        runs["tag_concurrency_limits"] = queue_tag_limits()
+        concurrency["pools"] = {"granularity": "run"}
+    config = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+        },
+        "run_launcher": {"module": "dagster_jobs", "class": "NoopRunLauncher"},
+        "concurrency": concurrency,
+    }
+    Path(home, "dagster.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return _instance(home)
+
+
+@contextmanager
+def _workspace(instance: Any) -> Iterator[Any]:
+    """A daemon workspace (as Dagster's daemon tests build it) holding the queue jobs'
+    code location, ``dagster_jobs:queue_definitions``, loaded in this process."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    origin = LoadableTargetOrigin(
+        python_file=str(Path(BENCH_DIR, "dagster_jobs.py")),
+        attribute="queue_definitions",
+        working_directory=BENCH_DIR,
+    )
+    target = InProcessWorkspaceLoadTarget(
+        InProcessCodeLocationOrigin(origin, location_name="bench")
+    )
+    with create_test_daemon_workspace_context(target, instance) as context:
+        yield context
+
+
+class _Submitter:
+    """Creates and submits runs of the queue jobs the way Dagster's own tools do:
+    ``create_run_for_job`` with the job's remote and Python origins, then ``submit_run``."""
+
+    def __init__(self, instance: Any, context: Any) -> None:
+        import dagster_jobs
+
+        self.instance = instance
+        self.request = context.create_request_context()
+        self.jobs = dagster_jobs.queue_jobs(queue_pool_names())
+        location = self.request.get_code_location("bench")
+        (repo,) = location.get_repositories().values()
+        self.remote = {pool: repo.get_full_job(job.name) for pool, job in self.jobs.items()}
+
+    def create(self, pool: str | None, tags: dict[str, str]) -> Any:
+        """A NOT_STARTED run of the job for ``pool``."""
+        remote = self.remote[pool]
+        return self.instance.create_run_for_job(
+            self.jobs[pool],
+            remote_job_origin=remote.get_remote_origin(),
+            job_code_origin=remote.get_python_origin(),
+            tags=tags,
+        )
+
+    def submit(self, pool: str | None, tags: dict[str, str]) -> Any:
+        """Create a run and submit it to the instance's (queued) coordinator."""
+        run = self.create(pool, tags)
+        return self.instance.submit_run(run.run_id, self.request)
+
+
+def _count(instance: Any, status: str) -> int:
+    from dagster import DagsterRunStatus, RunsFilter
+
+    return int(instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus[status]])))
+
+
+def case_enqueue(params: dict[str, Any]) -> dict[str, Any]:
+    """Runs enqueued per second: ``create_run_for_job`` + ``instance.submit_run``."""
+    count = params["count"]
+    with tempfile.TemporaryDirectory() as home:
+        instance = _queued_instance(home, limits=False)
+        with _workspace(instance) as context:
+            submitter = _Submitter(instance, context)
+            assert submitter.submit(None, {}).status.value == "QUEUED"  # warm-up and check
+            tags = [queue_free_run(i)[1] for i in range(count)]
+
+            def trial() -> float:
+                start = time.perf_counter()
+                for run_tags in tags:
+                    submitter.submit(None, run_tags)
+                return time.perf_counter() - start
+
+            result = median_rate(count, trial, params["trials"])
+            assert _count(instance, "QUEUED") == 1 + count * params["trials"]
+        instance.dispose()
+    return {"rate": result}
+
+
+def _fill_blocked_queue(home: str, n_queued: int) -> float:
+    """Fill the instance at ``home`` like runcore's blocked queue; return the seconds taken.
+
+    One run per job is created with ``create_run_for_job`` (real snapshots, origins and pool
+    info; it stays NOT_STARTED, outside the queue); copies of it with new ids, statuses and
+    tags are inserted in bulk (``_insert_runs``): the in-progress runs that saturate every
+    limit as STARTING (what a no-op launch leaves), then the ``n_queued`` queued runs. Runs
+    that are never dequeued need nothing else, and one by one the fill would take minutes.
+    """
+    from dagster import DagsterRunStatus
+
+    start = time.perf_counter()
+    instance = _queued_instance(home, limits=True)
+    for pool in queue_pool_names():
+        instance.event_log_storage.set_concurrency_slots(pool, QUEUE_POOL_LIMIT)
+    with _workspace(instance) as context:
+        submitter = _Submitter(instance, context)
+        templates = {pool: submitter.create(pool, {}) for pool in submitter.jobs}
+
+    def copy(pool: str | None, tags: dict[str, str], status: Any) -> Any:
+        return templates[pool]._replace(run_id=str(uuid.uuid4()), status=status, tags=tags)
+
+    active = [copy(p, t, DagsterRunStatus.STARTING) for p, t in queue_saturating_runs()]
+    queued = [copy(*queue_blocked_run(i), DagsterRunStatus.QUEUED) for i in range(n_queued)]
+    _insert_runs(instance, active + queued)
+    instance.dispose()
+    return time.perf_counter() - start
+
+
+def _daemon() -> Any:
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    return QueuedRunCoordinatorDaemon(interval_seconds=1)
+
+
+def case_dequeue_blocked(params: dict[str, Any]) -> dict[str, Any]:
+    """One ``QueuedRunCoordinatorDaemon.run_iteration`` over a queue where every run is held
+    (see ``bench_runcore.case_dequeue_blocked``). Daemon, instance and workspace are created
+    after the fill; the first iteration is timed alone, then the steady ones."""
+    n_queued = params["n_queued"]
+    n_active = len(queue_saturating_runs())
+    max_runs = n_active if params["blocker"] == "global" else -1
+    with tempfile.TemporaryDirectory() as home:
+        fill_seconds = _fill_blocked_queue(home, n_queued)
+        instance = _queued_instance(home, limits=True, max_concurrent_runs=max_runs)
+        with _workspace(instance) as context:
+            daemon = _daemon()
+            assert _count(instance, "QUEUED") == n_queued
+            assert _count(instance, "STARTING") == n_active
+
+            def once() -> None:
+                list(daemon.run_iteration(context))
+
+            start = time.perf_counter()
+            once()
+            first = time.perf_counter() - start
+            steady = summary_ms(time_calls(once, _blocked_repeat(params)))
+            assert _count(instance, "QUEUED") == n_queued, "a blocked run was launched"
+            assert _count(instance, "STARTING") == n_active
+            if params["blocker"] == "limits":
+                _check_only_limits_hold(instance, context, daemon)
+        instance.dispose()
+    steady.update(count=n_queued, fill_seconds=fill_seconds)
+    first_ms = {"value": first * 1000.0, "unit": "ms", "reps": 1, "count": n_queued}
+    return {"first": first_ms, "steady": steady}
+
+
+def _check_only_limits_hold(instance: Any, context: Any, daemon: Any) -> None:
+    """A run no limit covers starts at once: the queued runs are held by their limits."""
+    free = _Submitter(instance, context).submit(None, queue_free_run(0)[1])
+    list(daemon.run_iteration(context))
+    assert instance.get_run_by_id(free.run_id).status.value == "STARTING"
+    assert _count(instance, "STARTING") == len(queue_saturating_runs()) + 1
+
+
+def _blocked_repeat(params: dict[str, Any]) -> Repeat:
+    """The usual policy, or ``params["reps"]`` passes (one warm-up) for slow passes."""
+    reps = params.get("reps")
+    if reps is None:
+        return Repeat.for_mode(params["quick"])
+    return Repeat(warmup=1, min_reps=reps, min_seconds=0.0, max_reps=reps)
+
+
+def case_drain(params: dict[str, Any]) -> dict[str, Any]:
+    """Runs launched per second: daemon iterations until ``n_queued`` free runs are started.
+
+    No limits, ``NoopRunLauncher``. The runs are created and submitted one by one (untimed),
+    so each has what a real submission leaves (its enqueued event and event-log shard).
+    """
+    n_queued = params["n_queued"]
+    passes: list[int] = []
+
+    def trial() -> float:
+        with tempfile.TemporaryDirectory() as home:
+            instance = _queued_instance(home, limits=False)
+            with _workspace(instance) as context:
+                submitter = _Submitter(instance, context)
+                for i in range(n_queued):
+                    submitter.submit(None, queue_free_run(i)[1])
+            instance.dispose()
+            instance = _queued_instance(home, limits=False)
+            with _workspace(instance) as context:
+                daemon = _daemon()
+                count = 0
+                start = time.perf_counter()
+                while _count(instance, "QUEUED"):
+                    list(daemon.run_iteration(context))
+                    count += 1
+                elapsed = time.perf_counter() - start
+                assert _count(instance, "STARTING") == n_queued
+            instance.dispose()
+        passes.append(count)
+        return elapsed
+
+    result = median_rate(n_queued, trial, params["trials"])
+    result["calls"] = max(passes)  # daemon iterations per drain
+    return {"rate": result}
+
+
 CASES = {
     "execute": case_execute,
     "multiprocess": case_multiprocess,
@@ -228,4 +495,7 @@ CASES = {
     "store_events": case_store_events,
     "writers": case_writers,
     "query": case_query,
+    "enqueue": case_enqueue,
+    "dequeue_blocked": case_dequeue_blocked,
+    "drain": case_drain,
 }

@@ -14,7 +14,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _harness import Repeat, expected_output, fill_row, median_rate, summary_ms, time_calls
+from _harness import (
+    QUEUE_POOL_LIMIT,
+    Repeat,
+    expected_output,
+    fill_row,
+    median_rate,
+    queue_blocked_run,
+    queue_free_run,
+    queue_pool_names,
+    queue_saturating_runs,
+    queue_tag_limits,
+    summary_ms,
+    time_calls,
+)
 from _writers import run_concurrent_writers, time_sink
 
 import runcore as rc
@@ -192,6 +205,154 @@ def case_query(params: dict[str, Any]) -> dict[str, Any]:
     return {"time": result}
 
 
+# --- queued coordination ---------------------------------------------------------------------
+
+
+def _queued_instance(path: str, *, limits: bool, max_concurrent_runs: int = -1) -> rc.Instance:
+    """A SQLite instance with the queued coordinator and ``RecordingLauncher`` (runs nothing).
+
+    With ``limits`` it carries the workload's 50 tag limits and run-granularity pools.
+    """
+    concurrency: dict[str, Any] = {"runs": {"max_concurrent_runs": max_concurrent_runs}}
+    if limits:
+        concurrency["runs"]["tag_concurrency_limits"] = queue_tag_limits()
+        concurrency["pools"] = {"granularity": "run"}
+    return rc.Instance.from_config(
+        {
+            "storage": {"sqlite": {"path": path}},
+            "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
+            "run_launcher": {"class": "runcore.testing:RecordingLauncher"},
+            "concurrency": concurrency,
+        }
+    )
+
+
+def _queue_jobs() -> dict[str | None, rc.Job]:
+    import runcore_jobs
+
+    return runcore_jobs.queue_jobs(queue_pool_names())
+
+
+def case_enqueue(params: dict[str, Any]) -> dict[str, Any]:
+    """Runs enqueued per second: ``Instance.submit_run`` under the queued coordinator."""
+    count = params["count"]
+    job = _queue_jobs()[None]
+    with (
+        tempfile.TemporaryDirectory() as home,
+        _queued_instance(f"{home}/runs.db", limits=False) as inst,
+    ):
+        assert inst.submit_run(job).status is rc.RunStatus.QUEUED  # warm-up and check
+        tags = [queue_free_run(i)[1] for i in range(count)]
+
+        def trial() -> float:
+            start = time.perf_counter()
+            for run_tags in tags:
+                inst.submit_run(job, tags=run_tags)
+            return time.perf_counter() - start
+
+        result = median_rate(count, trial, params["trials"])
+        queued = inst.storage.count_runs(rc.RunsFilter(statuses=[rc.RunStatus.QUEUED]))
+        assert queued == 1 + count * params["trials"], queued
+    return {"rate": result}
+
+
+def _fill_blocked_queue(path: str, n_queued: int) -> float:
+    """Fill ``path`` with in-progress runs saturating every limit (launched by a dequeue
+    pass), then ``n_queued`` queued runs each held by one of them; return the seconds taken."""
+    jobs = _queue_jobs()
+    start = time.perf_counter()
+    with _queued_instance(path, limits=True) as inst:
+        for pool in queue_pool_names():
+            inst.set_pool_limit(pool, QUEUE_POOL_LIMIT)
+        saturating = queue_saturating_runs()
+        for pool, tags in saturating:
+            inst.submit_run(jobs[pool], tags=tags)
+        result = rc.Daemon(inst).dequeue_once()
+        assert result is not None and len(result.launched) == len(saturating), result
+        for i in range(n_queued):
+            pool, tags = queue_blocked_run(i)
+            inst.submit_run(jobs[pool], tags=tags)
+    return time.perf_counter() - start
+
+
+def case_dequeue_blocked(params: dict[str, Any]) -> dict[str, Any]:
+    """One ``Daemon.dequeue_once()`` over a queue where every run is held.
+
+    ``blocker="limits"``: no global limit; each queued run is held by a full tag limit,
+    unique-value bucket or pool. ``blocker="global"``: the same queue with
+    ``max_concurrent_runs`` equal to the in-progress runs. The daemon's instance is opened
+    after the fill, as a freshly started daemon would: the first pass loads the queued runs'
+    admission data into the coordinator's cache, later passes reuse it.
+    """
+    n_queued = params["n_queued"]
+    n_active = len(queue_saturating_runs())
+    max_runs = n_active if params["blocker"] == "global" else -1
+    with tempfile.TemporaryDirectory() as home:
+        path = f"{home}/runs.db"
+        fill_seconds = _fill_blocked_queue(path, n_queued)
+        with _queued_instance(path, limits=True, max_concurrent_runs=max_runs) as inst:
+            daemon = rc.Daemon(inst)
+
+            def once() -> None:
+                result = daemon.dequeue_once()
+                assert result is not None and not result.launched, result
+                assert result.queued == n_queued, result
+
+            start = time.perf_counter()
+            once()
+            first = time.perf_counter() - start
+            steady = summary_ms(time_calls(once, Repeat.for_mode(params["quick"])))
+            if params["blocker"] == "limits":
+                _check_only_limits_hold(inst, daemon)
+    steady.update(count=n_queued, fill_seconds=fill_seconds)
+    first_ms = {"value": first * 1000.0, "unit": "ms", "reps": 1, "count": n_queued}
+    return {"first": first_ms, "steady": steady}
+
+
+def _check_only_limits_hold(inst: rc.Instance, daemon: rc.Daemon) -> None:
+    """A run no limit covers starts at once: the queued runs are held by their limits."""
+    free = inst.submit_run(_queue_jobs()[None], tags=queue_free_run(0)[1])
+    result = daemon.dequeue_once()
+    assert result is not None and result.launched == (free.run_id,), result
+
+
+def case_drain(params: dict[str, Any]) -> dict[str, Any]:
+    """Runs launched per second: ``dequeue_once()`` until ``n_queued`` free runs are started.
+
+    No limits, ``RecordingLauncher`` (launches nothing: started runs stay STARTING). Median
+    of ``trials`` fills and drains; each drain runs on a freshly opened instance.
+    """
+    n_queued = params["n_queued"]
+    job = _queue_jobs()[None]
+    passes: list[int] = []
+
+    def trial() -> float:
+        with tempfile.TemporaryDirectory() as home:
+            path = f"{home}/runs.db"
+            with _queued_instance(path, limits=False) as inst:
+                for i in range(n_queued):
+                    inst.submit_run(job, tags=queue_free_run(i)[1])
+            with _queued_instance(path, limits=False) as inst:
+                inst.ensure_started()
+                daemon = rc.Daemon(inst)
+                launched = count = 0
+                start = time.perf_counter()
+                while launched < n_queued:
+                    result = daemon.dequeue_once()
+                    assert result is not None and (result.launched or result.queued), result
+                    launched += len(result.launched)
+                    count += 1
+                elapsed = time.perf_counter() - start
+                left = inst.storage.count_runs(rc.RunsFilter(statuses=[rc.RunStatus.QUEUED]))
+                assert launched == n_queued and left == 0, (launched, left)
+        passes.append(count)
+        return elapsed
+
+    result = median_rate(n_queued, trial, params["trials"])
+    result["calls"] = max(passes)  # dequeue passes per drain
+    return {"rate": result}
+
+
 CASES = {
     "execute": case_execute,
     "multiprocess": case_multiprocess,
@@ -199,4 +360,7 @@ CASES = {
     "store_events": case_store_events,
     "writers": case_writers,
     "query": case_query,
+    "enqueue": case_enqueue,
+    "dequeue_blocked": case_dequeue_blocked,
+    "drain": case_drain,
 }

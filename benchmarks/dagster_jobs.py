@@ -12,9 +12,20 @@ rebuild the job in its step subprocesses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from dagster import In, JobDefinition, OpDefinition, job, multiprocess_executor, op
+from dagster import (
+    Definitions,
+    In,
+    JobDefinition,
+    OpDefinition,
+    job,
+    multiprocess_executor,
+    op,
+)
+from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 
 def _const_op(name: str) -> OpDefinition:
@@ -94,3 +105,62 @@ def fanout_mp_job(n_ops: int) -> JobDefinition:
     (``build_reconstructable_job("dagster_jobs", "fanout_mp_job", (n_ops,))``).
     """
     return fanout_job(n_ops, executor_def=multiprocess_executor.configured({"max_concurrent": 2}))
+
+
+def queue_jobs(pools: list[str]) -> dict[str | None, JobDefinition]:
+    """The queued-coordination jobs by the pool they use: ``None`` -> job ``plain``, one op
+    ``plain_op`` in no pool; each pool -> job ``pooled_<pool>``, one op ``op_<pool>`` in that
+    pool (mirrors ``runcore_jobs``; op names differ so one code location can hold them all)."""
+    jobs: dict[str | None, JobDefinition] = {None: _one_op_job("plain", "plain_op", None)}
+    for pool in pools:
+        jobs[pool] = _one_op_job(f"pooled_{pool}", f"op_{pool}", pool)
+    return jobs
+
+
+def _one_op_job(name: str, op_name: str, pool: str | None) -> JobDefinition:
+    @op(name=op_name, pool=pool)
+    def _const() -> int:
+        return 1
+
+    @job(name=name)
+    def one() -> None:
+        _const()
+
+    return one
+
+
+def queue_definitions() -> Definitions:
+    """The queued-coordination jobs as a code location (loaded in-process by the workspace)."""
+    from _harness import queue_pool_names
+
+    return Definitions(jobs=list(queue_jobs(queue_pool_names()).values()))
+
+
+class NoopRunLauncher(RunLauncher, ConfigurableClass):
+    """A run launcher that launches nothing: the run stays STARTING (like runcore's
+    ``RecordingLauncher``), so a dequeue benchmark measures the daemon, not a launch."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None) -> None:
+        self._inst_data = inst_data
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> NoopRunLauncher:
+        return cls(inst_data=inst_data)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        """Do nothing."""
+
+    def terminate(self, run_id: str) -> bool:
+        """Nothing runs, so nothing is terminated."""
+        return False

@@ -76,3 +76,13 @@ def build(shape: str, n_ops: int) -> rc.Job:
     if shape == "fanout":
         return fanout_job(n_ops)
     raise ValueError(f"unknown job shape {shape!r}")
+
+
+def queue_jobs(pools: list[str]) -> dict[str | None, rc.Job]:
+    """The queued-coordination jobs by the pool they use: ``None`` -> job ``plain``, one op
+    ``plain_op`` in no pool; each pool -> job ``pooled_<pool>``, one op ``op_<pool>`` in that
+    pool (as in ``dagster_jobs``)."""
+    jobs: dict[str | None, rc.Job] = {None: rc.job("plain", [rc.op(name="plain_op")(_const)])}
+    for pool in pools:
+        jobs[pool] = rc.job(f"pooled_{pool}", [rc.op(name=f"op_{pool}", pool=pool)(_const)])
+    return jobs
