@@ -27,7 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TIMEOUT_S = 10.0
+TIMEOUT_S = 30.0  # generous: examples run in 1-2 s, but CI machines can be loaded
 
 _FENCE = re.compile(
     r"""
