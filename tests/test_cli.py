@@ -213,3 +213,27 @@ def test_runs_why_and_pool_commands(project: Path) -> None:
     assert "no limit" in runcore(project, "instance", "concurrency", "get", "db").stdout
     bad = runcore(project, "instance", "concurrency", "set", "db", "-1")
     assert bad.returncode == 2 and "int >= 0" in bad.stderr
+
+
+def test_runs_cancel(project: Path) -> None:
+    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    script = (
+        "import runcore as rc\n"
+        "inst = rc.Instance.from_config('runcore.yaml')\n"
+        "print(inst.submit_run('sums', code_location='pipeline.py:defs').run_id)\n"
+        "inst.close()\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    run_id = made.stdout.strip()
+    first = runcore(project, "runs", "cancel", run_id)
+    assert first.returncode == 0, first.stderr
+    assert f"run {run_id}: CANCELED" in first.stdout
+    again = runcore(project, "runs", "cancel", run_id)
+    assert again.returncode == 1 and "had already ended CANCELED" in again.stdout

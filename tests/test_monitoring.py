@@ -235,3 +235,103 @@ def test_cancel_while_starting_never_leaves_a_run_behind(tmp_path: Path) -> None
             "no cancel landed"
         )
         assert inst.storage.get_pool_leases() == []
+
+
+STUBBORN = textwrap.dedent(
+    """
+    import time
+    import runcore as rc
+
+    @rc.op
+    def stubborn(context) -> None:
+        open(context.tags["started"], "w").close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ignores its cancel on purpose
+            time.sleep(0.01)
+
+    @rc.op
+    def polite(context) -> None:
+        open(context.tags["started"], "w").close()
+        context.wait_for_cancel(60)
+
+    defs = rc.Definitions(jobs=[rc.job("stubborn", [stubborn]), rc.job("polite", [polite])])
+    """
+)
+
+THREAD_HOST = textwrap.dedent(
+    """
+    import sys, threading, runcore as rc
+    inst = rc.Instance.from_config({
+        "storage": {"sqlite": {"path": sys.argv[1]}},
+        "run_launcher": {"class": "runcore.launchers:ThreadPoolRunLauncher"},
+    })
+    run = inst.submit_run(sys.argv[3], code_location=sys.argv[2], tags={"started": sys.argv[4]})
+    print(run.run_id, flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+def _thread_host(tmp_path: Path, job: str) -> tuple[subprocess.Popen[str], str, Path]:
+    location = tmp_path / "stubborn.py"
+    location.write_text(STUBBORN)
+    started = tmp_path / f"{job}.started"
+    host = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            THREAD_HOST,
+            str(tmp_path / "runs.db"),
+            f"{location}:defs",
+            job,
+            str(started),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert host.stdout is not None
+    run_id = host.stdout.readline().strip()
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.01)
+    return host, run_id, started
+
+
+def test_a_cancel_from_another_process_reaches_a_thread_run(tmp_path: Path) -> None:
+    host, run_id, _ = _thread_host(tmp_path, "polite")
+    try:
+        with rc.Instance.from_config(
+            {"storage": {"sqlite": {"path": str(tmp_path / "runs.db")}}}
+        ) as inst:
+            assert inst.cancel_run(run_id)
+            # Not marked CANCELED behind the host's back: the host stops the run, then ends it.
+            done = inst.wait_for_run(run_id, timeout=30)
+            assert done.status is rc.RunStatus.CANCELED
+            steps = inst.get_events(run_id, event_types=[rc.EventType.STEP_SUCCESS])
+            assert [e.step_key for e in steps] == ["polite"]  # the op saw its cancel and returned
+    finally:
+        host.kill()
+        host.wait(timeout=10)
+
+
+def test_a_forced_cancel_never_kills_the_process_hosting_thread_runs(tmp_path: Path) -> None:
+    host, run_id, _ = _thread_host(tmp_path, "stubborn")
+    try:
+        cfg = {
+            "storage": {"sqlite": {"path": str(tmp_path / "runs.db")}},
+            "run_monitoring": {"cancel_timeout_seconds": 5},
+        }
+        with rc.Instance.from_config(cfg) as inst:
+            assert inst.cancel_run(run_id)
+            assert inst.get_run(run_id).status is rc.RunStatus.CANCELING
+            clock = Clock()
+            clock.offset = 6
+            result = rc.Daemon(inst, clock=clock).monitor_once()
+            assert result is not None and result.forced_cancels == (run_id,)
+            assert inst.get_run(run_id).status is rc.RunStatus.CANCELED
+            time.sleep(0.2)
+            assert host.poll() is None, "the host application was killed"
+    finally:
+        host.kill()
+        host.wait(timeout=10)

@@ -8,6 +8,7 @@
                                       [--limit N] [--json]
     runcore [--config FILE] runs show RUN_ID [--json]
     runcore [--config FILE] runs why RUN_ID
+    runcore [--config FILE] runs cancel RUN_ID
     runcore [--config FILE] instance concurrency set POOL N | get POOL | list | delete POOL
     runcore [--config FILE] daemon [--interval SECONDS]
     runcore [--config FILE] daemon status
@@ -188,6 +189,17 @@ def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
         if event.data:
             detail += " " + " ".join(f"{k}={v}" for k, v in event.data.items())
         out.write(f"{when}  {event.event_type.value:18}  {step:20}  {detail.strip()}\n")
+    return 0
+
+
+def cmd_runs_cancel(args: argparse.Namespace, out: TextIO) -> int:
+    with _instance(args) as inst:
+        if not inst.cancel_run(args.run_id):
+            out.write(
+                f"run {args.run_id} had already ended {inst.get_run(args.run_id).status.value}\n"
+            )
+            return 1
+        out.write(f"run {args.run_id}: {inst.get_run(args.run_id).status.value}\n")
     return 0
 
 
@@ -410,6 +422,9 @@ def _add_runs_commands(sub: Any) -> None:
     runs_show.add_argument("--json", action="store_true", help="print JSON")
     runs_show.set_defaults(func=cmd_runs_show)
 
+    runs_cancel = runs_sub.add_parser("cancel", help="cancel a run, wherever it is")
+    runs_cancel.add_argument("run_id")
+    runs_cancel.set_defaults(func=cmd_runs_cancel)
     runs_why = runs_sub.add_parser("why", help="why a queued run has not started")
     runs_why.add_argument("run_id")
     runs_why.set_defaults(func=cmd_runs_why)

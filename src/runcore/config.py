@@ -131,6 +131,16 @@ class RunMonitoringConfig:
     max_runtime_seconds: float | None = None
     poll_interval_seconds: float = 5.0
 
+    def __attrs_post_init__(self) -> None:
+        for name in ("start_timeout_seconds", "cancel_timeout_seconds", "poll_interval_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"run_monitoring.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_runtime_seconds is not None and self.max_runtime_seconds <= 0:
+            raise ConfigError(
+                "run_monitoring.max_runtime_seconds must be > 0 (or null for no limit), got "
+                f"{self.max_runtime_seconds}"
+            )
+
 
 @attrs.frozen
 class RunRetriesConfig:
@@ -140,6 +150,12 @@ class RunRetriesConfig:
     max_retries: int = 0
     retry_on_op_failure: bool = True
     delay_seconds: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ConfigError(f"run_retries.max_retries must be >= 0, got {self.max_retries}")
+        if self.delay_seconds < 0:
+            raise ConfigError(f"run_retries.delay_seconds must be >= 0, got {self.delay_seconds}")
 
 
 @attrs.frozen

@@ -1,9 +1,10 @@
 """The daemon: background duties over one instance.
 
-Duties today: **dequeue** (start queued runs when the limits allow; only when the instance's
-coordinator queues) and a **heartbeat** in storage, so ``runcore daemon status`` and
-``Instance.explain_queued`` can tell whether a daemon is alive. Run monitoring and run retries
-join as duties of their own.
+Duties: **dequeue** (start queued runs when the limits allow; only when the instance's
+coordinator queues), **monitor** (run monitoring: stuck, dead and overlong runs, leaked slots;
+see :mod:`runcore.monitoring`), **retries** (run retries by policy; see :mod:`runcore.retries`),
+and a **heartbeat** in storage, so ``runcore daemon status`` and ``Instance.explain_queued``
+can tell whether a daemon is alive.
 
 Tests call :meth:`Daemon.run_once`, which performs exactly one pass of each enabled duty in the
 calling thread; the clock is injectable so that time can be stepped instead of slept.

@@ -202,7 +202,8 @@ def _build_launchers(
         )
     if cfg.run_launcher is not None:
         return isolated, None
-    return isolated, ThreadPoolRunLauncher(max_workers=max(1, ni.max_concurrent_runs))
+    threads = ni.max_concurrent_runs if ni.max_concurrent_runs > 0 else (os.cpu_count() or 1) * 5
+    return isolated, ThreadPoolRunLauncher(max_workers=threads)
 
 
 def step_pools_for(cfg: _config.InstanceConfig | None) -> StepPools | None:

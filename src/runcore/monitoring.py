@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from runcore.launchers.base import WORKER_HOST_TAG, WORKER_PID_TAG, HealthStatus, hostname
+from runcore.launchers.base import HealthStatus, dedicated_worker_pid
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
     MAX_RUNTIME_TAG,
@@ -190,9 +190,8 @@ class RunMonitor:
         if done is None:
             return False  # it ended by itself meanwhile
         self._terminate(run)
-        pid = run.tags.get(WORKER_PID_TAG)
-        on_this_host = run.tags.get(WORKER_HOST_TAG) == hostname()
-        if pid is not None and on_this_host and pid != str(os.getpid()):
-            with contextlib.suppress(OSError, ValueError):  # never our own process: a thread
-                os.kill(int(pid), signal.SIGKILL)
+        pid = dedicated_worker_pid(run)  # a run's own process only, never a host of threads
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         return True

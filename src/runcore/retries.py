@@ -155,10 +155,7 @@ class RunRetrier:
 
     def _create(self, run: Run, retry_id: str) -> Run:
         instance = self.instance
-        if run.code_location is not None:
-            job = instance.jobs.load(run.code_location).get_job(run.job_name)
-        else:
-            job = instance.jobs.resolve(run)
+        job = instance.jobs.resolve(run)  # the submitted Job object if this process has it
         strategy = run.tags.get(RETRY_STRATEGY_TAG, "from_failure")
         ran = list(run.step_keys_to_execute or job.order)
         step_keys: list[str] | None = run.step_keys_to_execute

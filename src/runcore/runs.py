@@ -141,7 +141,10 @@ class Run:
     def priority(self) -> int:
         """The ``runcore/priority`` tag as an int (0 when absent)."""
         raw = self.tags.get(PRIORITY_TAG)
-        return int(raw) if raw is not None else 0
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:  # refused at submit; a run written by other means counts as 0
+            return 0
 
 
 @attrs.frozen

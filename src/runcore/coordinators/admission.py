@@ -11,7 +11,7 @@ Rules, applied to queued runs in order of ``runcore/priority`` (higher first), t
 3. Non-isolated runs (tag ``runcore/isolation: non_isolated``) are limited separately.
 4. Pools, granularity ``run``: every pool the run's steps use needs a free slot; the run takes
    one in each when admitted. Granularity ``op``: the run is held only while *every* root step
-   has a pool and each of those pools is full (its steps claim slots themselves, later).
+   has a pool and each of those pools is full (its steps claim slots as they are about to run).
 5. A run held by any rule takes nothing: it does not use up a tag budget, a global slot or a
    pool slot, so runs behind it that are not held start (no head-of-line blocking).
 """

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore.errors import InstanceClosedError, RunNotFoundError
+from runcore.launchers.base import HealthStatus, recorded_process_health
 from runcore.runs import FailureKind, RunStatus
 from runcore.storage.base import move_run
 
@@ -100,8 +101,14 @@ class RunCoordinator(ABC):
             if moved is None:
                 continue
             if not self.context.launcher.terminate(run_id):
-                # No worker of this launcher holds it (it never got a thread, or it is gone):
-                # nothing will finish the cancel, so finish it here.
+                current = storage.get_run(run_id) or run
+                if recorded_process_health(current).status is HealthStatus.RUNNING:
+                    # Another live process holds it (a thread of another host process): that
+                    # process sees CANCELING and stops the run; monitoring's cancel timeout
+                    # bounds the wait.
+                    return True
+                # No worker holds it (it never got a thread, or it is gone): nothing will
+                # finish the cancel, so finish it here.
                 move_run(
                     storage,
                     run_id,

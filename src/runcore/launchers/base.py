@@ -80,6 +80,9 @@ class WorkerHealth:
 #: process executing it (a worker process, or the host process of a thread).
 WORKER_PID_TAG = "runcore/worker_pid"
 WORKER_HOST_TAG = "runcore/worker_host"
+#: ``process``: the pid is a worker process of the run alone (it may be signalled or killed);
+#: ``thread``: the pid is a host process running the run on a thread (never to be killed).
+WORKER_KIND_TAG = "runcore/worker_kind"
 
 
 def hostname() -> str:
@@ -89,9 +92,27 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def worker_tags(pid: int) -> dict[str, str]:
-    """The tags that record process ``pid`` of this host as a run's worker."""
-    return {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: hostname()}
+def worker_tags(pid: int, kind: str) -> dict[str, str]:
+    """The tags that record process ``pid`` of this host as a run's worker (``kind``:
+    ``process`` or ``thread``, see :data:`WORKER_KIND_TAG`)."""
+    return {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: hostname(), WORKER_KIND_TAG: kind}
+
+
+def dedicated_worker_pid(run: Run) -> int | None:
+    """The pid of the run's own worker process on this host, if it has one: the only process
+    runcore may signal or kill on the run's behalf (never a host process running threads)."""
+    import os
+
+    pid = run.tags.get(WORKER_PID_TAG)
+    if pid is None or run.tags.get(WORKER_KIND_TAG) != "process":
+        return None
+    if run.tags.get(WORKER_HOST_TAG) != hostname():
+        return None
+    try:
+        value = int(pid)
+    except ValueError:
+        return None
+    return None if value == os.getpid() else value
 
 
 def recorded_process_health(run: Run, what: str = "worker process") -> WorkerHealth:

@@ -33,12 +33,10 @@ import attrs
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.instance import WORKER_ENV
 from runcore.launchers.base import (
-    WORKER_HOST_TAG,
-    WORKER_PID_TAG,
     LaunchContext,
     RunLauncher,
     WorkerHealth,
-    hostname,
+    dedicated_worker_pid,
     recorded_process_health,
     worker_tags,
 )
@@ -290,7 +288,7 @@ class SubprocessRunLauncher(RunLauncher):
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
-        self.context.storage.add_run_tags(run.run_id, worker_tags(worker.process.pid))
+        self.context.storage.add_run_tags(run.run_id, worker_tags(worker.process.pid, "process"))
 
     def terminate(self, run_id: str) -> bool:
         with self._lock:
@@ -305,17 +303,17 @@ class SubprocessRunLauncher(RunLauncher):
         return True
 
     def _terminate_recorded(self, run_id: str) -> bool:
-        """SIGTERM a worker this launcher did not start (another process's), found by the pid
-        and host recorded on the run; the worker's own handler cancels the run."""
+        """SIGTERM a worker process this launcher did not start (another process's), found by
+        the pid recorded on the run; the worker's own handler cancels the run."""
         run = self.context.storage.get_run(run_id)
         if run is None or run.status.is_terminal:
             return False
-        pid = run.tags.get(WORKER_PID_TAG)
-        if pid is None or run.tags.get(WORKER_HOST_TAG) != hostname() or pid == str(os.getpid()):
+        pid = dedicated_worker_pid(run)
+        if pid is None:
             return False
         try:
-            os.kill(int(pid), signal.SIGTERM)
-        except (OSError, ValueError):
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
             return False
         return True
 

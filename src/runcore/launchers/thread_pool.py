@@ -18,7 +18,7 @@ from runcore.launchers.base import (
     recorded_process_health,
     worker_tags,
 )
-from runcore.runs import FailureKind, RunStatus
+from runcore.runs import FailureKind, RunsFilter, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class ThreadPoolRunLauncher(RunLauncher):
     for a free thread in STARTING.
 
     Threads: a ``concurrent.futures`` pool of up to ``max_workers`` threads named
-    ``runcore-run-*``, created on first launch; :meth:`close` joins them.
+    ``runcore-run-*``, created on first launch; on storage other processes share, one more
+    (``runcore-run-cancel-watcher``) that applies cancels made by other processes (they move
+    the run to CANCELING; it sets the run's cancel). :meth:`close` stops and joins them.
     """
 
     def __init__(self, max_workers: int = 8) -> None:
@@ -52,6 +54,9 @@ class ThreadPoolRunLauncher(RunLauncher):
         self._lock = threading.Lock()
         self._active: dict[str, threading.Event] = {}
         self._launched: dict[str, None] = {}  # runs launched here, recent ones (ordered set)
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.cancel_poll_interval = 0.25
         self._closed = False
 
     def __repr__(self) -> str:
@@ -79,7 +84,8 @@ class ThreadPoolRunLauncher(RunLauncher):
         if context.storage.shareable:
             # Recorded before the run can start, so that another process (a daemon) can tell
             # whether the process holding the run's thread is alive.
-            context.storage.add_run_tags(run.run_id, worker_tags(os.getpid()))
+            context.storage.add_run_tags(run.run_id, worker_tags(os.getpid(), "thread"))
+            self._ensure_watcher()
         with self._lock:
             self._pool.submit(self._execute, context, run, cancel)
 
@@ -124,6 +130,32 @@ class ThreadPoolRunLauncher(RunLauncher):
             with self._lock:
                 self._active.pop(run.run_id, None)
 
+    def _ensure_watcher(self) -> None:
+        with self._lock:
+            if self._watcher is not None or self._closed:
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, name="runcore-run-cancel-watcher", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Cancel runs that another process moved to CANCELING (it cannot reach our threads)."""
+        while not self._stop.wait(self.cancel_poll_interval):
+            with self._lock:
+                active = list(self._active)
+            if not active:
+                continue
+            try:
+                records = self.context.storage.get_run_records(
+                    RunsFilter(run_ids=active, statuses=[RunStatus.CANCELING])
+                )
+            except Exception:
+                log.exception("runcore thread launcher: the cancel watcher's read failed")
+                continue
+            for record in records:
+                self.terminate(record.run.run_id)
+
     def terminate(self, run_id: str) -> bool:
         with self._lock:
             cancel = self._active.get(run_id)
@@ -151,4 +183,7 @@ class ThreadPoolRunLauncher(RunLauncher):
             self._closed = True
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)  # the watcher still applies cancels meanwhile
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)

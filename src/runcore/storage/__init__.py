@@ -15,6 +15,7 @@ from runcore.storage.base import (
     PoolStorage,
     RunStorage,
     SlotLease,
+    move_run,
 )
 from runcore.storage.memory import InMemoryStorage
 
@@ -31,6 +32,7 @@ __all__ = [
     "RunStorage",
     "SlotLease",
     "SqliteStorage",
+    "move_run",
 ]
 
 
