@@ -204,3 +204,21 @@ def test_a_stale_warm_worker_is_retired_when_its_code_changes(tmp_path: Path) ->
         run = inst.submit_run("version", code_location=location)
         assert inst.wait_for_run(run.run_id, timeout=30).status is rc.RunStatus.SUCCESS
         assert inst.output_store.get(run.run_id, "version") == 2
+
+
+def test_a_zombie_worker_counts_as_dead(instance: rc.Instance) -> None:
+    import subprocess
+
+    from runcore.launchers.base import recorded_process_health, worker_tags
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        child.kill()
+        time.sleep(0.2)  # not waited for: it stays a zombie of this process
+        run = rc.Run(job_name="j", tags=worker_tags(child.pid, "process"))
+        health = recorded_process_health(run)
+        assert health.status is HealthStatus.DEAD
+        assert "not yet reaped" in health.reason
+    finally:
+        child.wait(timeout=10)
+    assert recorded_process_health(run).status is HealthStatus.DEAD  # and gone, once reaped

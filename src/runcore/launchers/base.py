@@ -134,7 +134,18 @@ def recorded_process_health(run: Run, what: str = "worker process") -> WorkerHea
     except ProcessLookupError:
         return WorkerHealth.dead(f"the {what} {pid} is gone")
     except PermissionError:
-        return WorkerHealth.running()  # it exists, owned by another user
+        pass  # it exists, owned by another user: look closer below
+    import psutil
+
+    try:
+        if psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE:
+            # Dead, waiting for its parent to reap it (which may be never, e.g. in a
+            # container whose PID 1 does not reap orphans).
+            return WorkerHealth.dead(f"the {what} {pid} has exited (not yet reaped)")
+    except psutil.NoSuchProcess:
+        return WorkerHealth.dead(f"the {what} {pid} is gone")
+    except psutil.Error:
+        pass
     return WorkerHealth.running()
 
 
