@@ -1,0 +1,949 @@
+"""Chaos test of runcore's run layer: nothing stuck, nothing leaked, nothing lost.
+
+    python benchmarks/chaos.py                        # 500 runs, writes benchmarks/CHAOS.md
+    python benchmarks/chaos.py --quick --out /tmp/c.md   # 60 runs, a smoke test
+    python benchmarks/chaos.py --runs 2000 --seed 7 --poll 0.5
+
+One SQLite instance in a temporary directory, with a queued coordinator (8 runs at a time), a
+pool of 2 slots at op granularity, isolated runs (one worker process per run, warm workers
+optional), run monitoring polling every ``--poll`` seconds and run retries (``max_retries: 1``).
+Two ``runcore daemon`` processes serve it and race for every queued run. This script submits
+runs of ``chaos_jobs.py`` over time (some fail in op code, on cue) while two chaos threads:
+
+* kill -9 random run worker processes (their pid is the run's ``runcore/worker_pid`` tag) at
+  random points of their runs, recording when;
+* kill -9 a random daemon now and then and start a new one. A daemon is the host of the
+  launcher: the workers it started survive it, and the other daemon's monitoring has to find
+  their death by the pid recorded on the run. Some of the orphaned workers are killed too.
+
+When every run is submitted, the chaos stops and the script waits (bounded) for every run,
+retries included, to end; then it checks from storage:
+
+* **runs lost**: runs not in a terminal status;
+* **slots leaked**: pool slots held at the end, or (sampled during the chaos) held by a run
+  that had already ended;
+* **double starts**: runs with more than one RUN_STARTING or RUN_START event, or a step with
+  more than one STEP_START (no op here has a retry policy);
+* **missed retries**: failed runs the policy retries (``retry_number < max_retries`` and no
+  ``Failure(allow_retry=False)``) with no child run; **duplicate retries**: runs with more than
+  one child; **unwanted retries**: children of runs the policy does not retry;
+* **killed runs not failed**: runs whose worker was killed while they were in progress but
+  that did not end FAILURE;
+* **death -> FAILURE latency**: RUN_FAILURE event time minus kill time, for killed runs that
+  had not ended when the kill landed; its p99 must be under 2 poll intervals.
+
+Prints a table, writes a Markdown report (``--out``), and exits 1 if any count above is not 0
+or the latency bound is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+import runcore as rc
+from runcore.launchers.base import WORKER_PID_TAG
+from runcore.runs import IN_PROGRESS_STATUSES, RETRY_NUMBER_TAG
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import chaos_jobs  # noqa: E402 - found beside this script
+
+LOCATION = f"{BENCH_DIR / 'chaos_jobs.py'}:defs"
+JOB_WEIGHTS = {"etl": 3, "pair": 2, "diamond": 3, "chain5": 2}
+MAX_RETRIES = 1
+MAX_CONCURRENT_RUNS = 8
+POOL_LIMIT = 2
+START_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one chaos run does (from the command line)."""
+
+    runs: int
+    seed: int
+    poll: float
+    out: Path
+    rate: float  # submissions per second
+    max_queued: int  # submission pauses while this many runs are queued
+    warm_workers: int
+    kill_probability: float  # chance that a started run gets its worker killed
+    kill_window: float  # the kill lands within this many seconds of the run being seen STARTED
+    daemon_kill_every: tuple[float, float]  # seconds between daemon kills (uniform)
+    orphan_kill_probability: float  # chance that a dead daemon's running worker is killed
+    fail_probability: float  # chance that a run has an op that fails on cue
+    drain_timeout: float
+    keep: bool
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One SIGKILL of a run's worker process."""
+
+    run_id: str
+    pid: int
+    before: float  # time.time() just before os.kill
+    after: float  # and just after
+    status: str  # the run's status when it was chosen
+    orphan: bool  # its daemon (the launcher's host) was dead at the time
+
+
+@dataclass
+class Tally:
+    """Counters the chaos threads keep."""
+
+    kills: list[Kill] = field(default_factory=list)
+    kill_skips: Counter[str] = field(default_factory=Counter)
+    daemon_kills: int = 0
+    daemons_started: int = 0
+    orphans_chosen: int = 0
+    lease_samples: int = 0
+    sampled_leaks: set[tuple[str, str, str]] = field(default_factory=set)
+    submit_errors: list[str] = field(default_factory=list)
+    thread_errors: list[str] = field(default_factory=list)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def worker_process(pid: int) -> psutil.Process | None:
+    """The live (not zombie) run worker process ``pid``, or None."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return None
+    if "runcore" not in cmdline or "worker" not in cmdline:
+        return None  # not a run worker (a reused pid)
+    return proc
+
+
+class Daemons:
+    """The ``runcore daemon`` processes: start, kill -9, stop."""
+
+    def __init__(self, config_path: Path, log_dir: Path, tally: Tally) -> None:
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.tally = tally
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        """Start one more daemon."""
+        with self._lock:
+            number = self.tally.daemons_started = self.tally.daemons_started + 1
+        log = (self.log_dir / f"daemon-{number}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "runcore", "--config", str(self.config_path)]
+        proc = subprocess.Popen(
+            [*cmd, "daemon", "--interval", "0.05"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        with self._lock:
+            self.procs.append(proc)
+        return proc
+
+    def pids(self) -> set[int]:
+        with self._lock:
+            return {p.pid for p in self.procs}
+
+    def kill(self, pid: int | None, rng: random.Random) -> int | None:
+        """kill -9 daemon ``pid`` (None: a random one); its pid (None if there is none)."""
+        with self._lock:
+            if not self.procs:
+                return None
+            pids = [p.pid for p in self.procs]
+            index = pids.index(pid) if pid in pids else rng.randrange(len(pids))
+            victim = self.procs.pop(index)
+            self.tally.daemon_kills += 1
+        victim.kill()
+        victim.wait()
+        return victim.pid
+
+    def stop(self) -> None:
+        """SIGTERM every daemon (a clean stop), SIGKILL the ones that do not stop."""
+        with self._lock:
+            procs, self.procs = self.procs, []
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_errors(self) -> int:
+        """Tracebacks the daemons wrote (a duty that failed and went on)."""
+        return sum(
+            path.read_text(errors="replace").count("Traceback")
+            for path in self.log_dir.glob("daemon-*.log")
+        )
+
+
+# --- the chaos --------------------------------------------------------------------------------
+
+
+class WorkerKiller(threading.Thread):
+    """Kills run workers at random points of their runs; samples the pool slots too."""
+
+    def __init__(
+        self,
+        *,
+        storage: rc.InstanceStorage,
+        daemons: Daemons,
+        settings: Settings,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="chaos-worker-killer", daemon=True)
+        self.storage = storage
+        self.daemons = daemons
+        self.settings = settings
+        self.tally = tally
+        self.stop_event = stop
+        self.rng = random.Random(settings.seed + 1)
+        self._seen: set[str] = set()
+        self._due: list[tuple[float, str]] = []
+        self._armed: dict[str, float] = {}  # run -> when chosen, to be killed once STARTED
+        self._lock = threading.Lock()
+
+    def schedule(self, run_id: str, at: float) -> None:
+        """Kill ``run_id``'s worker at ``at`` (time.monotonic()), if the run is still going."""
+        with self._lock:
+            self._seen.add(run_id)
+            self._due.append((at, run_id))
+
+    def run(self) -> None:
+        next_sample = 0.0
+        while not self.stop_event.wait(0.02):
+            try:
+                self._pick()
+                self._kill_due()
+                if time.monotonic() >= next_sample:
+                    self._sample_leases()
+                    next_sample = time.monotonic() + 0.25
+            except Exception as exc:
+                self.tally.thread_errors.append(f"worker killer: {type(exc).__name__}: {exc}")
+
+    def _pick(self) -> None:
+        """Choose the runs to kill as they start: a kill lands while the worker loads the run
+        (STARTING) or, more often, at a random point of its steps (STARTED)."""
+        running = self.storage.get_run_records(rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        now = time.monotonic()
+        settings = self.settings
+        with self._lock:
+            for record in running:
+                run = record.run
+                if run.run_id in self._armed and run.status is rc.RunStatus.STARTED:
+                    del self._armed[run.run_id]
+                    self._due.append((now + self.rng.uniform(0, settings.kill_window), run.run_id))
+                if run.run_id in self._seen or WORKER_PID_TAG not in run.tags:
+                    continue
+                self._seen.add(run.run_id)
+                if self.rng.random() >= settings.kill_probability:
+                    continue
+                if run.status is rc.RunStatus.STARTING and self.rng.random() < 0.25:
+                    self._due.append((now + self.rng.uniform(0, 0.1), run.run_id))
+                else:
+                    self._armed[run.run_id] = now
+            in_progress = {record.run.run_id for record in running}
+            for run_id in [r for r in self._armed if r not in in_progress]:
+                del self._armed[run_id]
+                self.tally.kill_skips["the run ended before it was seen STARTED"] += 1
+
+    def _kill_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [run_id for at, run_id in self._due if at <= now]
+            self._due = [(at, run_id) for at, run_id in self._due if at > now]
+        for run_id in due:
+            self.kill(run_id)
+
+    def kill(self, run_id: str) -> None:
+        """kill -9 the worker of ``run_id`` now, if the run is in progress and it is alive."""
+        run = self.storage.get_run(run_id)
+        if run is None or not run.status.is_in_progress:
+            self.tally.kill_skips["the run had ended"] += 1
+            return
+        pid = int(run.tags[WORKER_PID_TAG])
+        proc = worker_process(pid)
+        if proc is None:
+            self.tally.kill_skips["the worker was not alive"] += 1
+            return
+        try:
+            orphan = proc.ppid() not in self.daemons.pids()
+        except psutil.Error:
+            self.tally.kill_skips["the worker was not alive"] += 1
+            return
+        before = time.time()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.tally.kill_skips["the worker was not alive"] += 1
+            return
+        after = time.time()
+        self.tally.kills.append(Kill(run_id, pid, before, after, run.status.value, orphan))
+
+    def _sample_leases(self) -> None:
+        """Leases held by runs that had ended: their status is read before the leases, and a
+        terminal transition frees a run's slots in the same write, so any is a leak."""
+        holders = {lease.run_id for lease in self.storage.get_pool_leases()}
+        ended = {
+            run_id
+            for run_id in holders
+            if (run := self.storage.get_run(run_id)) is None or run.status.is_terminal
+        }
+        self.tally.lease_samples += 1
+        for lease in self.storage.get_pool_leases():
+            if lease.run_id in ended:
+                self.tally.sampled_leaks.add((lease.pool, lease.run_id, lease.step_key or ""))
+
+
+class DaemonKiller(threading.Thread):
+    """Now and then: kill -9 a daemon, start another, and kill some of the orphaned workers."""
+
+    def __init__(
+        self,
+        *,
+        storage: rc.InstanceStorage,
+        daemons: Daemons,
+        killer: WorkerKiller,
+        settings: Settings,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="chaos-daemon-killer", daemon=True)
+        self.storage = storage
+        self.daemons = daemons
+        self.killer = killer
+        self.settings = settings
+        self.tally = tally
+        self.stop_event = stop
+        self.rng = random.Random(settings.seed + 2)
+
+    def run(self) -> None:
+        low, high = self.settings.daemon_kill_every
+        while not self.stop_event.wait(self.rng.uniform(low, high)):
+            try:
+                self._once()
+            except Exception as exc:
+                self.tally.thread_errors.append(f"daemon killer: {type(exc).__name__}: {exc}")
+
+    def _once(self) -> None:
+        parents: dict[str, int] = {}  # in-progress run -> the parent pid of its worker
+        for record in self.storage.get_run_records(
+            rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
+        ):
+            raw = record.run.tags.get(WORKER_PID_TAG)
+            proc = worker_process(int(raw)) if raw else None
+            with contextlib.suppress(psutil.Error):
+                if proc is not None:
+                    parents[record.run.run_id] = proc.ppid()
+        # A random daemon, among those hosting running workers if any do, so that every
+        # daemon kill leaves orphans for the other daemon's monitoring to find.
+        hosts = sorted(self.daemons.pids() & set(parents.values()))
+        pid = self.daemons.kill(self.rng.choice(hosts) if hosts else None, self.rng)
+        orphans = sorted(run_id for run_id, parent in parents.items() if parent == pid)
+        chosen = [r for r in orphans if self.rng.random() < self.settings.orphan_kill_probability]
+        if orphans and not chosen:
+            chosen = [self.rng.choice(orphans)]
+        now = time.monotonic()
+        for run_id in chosen:
+            self.killer.schedule(run_id, now + self.rng.uniform(0.0, 0.15))
+        self.tally.orphans_chosen += len(chosen)
+        self.daemons.start()
+
+
+def submit_all(
+    instance: rc.Instance, settings: Settings, tally: Tally, rng: random.Random
+) -> list[str]:
+    """Submit ``settings.runs`` runs at ``settings.rate`` per second (pausing while the queue
+    is long); returns their ids."""
+    names = list(JOB_WEIGHTS)
+    weights = [JOB_WEIGHTS[n] for n in names]
+    submitted: list[str] = []
+    interval = 1.0 / settings.rate
+    next_at = time.monotonic()
+    queued_filter = rc.RunsFilter(statuses=[rc.RunStatus.QUEUED])
+    while len(submitted) < settings.runs:
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        if instance.storage.count_runs(queued_filter) >= settings.max_queued:
+            next_at = time.monotonic() + interval
+            continue
+        job_name = rng.choices(names, weights)[0]
+        tags = {"chaos/seq": str(len(submitted))}
+        if rng.random() < settings.fail_probability:
+            tags[chaos_jobs.FAIL_OP_TAG] = rng.choice(chaos_jobs.OPS[job_name])
+            tags[chaos_jobs.FAIL_MODE_TAG] = rng.choices(chaos_jobs.FAIL_MODES, [6, 3, 1])[0]
+        if rng.random() < 0.2:
+            tags["runcore/retry_strategy"] = "all_steps"
+        try:
+            run = instance.submit_run(job_name, tags=tags, code_location=LOCATION)
+            submitted.append(run.run_id)
+        except Exception as exc:
+            tally.submit_errors.append(f"{type(exc).__name__}: {exc}")
+            if len(tally.submit_errors) > 20:
+                raise
+        next_at += interval
+    return submitted
+
+
+# --- the checks -------------------------------------------------------------------------------
+
+
+class Checker:
+    """Reads the outcome from storage (terminal runs never change, so facts are cached)."""
+
+    def __init__(self, storage: rc.InstanceStorage) -> None:
+        self.storage = storage
+        self._retry_allowed: dict[str, bool] = {}
+
+    def runs(self) -> list[rc.Run]:
+        return [r.run for r in self.storage.get_run_records(ascending=True)]
+
+    def retry_expected(self, run: rc.Run) -> bool:
+        """Whether the policy retries ``run`` (a FAILURE)."""
+        if run.status is not rc.RunStatus.FAILURE:
+            return False
+        if int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0) >= MAX_RETRIES:
+            return False
+        allowed = self._retry_allowed.get(run.run_id)
+        if allowed is None:
+            events = self.storage.get_event_records(
+                run.run_id, event_types=[rc.EventType.RUN_FAILURE]
+            )
+            allowed = not any(r.event.data.get("allow_retry") is False for r in events)
+            self._retry_allowed[run.run_id] = allowed
+        return allowed
+
+    def pending(self, runs: Sequence[rc.Run]) -> tuple[list[rc.Run], list[rc.Run]]:
+        """Runs not ended, and failed runs still waiting for their retry to be created."""
+        parents = {r.parent_run_id for r in runs if r.parent_run_id}
+        open_runs = [r for r in runs if not r.status.is_terminal]
+        awaiting = [r for r in runs if r.run_id not in parents and self.retry_expected(r)]
+        return open_runs, awaiting
+
+
+def drain(checker: Checker, timeout: float) -> float:
+    """Wait until every run has ended and every retry is made, or ``timeout``; seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        open_runs, awaiting = checker.pending(checker.runs())
+        if not open_runs and not awaiting:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - start
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Outcome:
+    """Everything the report shows."""
+
+    settings: Settings
+    wall: float
+    submit_seconds: float
+    drain_seconds: float
+    statuses: Counter[str]
+    failure_kinds: Counter[str]
+    originals: int
+    retries: int
+    invariants: dict[str, int]
+    examples: dict[str, list[str]]
+    kills: int
+    orphan_kills: int
+    orphans_chosen: int
+    starting_kills: int
+    kill_skips: Counter[str]
+    excluded_kills: int
+    latencies: list[float]
+    latency_by_detector: dict[str, list[float]]
+    daemon_kills: int
+    daemons_started: int
+    daemon_tracebacks: int
+    lease_samples: int
+    notes: list[str]
+
+    @property
+    def bound(self) -> float:
+        return 2 * self.settings.poll
+
+    @property
+    def latency_ok(self) -> bool:
+        return bool(self.latencies) and percentile(self.latencies, 99) < self.bound
+
+    @property
+    def ok(self) -> bool:
+        return self.latency_ok and not any(self.invariants.values())
+
+
+def detector(event: rc.Event) -> str:
+    """Who failed a killed run: the launcher that started the worker, or a monitor."""
+    if "exit_code" in event.data:
+        return "launcher (its own worker exited)"
+    if event.message.startswith("the run's worker died"):
+        return "run monitoring (pid recorded on the run)"
+    return "other"
+
+
+@dataclass
+class Facts:
+    """What :func:`analyse` reads from storage."""
+
+    runs: list[rc.Run]
+    invariants: dict[str, int]
+    examples: dict[str, list[str]]
+    latencies: list[float]
+    by_detector: dict[str, list[float]]
+    excluded: int
+
+
+def start_events(
+    storage: rc.InstanceStorage, runs: Sequence[rc.Run]
+) -> tuple[list[str], dict[str, rc.Event]]:
+    """Runs started twice (described), and each failed run's first RUN_FAILURE event."""
+    starts = [rc.EventType.RUN_STARTING, rc.EventType.RUN_START, rc.EventType.STEP_START]
+    double: list[str] = []
+    first_failure: dict[str, rc.Event] = {}
+    for run in runs:
+        counts: Counter[tuple[str, str]] = Counter()
+        for record in storage.get_event_records(run.run_id, event_types=starts):
+            counts[(record.event.event_type.value, record.event.step_key or "")] += 1
+        twice = [
+            f"{kind}{'/' + step if step else ''} x{n}"
+            for (kind, step), n in counts.items()
+            if n > 1
+        ]
+        if twice:
+            double.append(f"{run.run_id}: {', '.join(twice)}")
+        if run.status is rc.RunStatus.FAILURE:
+            failures = storage.get_event_records(run.run_id, event_types=[rc.EventType.RUN_FAILURE])
+            if failures:
+                first_failure[run.run_id] = failures[0].event
+    return double, first_failure
+
+
+@dataclass
+class KillOutcomes:
+    """The killed runs' fates: latency samples (all, and by who found the death), the kills
+    left out (the run had ended before), and killed runs that did not fail."""
+
+    latencies: list[float] = field(default_factory=list)
+    by_detector: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    excluded: int = 0
+    not_failed: list[str] = field(default_factory=list)
+
+
+def kill_outcomes(
+    kills: Sequence[Kill], by_id: dict[str, rc.Run], first_failure: dict[str, rc.Event]
+) -> KillOutcomes:
+    result = KillOutcomes()
+    for kill in kills:
+        run = by_id.get(kill.run_id)
+        if run is None or run.ended_at is None:
+            continue  # counted as lost
+        if run.ended_at <= kill.after:
+            result.excluded += 1  # it ended before the kill landed
+            continue
+        event = first_failure.get(kill.run_id)
+        if run.status is not rc.RunStatus.FAILURE or event is None:
+            result.not_failed.append(f"{kill.run_id} {run.status.value} (pid {kill.pid})")
+            continue
+        latency = event.timestamp - kill.before
+        result.latencies.append(latency)
+        result.by_detector[detector(event)].append(latency)
+    return result
+
+
+def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
+    """The invariant counts, examples, and the latency samples, from storage."""
+    checker = Checker(storage)
+    runs = checker.runs()
+    by_id = {r.run_id: r for r in runs}
+    children: dict[str, list[str]] = defaultdict(list)
+    for run in runs:
+        if run.parent_run_id:
+            children[run.parent_run_id].append(run.run_id)
+    lost = [r for r in runs if not r.status.is_terminal]
+    leases = storage.get_pool_leases()
+    leaks = {(x.pool, x.run_id, x.step_key or "") for x in leases} | tally.sampled_leaks
+    double, first_failure = start_events(storage, runs)
+    missed = [r for r in runs if checker.retry_expected(r) and not children.get(r.run_id)]
+    duplicate = {p: c for p, c in children.items() if len(c) > 1}
+    unwanted = [p for p in children if p in by_id and not checker.retry_expected(by_id[p])]
+    killed = kill_outcomes(tally.kills, by_id, first_failure)
+    examples = {
+        "runs lost": [f"{r.run_id} {r.status.value}" for r in lost],
+        "slots leaked": [f"{p} {run_id}/{step}" for p, run_id, step in sorted(leaks)],
+        "double starts": double,
+        "missed retries": [f"{r.run_id} ({r.failure_kind})" for r in missed],
+        "duplicate retries": [f"{p}: {c}" for p, c in duplicate.items()],
+        "unwanted retries": [f"{p} ({by_id[p].status.value})" for p in unwanted],
+        "killed runs not failed": killed.not_failed,
+        "submit errors": tally.submit_errors,
+        "chaos thread errors": tally.thread_errors,
+    }
+    return Facts(
+        runs=runs,
+        invariants={name: len(items) for name, items in examples.items()},
+        examples={k: v[:5] for k, v in examples.items() if v},
+        latencies=killed.latencies,
+        by_detector=dict(killed.by_detector),
+        excluded=killed.excluded,
+    )
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def latency_row(name: str, values: Sequence[float]) -> str:
+    if not values:
+        return f"| {name} | 0 | - | - | - |"
+    return (
+        f"| {name} | {len(values)} | {fmt_ms(statistics.median(values))} | "
+        f"{fmt_ms(percentile(values, 99))} | {fmt_ms(max(values))} |"
+    )
+
+
+def result_table(outcome: Outcome) -> list[str]:
+    """The headline table (printed and in the report)."""
+    lines = ["| check | result | must be |", "|---|---:|---|"]
+    for name, count in outcome.invariants.items():
+        lines.append(f"| {name} | {count} | 0 |")
+    p50 = statistics.median(outcome.latencies) if outcome.latencies else None
+    p99 = percentile(outcome.latencies, 99) if outcome.latencies else None
+    bound = fmt_ms(outcome.bound)
+    lines.append(f"| death -> FAILURE median | {fmt_ms(p50)} | < {bound} |")
+    lines.append(f"| death -> FAILURE p99 | {fmt_ms(p99)} | < {bound} |")
+    return lines
+
+
+def render(outcome: Outcome) -> str:
+    s = outcome.settings
+    verdict = "PASS" if outcome.ok else "FAIL"
+    low, high = s.daemon_kill_every
+    orphan = sum(len(v) for k, v in outcome.latency_by_detector.items() if "monitoring" in k)
+    lines = [
+        "# runcore chaos report",
+        "",
+        f"**{verdict}**: {s.runs} runs submitted, {outcome.kills} workers and "
+        f"{outcome.daemon_kills} daemons killed with SIGKILL, on SQLite. "
+        f"Generated by `python benchmarks/chaos.py --runs {s.runs} --seed {s.seed} "
+        f"--poll {s.poll:g}` on {dt.date.today().isoformat()}.",
+        "",
+        *result_table(outcome),
+        "",
+        "## Runs",
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| runs submitted | {outcome.originals} |",
+        f"| retry runs (made by the daemons) | {outcome.retries} |",
+    ]
+    for status, count in sorted(outcome.statuses.items()):
+        lines.append(f"| ended {status} | {count} |")
+    for kind, count in sorted(outcome.failure_kinds.items()):
+        lines.append(f"| FAILURE of kind {kind} | {count} |")
+    lines += [
+        f"| worker processes killed | {outcome.kills} |",
+        f"| ... of runs still STARTING (the worker was loading the job) | "
+        f"{outcome.starting_kills} |",
+        f"| ... of them orphaned (their daemon was dead) | {outcome.orphan_kills} |",
+        f"| orphaned workers chosen for a kill (just after their daemon's) | "
+        f"{outcome.orphans_chosen} |",
+        f"| ... excluded from latency (the run ended before the kill landed) | "
+        f"{outcome.excluded_kills} |",
+    ]
+    for why, count in sorted(outcome.kill_skips.items()):
+        lines.append(f"| kills not made: {why} | {count} |")
+    lines += [
+        f"| daemons killed / started | {outcome.daemon_kills} / {outcome.daemons_started} |",
+        f"| tracebacks in daemon logs | {outcome.daemon_tracebacks} |",
+        f"| pool lease samples taken during the chaos | {outcome.lease_samples} |",
+        "",
+        "## Time from a worker's death to its run's FAILURE",
+        "",
+        f"Bound: p99 under 2 poll intervals = {fmt_ms(outcome.bound)} "
+        f"(`run_monitoring.poll_interval_seconds: {s.poll:g}`). {orphan} of the failures were "
+        "found by the other daemon's monitoring (worker orphaned by a killed daemon).",
+        "",
+        "| found by | n | median | p99 | max |",
+        "|---|---:|---:|---:|---:|",
+        latency_row("all", outcome.latencies),
+    ]
+    for name, values in sorted(outcome.latency_by_detector.items()):
+        lines.append(latency_row(name, values))
+    lines += [
+        "",
+        "## Timing",
+        "",
+        f"Wall time {outcome.wall:.1f} s: submitting {outcome.submit_seconds:.1f} s "
+        f"(target {s.rate:g} runs/s), then {outcome.drain_seconds:.1f} s until every run "
+        "and retry had ended.",
+        "",
+        "## Setup",
+        "",
+        f"- SQLite storage in a temporary directory; `QueuedRunCoordinator`, "
+        f"`max_concurrent_runs: {MAX_CONCURRENT_RUNS}`; pool `{chaos_jobs.POOL}` with "
+        f"{POOL_LIMIT} slots at op granularity.",
+        f"- Isolated runs: `SubprocessRunLauncher` (`warm_workers: {s.warm_workers}`), one "
+        "worker process per run.",
+        f"- `run_monitoring`: poll {s.poll:g} s, start timeout {START_TIMEOUT:g} s; "
+        f"`run_retries`: `max_retries: {MAX_RETRIES}` (strategy `from_failure`, 20% of runs "
+        "`all_steps`).",
+        "- Two `runcore daemon --interval 0.05` processes on the file; every "
+        f"{low:g}-{high:g} s one (at random among those hosting running workers) is killed "
+        "with SIGKILL, each running worker it had started is killed within 0.15 s with "
+        f"probability {s.orphan_kill_probability:g} (at least one), and a new daemon is "
+        "started.",
+        f"- Jobs of `benchmarks/chaos_jobs.py` (2-5 steps of 10-60 ms), submitted at "
+        f"{s.rate:g}/s while fewer than {s.max_queued} runs are queued; "
+        f"{s.fail_probability:.0%} have an op that fails on cue (once, always, or with "
+        "`Failure(allow_retry=False)`).",
+        f"- The worker of a run is killed with probability {s.kill_probability:g}: a quarter "
+        "of those as the worker loads the run (STARTING, within 0.1 s of its pid being "
+        "recorded), the rest at a random time within "
+        f"{s.kill_window:g} s of the run being seen STARTED (its steps take 70-300 ms).",
+        "",
+        "## Definitions",
+        "",
+        "- *runs lost*: runs not in a terminal status after the wait "
+        f"(bounded by {s.drain_timeout:g} s).",
+        "- *slots leaked*: pool leases held at the end, plus leases seen (sampled every "
+        "0.25 s) held by a run whose status, read before the leases, was terminal.",
+        "- *double starts*: runs with more than one RUN_STARTING or RUN_START event, or a step "
+        "with more than one STEP_START.",
+        "- *missed / duplicate / unwanted retries*: a FAILURE run the policy retries with no "
+        "child run; a run with more than one child; a child of a run the policy does not retry.",
+        "- *killed runs not failed*: runs whose worker was killed before they ended that did "
+        "not end FAILURE.",
+        "- *death -> FAILURE*: timestamp of the run's RUN_FAILURE event minus the time just "
+        "before `os.kill`; runs that ended before the kill landed are left out.",
+    ]
+    if outcome.examples:
+        lines += ["", "## Violations (first examples)", ""]
+        for name, items in outcome.examples.items():
+            lines.append(f"- {name}:")
+            lines += [f"  - `{item}`" for item in items]
+    if outcome.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in outcome.notes]]
+    return "\n".join(lines) + "\n"
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def instance_config(tmp: Path, settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "storage": {"sqlite": {"path": str(tmp / "runs.db")}},
+        "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
+        "concurrency": {
+            "runs": {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
+            "pools": {"granularity": "op"},
+        },
+        "run_monitoring": {
+            "enabled": True,
+            "poll_interval_seconds": settings.poll,
+            "start_timeout_seconds": START_TIMEOUT,
+            "cancel_timeout_seconds": START_TIMEOUT,
+        },
+        "run_retries": {"enabled": True, "max_retries": MAX_RETRIES},
+    }
+    if settings.warm_workers:
+        config["run_launcher"] = {
+            "class": "runcore.launchers:SubprocessRunLauncher",
+            "config": {"warm_workers": settings.warm_workers, "preload": [LOCATION]},
+        }
+    return config
+
+
+def run_chaos(settings: Settings) -> Outcome:
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="runcore-chaos-"))
+    config = instance_config(tmp, settings)
+    config_path = tmp / "runcore.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    tally = Tally()
+    daemons = Daemons(config_path, tmp, tally)
+    # The submitter's instance: the same storage, and no warm workers of its own.
+    submitter_config = {k: v for k, v in config.items() if k != "run_launcher"}
+    instance = rc.Instance.from_config(submitter_config)
+    stop = threading.Event()
+    outcome: Outcome | None = None
+    try:
+        instance.set_pool_limit(chaos_jobs.POOL, POOL_LIMIT)
+        daemons.start()
+        daemons.start()
+        storage = instance.storage
+        killer = WorkerKiller(
+            storage=storage, daemons=daemons, settings=settings, tally=tally, stop=stop
+        )
+        daemon_killer = DaemonKiller(
+            storage=storage,
+            daemons=daemons,
+            killer=killer,
+            settings=settings,
+            tally=tally,
+            stop=stop,
+        )
+        killer.start()
+        daemon_killer.start()
+        t0 = time.monotonic()
+        try:
+            submitted = submit_all(instance, settings, tally, random.Random(settings.seed))
+        finally:
+            submit_seconds = time.monotonic() - t0
+            stop.set()
+            killer.join(10)
+            daemon_killer.join(30)
+        drained = drain(Checker(storage), settings.drain_timeout)
+        facts = analyse(storage, tally)
+        runs = facts.runs
+        outcome = Outcome(
+            settings=settings,
+            wall=0.0,
+            submit_seconds=submit_seconds,
+            drain_seconds=drained,
+            statuses=Counter(r.status.value for r in runs),
+            failure_kinds=Counter(
+                r.failure_kind.value if r.failure_kind else "?"
+                for r in runs
+                if r.status is rc.RunStatus.FAILURE
+            ),
+            originals=len(submitted),
+            retries=sum(1 for r in runs if r.parent_run_id),
+            invariants=facts.invariants,
+            examples=facts.examples,
+            kills=len(tally.kills),
+            orphan_kills=sum(1 for k in tally.kills if k.orphan),
+            orphans_chosen=tally.orphans_chosen,
+            starting_kills=sum(1 for k in tally.kills if k.status == "STARTING"),
+            kill_skips=tally.kill_skips,
+            excluded_kills=facts.excluded,
+            latencies=facts.latencies,
+            latency_by_detector=facts.by_detector,
+            daemon_kills=tally.daemon_kills,
+            daemons_started=tally.daemons_started,
+            daemon_tracebacks=0,
+            lease_samples=tally.lease_samples,
+            notes=[],
+        )
+    finally:
+        stop.set()
+        daemons.stop()
+        instance.close()
+    outcome.daemon_tracebacks = daemons.log_errors()
+    outcome.wall = time.monotonic() - started
+    if outcome.ok and not settings.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        outcome.notes.append(f"The instance and the daemon logs were kept in `{tmp}`.")
+    return outcome
+
+
+def parse_args(argv: Iterable[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=None, help="runs to submit (default 500)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument(
+        "--poll", type=float, default=0.5, help="run_monitoring.poll_interval_seconds (0.5)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BENCH_DIR / "CHAOS.md", help="the Markdown report"
+    )
+    parser.add_argument("--quick", action="store_true", help="60 runs, daemon kills more often")
+    parser.add_argument("--rate", type=float, default=6.0, help="submissions per second (6)")
+    parser.add_argument("--warm", type=int, default=2, help="warm workers per daemon (2)")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=90.0, help="seconds to wait for the runs to end"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the instance directory")
+    args = parser.parse_args(None if argv is None else list(argv))
+    runs = args.runs if args.runs is not None else (60 if args.quick else 500)
+    if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0:
+        parser.error("--runs, --poll and --rate must be > 0, --warm >= 0")
+    return Settings(
+        runs=runs,
+        seed=args.seed,
+        poll=args.poll,
+        out=args.out,
+        rate=args.rate,
+        max_queued=16,
+        warm_workers=args.warm,
+        kill_probability=0.3,
+        kill_window=0.25,
+        daemon_kill_every=(1.0, 2.5) if args.quick else (3.0, 8.0),
+        orphan_kill_probability=0.75,
+        fail_probability=0.15,
+        drain_timeout=args.drain_timeout,
+        keep=args.keep,
+    )
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    settings = parse_args(argv)
+    print(
+        f"chaos: {settings.runs} runs, seed {settings.seed}, poll {settings.poll:g} s, "
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    outcome = run_chaos(settings)
+    print("\n".join(result_table(outcome)))
+    print(
+        f"runs: {outcome.originals} submitted + {outcome.retries} retries; kills: "
+        f"{outcome.kills} workers ({outcome.orphan_kills} orphaned), {outcome.daemon_kills} "
+        f"daemons; wall {outcome.wall:.1f} s"
+    )
+    for name, items in outcome.examples.items():
+        print(f"  {name}: {'; '.join(items)}")
+    for note in outcome.notes:
+        print(note)
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    settings.out.write_text(render(outcome))
+    print(f"{'PASS' if outcome.ok else 'FAIL'}: report written to {settings.out}")
+    return 0 if outcome.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
