@@ -603,7 +603,7 @@ def test_process_mode_workers_die_with_a_killed_server(
     client = env.client(server)
     run = inst.submit_run("sleepy", code_location=env.location)
     until(lambda: step_started(inst, run.run_id), "the step to start")
-    pid = client.get_run_state(run.run_id).pid
+    pid = until(lambda: client.get_run_state(run.run_id).pid or None, "the worker's pid")
     server.kill()
 
     def gone() -> bool:

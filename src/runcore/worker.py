@@ -161,6 +161,27 @@ def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) 
 DIE_WITH_PARENT_ENV = "RUNCORE_WORKER_DIE_WITH_PARENT"
 
 
+def worker_env(
+    extra: dict[str, str] | None = None, *, die_with_parent: bool = False
+) -> dict[str, str]:
+    """The environment for a run worker started from this process: this environment, with
+    ``PYTHONPATH`` such that the worker imports what this process can (same ``sys.path``,
+    the current directory included), marked as a worker, plus ``extra``."""
+    from runcore.instance import WORKER_ENV
+
+    env = dict(os.environ)
+    paths = [os.getcwd() if p == "" else p for p in sys.path]
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
+    )
+    env[WORKER_ENV] = "1"
+    if die_with_parent:
+        env[DIE_WITH_PARENT_ENV] = "1"
+    env.update(extra or {})
+    return env
+
+
 def _die_with_parent() -> None:
     if not os.environ.get(DIE_WITH_PARENT_ENV) or not sys.platform.startswith("linux"):
         return

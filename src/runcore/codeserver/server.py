@@ -541,19 +541,9 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             )
 
     def _child_env(self) -> dict[str, str]:
-        from runcore.instance import WORKER_ENV
-        from runcore.worker import DIE_WITH_PARENT_ENV
+        from runcore.worker import worker_env
 
-        env = dict(os.environ)
-        # The worker must import what this server can: same sys.path, current dir included.
-        paths = [os.getcwd() if p == "" else p for p in sys.path]
-        existing = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
-        )
-        env[WORKER_ENV] = "1"
-        env[DIE_WITH_PARENT_ENV] = "1"  # a server killed with -9 takes its runs with it
-        return env
+        return worker_env(die_with_parent=True)  # a server killed with -9 takes its runs along
 
     def _execute_in_child(self, held: _HeldRun) -> None:
         run_id = held.run_id

@@ -31,7 +31,6 @@ from typing import IO, TYPE_CHECKING
 import attrs
 
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.instance import WORKER_ENV
 from runcore.launchers.base import (
     LaunchContext,
     RunLauncher,
@@ -186,16 +185,9 @@ class SubprocessRunLauncher(RunLauncher):
     # --- workers ----------------------------------------------------------------------------
 
     def _worker_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # The worker must import what this process can: same sys.path, current dir included.
-        paths = [os.getcwd() if p == "" else p for p in sys.path]
-        existing = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [p for p in paths if p and os.path.isdir(p)] + ([existing] if existing else [])
-        )
-        env[WORKER_ENV] = "1"
-        env.update(self.env)
-        return env
+        from runcore.worker import worker_env
+
+        return worker_env(self.env)
 
     def _spawn(self, args: list[str], *, warm: bool) -> _Worker:
         # Kept open for the worker's life (closed when it is reaped), so no context manager.
