@@ -86,6 +86,32 @@ def summary_ms(samples: list[float]) -> dict[str, Any]:
     }
 
 
+def p99(samples: list[float]) -> float:
+    """The 99th percentile of ``samples``, interpolated between the two nearest ranks
+    (``statistics.quantiles(..., method="inclusive")``: of 50 samples, it lies between the
+    49th and the 50th smallest)."""
+    if len(samples) < 2:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[98]
+
+
+def latency_ms(samples: list[float]) -> dict[str, dict[str, Any]]:
+    """``median`` and ``p99`` measurements of latencies (seconds), in milliseconds; each
+    carries the other, the spread and the count for the details table."""
+    median = statistics.median(samples) * 1000.0
+    spread = {
+        "median": median,
+        "p99": p99(samples) * 1000.0,
+        "min": min(samples) * 1000.0,
+        "max": max(samples) * 1000.0,
+        "reps": len(samples),
+    }
+    return {
+        "median": {**spread, "value": median, "unit": "ms"},
+        "p99": {**spread, "value": spread["p99"], "unit": "ms"},
+    }
+
+
 def rate(count: int, seconds: float) -> dict[str, Any]:
     """``count`` operations in ``seconds`` as a rate per second."""
     return {"value": count / seconds, "unit": "/s", "count": count, "seconds": seconds}

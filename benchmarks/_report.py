@@ -11,7 +11,10 @@ from _specs import Row
 #: Measurement fields listed under "Measurement details" (``measured_value``: before
 #: extrapolation).
 DETAIL_KEYS = (
+    "median",
+    "p99",
     "reps",
+    "warmup",
     "trials",
     "min",
     "max",
@@ -20,6 +23,11 @@ DETAIL_KEYS = (
     "calls",
     "fill_seconds",
     "n_ops",
+    "submit_ms",
+    "wall_ms",
+    "idle_rss_mib",
+    "busy_rss_mib",
+    "threads",
     "measured_value",
 )
 
@@ -61,6 +69,8 @@ def fmt_value(measurement: Mapping[str, Any]) -> str:
         return f"{value:.3f} ms"
     if unit == "/s":
         return f"{value:,.0f}/s"
+    if unit == "KiB":
+        return f"{value:,.1f} KiB"
     return f"{value:g}"
 
 
@@ -94,7 +104,7 @@ def ratio_of(runcore: Mapping[str, Any] | None, dagster: Mapping[str, Any] | Non
 def evaluate(row: Row, runcore: Outcome | None, dagster: Outcome | None) -> Line:
     """Figures, ratio and verdict of one row."""
     rc, rc_cell = _cell(runcore, row.metric, "")
-    dg, dg_cell = _cell(dagster, row.metric, row.case.note)
+    dg, dg_cell = _cell(dagster, row.metric, row.dagster_case.note)
     ratio = ratio_of(rc, dg)
     met = row.target.met(rc["value"] if rc else None, ratio)
     return Line(row, rc, dg, rc_cell, dg_cell, ratio, met)

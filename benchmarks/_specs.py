@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TargetKind = Literal["speedup", "max", "min", "zero"]
+TargetKind = Literal["speedup", "max", "min", "zero", "none"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a row must show: a speedup over Dagster, or a bound on runcore's own figure.
+    """What a row must show: a speedup over Dagster, or a bound on runcore's own figure
+    (``none``: nothing, the row is for information).
 
     ``binding=False`` marks an informational row: its check is shown in parentheses and does
     not count as a miss.
@@ -34,12 +35,17 @@ class Target:
             body = f"< {self.value:g} {self.unit}"
         elif self.kind == "min":
             body = f">= {self.value:,.0f}{self.unit}"
+        elif self.kind == "none":
+            return "none (info)"
         else:
             body = "0"
         return body if self.binding else f"{body} (info)"
 
     def met(self, runcore: float | None, ratio: float | None) -> bool | None:
-        """Whether the figures meet the target; ``None`` when a needed figure is missing."""
+        """Whether the figures meet the target; ``None`` when a needed figure is missing or
+        there is no target."""
+        if self.kind == "none":
+            return None
         if self.kind == "speedup":
             return None if ratio is None else ratio >= self.value
         if runcore is None:
@@ -89,12 +95,22 @@ class Case:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the results table."""
+    """One line of the results table.
+
+    ``baseline``: the case whose Dagster side the row compares with, when not its own (a
+    Dagster measurement shared by several rows, measured once).
+    """
 
     name: str
     case: Case
     metric: str
     target: Target
+    baseline: Case | None = None
+
+    @property
+    def dagster_case(self) -> Case:
+        """The case whose Dagster outcome fills the row's Dagster column."""
+        return self.baseline or self.case
 
 
 #: Storage rate cases run several trials and report the median (one with ``--quick``).
@@ -340,6 +356,76 @@ def _queue_rows() -> list[Row]:
     return rows
 
 
+#: Runs per launcher in the launch-latency cases (one at a time, each waited for).
+LAUNCH_RUNS = 50
+#: Runs the code server holds at once in the memory case (its ``--max-workers`` too).
+MEMORY_RUNS = 200
+
+
+def _launch_case(launcher: str) -> Case:
+    return Case(
+        key=f"launch/{launcher}",
+        case="launch",
+        runcore=Side(
+            {"launcher": launcher, "runs": LAUNCH_RUNS, "warmup": 2},
+            quick={"runs": 10, "warmup": 1},
+        ),
+        dagster=None,
+    )
+
+
+def _launch_rows() -> list[Row]:
+    dagster = Side({"runs": 5, "warmup": 1}, quick={"runs": 2})
+    dagster_launcher = Case("launch/dagster/default-run-launcher", "launch_launcher", None, dagster)
+    dagster_cli = Case("launch/dagster/job-execute", "launch_cli", None, dagster)
+    rows = []
+    by_launcher = "Dagster: DefaultRunLauncher, code server up"
+    for launcher, label, limit_ms, baseline, versus in (
+        ("thread", "thread pool", 5, dagster_launcher, by_launcher),
+        ("code_server", "code server", 5, dagster_launcher, by_launcher),
+        ("warm", "subprocess warm", 30, dagster_launcher, by_launcher),
+        ("cold", "subprocess cold", 300, dagster_cli, "Dagster: `dagster job execute`"),
+    ):
+        case = _launch_case(launcher)
+        what = f"launch: submit -> first step, {label}"
+        rows += [
+            Row(
+                f"{what}, median ({versus})",
+                case,
+                "median",
+                Target("max", limit_ms, "ms"),
+                baseline,
+            ),
+            Row(f"{what}, p99", case, "p99", Target("max", limit_ms, "ms", binding=False)),
+        ]
+    rows.append(
+        Row(
+            "launch: subprocess cold vs Dagster's cold path (`dagster job execute`), median",
+            _launch_case("cold"),
+            "median",
+            Target("speedup", 10),
+            dagster_cli,
+        )
+    )
+    memory = Case(
+        key="launch/code_server/memory",
+        case="code_server_memory",
+        runcore=Side({"runs": MEMORY_RUNS}),
+        dagster=None,
+        note="runcore only",
+    )
+    rows.append(
+        Row(
+            f"code server: resident memory per run thread, {MEMORY_RUNS} sleeping non-isolated "
+            f"runs (max_workers={MEMORY_RUNS})",
+            memory,
+            "rss_per_run",
+            Target("none"),
+        )
+    )
+    return rows
+
+
 def all_rows() -> list[Row]:
     """Every row of the results table, in table order."""
     import_row = Row(
@@ -353,4 +439,5 @@ def all_rows() -> list[Row]:
         *_event_rows(),
         *_query_rows(),
         *_queue_rows(),
+        *_launch_rows(),
     ]

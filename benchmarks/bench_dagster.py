@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +29,7 @@ from _harness import (
     Repeat,
     expected_output,
     fill_row,
+    latency_ms,
     median_rate,
     queue_blocked_run,
     queue_free_run,
@@ -488,6 +492,132 @@ def case_drain(params: dict[str, Any]) -> dict[str, Any]:
     return {"rate": result}
 
 
+# --- launching a run ---------------------------------------------------------------------------
+
+#: The 1-op job both launch cases start (``dagster_launch_jobs.single``, one op ``op_0``).
+LAUNCH_FILE = str(Path(BENCH_DIR, "dagster_launch_jobs.py"))
+#: Seconds one launched run may take before the case fails.
+LAUNCH_WAIT = 600.0
+
+
+def _first_step_start(instance: Any, run_id: str) -> float:
+    """The timestamp of the run's first STEP_START event."""
+    from dagster import DagsterEventType
+
+    entries = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+    assert entries, f"run {run_id} has no STEP_START event"
+    return float(min(entry.timestamp for entry in entries))
+
+
+def _launch_result(
+    latencies: list[float], key: str, seconds: list[float], warmup: int
+) -> dict[str, Any]:
+    """The median latency (no p99: a few runs only), with the median of ``seconds`` as
+    ``key`` (ms) and the warm-up count in its details."""
+    median = latency_ms(latencies)["median"]
+    del median["p99"]
+    median.update({key: statistics.median(seconds) * 1000.0, "warmup": warmup})
+    return {"median": median}
+
+
+def case_launch_cli(params: dict[str, Any]) -> dict[str, Any]:
+    """Dagster's cold launch path: ``python -m dagster job execute -f dagster_launch_jobs.py
+    -j single`` (its default executor, multiprocess: the op runs in a step process).
+
+    A persistent ``DAGSTER_HOME`` in a temp dir (empty ``dagster.yaml``: defaults), created
+    by the untimed warm-up executions. Per execution: the wall clock just before the command
+    starts, then the run's STEP_START timestamp read back from the instance afterwards;
+    ``wall_ms`` is the whole command's wall time.
+    """
+    warmup, n_runs = params["warmup"], params["runs"]
+    command = [sys.executable, "-m", "dagster", "job", "execute", "-f", LAUNCH_FILE, "-j", "single"]
+    starts: list[float] = []
+    walls: list[float] = []
+    with tempfile.TemporaryDirectory() as home:
+        Path(home, "dagster.yaml").touch()
+        env = {**os.environ, "DAGSTER_HOME": home}
+        for _ in range(warmup + n_runs):
+            start = time.time()
+            proc = subprocess.run(
+                command,
+                env=env,
+                cwd=BENCH_DIR,
+                capture_output=True,
+                text=True,
+                timeout=LAUNCH_WAIT,
+                check=False,
+            )
+            walls.append(time.time() - start)
+            starts.append(start)
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+                raise RuntimeError(f"dagster job execute exited {proc.returncode}:\n{tail}")
+        instance = _instance(home)
+        runs = list(reversed(instance.get_runs()))  # oldest first: the order they ran in
+        assert len(runs) == len(starts), (len(runs), len(starts))
+        assert all(run.status.value == "SUCCESS" for run in runs)
+        latencies = [
+            _first_step_start(instance, run.run_id) - start
+            for run, start in zip(runs, starts, strict=True)
+        ]
+        instance.dispose()
+    return _launch_result(latencies[warmup:], "wall_ms", walls[warmup:], warmup)
+
+
+def case_launch_launcher(params: dict[str, Any]) -> dict[str, Any]:
+    """Dagster's launch path through its default run launcher, with the code already loaded.
+
+    A SQLite instance with ``DefaultRunCoordinator`` (``submit_run`` launches at once; 1.13's
+    default, the queued coordinator, would wait for a daemon) and the default
+    ``DefaultRunLauncher``; a workspace (``WorkspaceProcessContext``) whose code location,
+    ``dagster_launch_jobs.py``, is served by a gRPC code server process it starts. Per run:
+    the wall clock, then ``create_run_for_job`` + ``instance.submit_run(run_id, workspace)``
+    (the launcher asks the code server to start a run process); once the run has ended, its
+    STEP_START timestamp minus that clock. ``submit_ms``: the two calls (create and submit),
+    as runcore's ``submit_run`` does both.
+    """
+    import dagster_launch_jobs
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import PythonFileTarget
+
+    warmup, n_runs = params["warmup"], params["runs"]
+    latencies: list[float] = []
+    submits: list[float] = []
+    with tempfile.TemporaryDirectory() as home:
+        coordinator = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+        Path(home, "dagster.yaml").write_text(json.dumps({"run_coordinator": coordinator}))
+        instance = _instance(home)
+        target = PythonFileTarget(
+            python_file=LAUNCH_FILE,
+            attribute="defs",
+            working_directory=BENCH_DIR,
+            location_name="bench",
+        )
+        with WorkspaceProcessContext(instance, target) as context:
+            request = context.create_request_context()
+            (repo,) = request.get_code_location("bench").get_repositories().values()
+            remote = repo.get_full_job("single")
+            for i in range(warmup + n_runs):
+                start = time.time()
+                run = instance.create_run_for_job(
+                    dagster_launch_jobs.single,
+                    remote_job_origin=remote.get_remote_origin(),
+                    job_code_origin=remote.get_python_origin(),
+                )
+                instance.submit_run(run.run_id, request)
+                submitted = time.time()
+                deadline = time.monotonic() + LAUNCH_WAIT
+                while not (done := instance.get_run_by_id(run.run_id)).is_finished:
+                    assert time.monotonic() < deadline, f"run {run.run_id} did not finish"
+                    time.sleep(0.01)
+                assert done.status.value == "SUCCESS", done.status
+                if i >= warmup:
+                    latencies.append(_first_step_start(instance, run.run_id) - start)
+                    submits.append(submitted - start)
+        instance.dispose()
+    return _launch_result(latencies, "submit_ms", submits, warmup)
+
+
 CASES = {
     "execute": case_execute,
     "multiprocess": case_multiprocess,
@@ -498,4 +628,6 @@ CASES = {
     "enqueue": case_enqueue,
     "dequeue_blocked": case_dequeue_blocked,
     "drain": case_drain,
+    "launch_cli": case_launch_cli,
+    "launch_launcher": case_launch_launcher,
 }

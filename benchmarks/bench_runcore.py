@@ -6,10 +6,17 @@ Storage cases use ``runcore.storage.SqliteStorage`` directly.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,7 @@ from _harness import (
     Repeat,
     expected_output,
     fill_row,
+    latency_ms,
     median_rate,
     queue_blocked_run,
     queue_free_run,
@@ -31,9 +39,12 @@ from _harness import (
 from _writers import run_concurrent_writers, time_sink
 
 import runcore as rc
+from runcore.launchers.base import WORKER_PID_TAG
+from runcore.runs import ISOLATION_TAG
 from runcore.storage import SqliteStorage
 
 FILL_BATCH = 1_000
+BENCH_DIR = str(Path(__file__).resolve().parent)
 
 
 def _sqlite_instance(home: str) -> rc.Instance:
@@ -353,6 +364,278 @@ def case_drain(params: dict[str, Any]) -> dict[str, Any]:
     return {"rate": result}
 
 
+# --- launchers -------------------------------------------------------------------------------
+
+#: Seconds any one wait of the launcher cases may take before the case fails.
+LAUNCH_WAIT = 60.0
+#: Warm workers kept by the warm subprocess launcher.
+WARM_WORKERS = 2
+#: A warm worker counts as ready when it sleeps reading its run id from its stdin pipe
+#: (``/proc/PID/wchan``); where the kernel does not say, once it is this many seconds old.
+WARM_READY_FALLBACK = 5.0
+#: Seconds the code server's memory is left to settle before each RSS reading.
+RSS_SETTLE = 0.5
+CODE_SERVER_LAUNCHER = "runcore.launchers.code_server:CodeServerRunLauncher"
+
+
+def _until(
+    predicate: Callable[[], Any], what: str, timeout: float = LAUNCH_WAIT, interval: float = 0.002
+) -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def _code_server(home: str, storage: dict[str, Any], max_workers: int) -> Iterator[tuple[str, int]]:
+    """A ``python -m runcore code-server`` process serving ``runcore_launch_jobs:defs`` on a
+    free loopback port (``--port 0``, the port read from its "listening on" line); yields its
+    address and pid. Stopped on exit by its ``Shutdown`` RPC (SIGTERM if that fails, SIGKILL
+    if it does not exit)."""
+    import runcore_launch_jobs
+
+    out_path, err_path = Path(home, "code-server.out"), Path(home, "code-server.err")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [BENCH_DIR, env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "runcore",
+        "code-server",
+        "--location",
+        runcore_launch_jobs.LOCATION,
+        "--port",
+        "0",
+        "--max-workers",
+        str(max_workers),
+        "--log-interval",
+        "0",
+        "--instance",
+        json.dumps({"storage": storage}),
+    ]
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, cwd=BENCH_DIR, env=env)
+    address = ""
+
+    def listening() -> str | None:
+        if process.poll() is not None:
+            tail = err_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the code server exited with code {process.returncode}: {tail}")
+        found = re.search(r"listening on (\S+):(\d+) ", out_path.read_text(errors="replace"))
+        return f"{found.group(1)}:{found.group(2)}" if found else None
+
+    try:
+        address = _until(listening, "the code server to listen", interval=0.01)
+        yield address, process.pid
+    finally:
+        _stop_code_server(process, address)
+
+
+def _stop_code_server(process: subprocess.Popen[bytes], address: str) -> None:
+    """Ask the server to shut down (its held runs, if any, are canceled at once)."""
+    from runcore.codeserver.client import CodeServerClient, CodeServerError
+
+    if process.poll() is None:
+        asked = False
+        if address:
+            with (
+                contextlib.suppress(CodeServerError),
+                contextlib.closing(CodeServerClient(address, timeout=5.0)) as client,
+            ):
+                client.shutdown(0)
+                asked = True
+        if not asked:
+            process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def _launch_config(
+    launcher: str, storage: dict[str, Any], address: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The instance config for ``launcher`` and the tags its runs carry.
+
+    ``thread``: ``ThreadPoolRunLauncher`` (8 threads). ``code_server``: non-isolated runs go
+    to ``CodeServerRunLauncher`` (no limit on how many are in progress), the runs are tagged
+    non-isolated. ``warm``: ``SubprocessRunLauncher`` with ``WARM_WORKERS`` warm workers that
+    preload the job's location. ``cold``: the SQLite default, ``SubprocessRunLauncher()``.
+    """
+    import runcore_launch_jobs
+
+    config: dict[str, Any] = {"storage": storage}
+    tags: dict[str, str] = {}
+    if launcher == "thread":
+        config["run_launcher"] = {"class": "runcore.launchers:ThreadPoolRunLauncher"}
+    elif launcher == "code_server":
+        config["non_isolated_runs"] = {
+            "max_concurrent_runs": -1,
+            "launcher": {"class": CODE_SERVER_LAUNCHER, "config": {"addresses": [address]}},
+        }
+        tags = {ISOLATION_TAG: "non_isolated"}
+    elif launcher == "warm":
+        config["run_launcher"] = {
+            "class": "runcore.launchers:SubprocessRunLauncher",
+            "config": {"warm_workers": WARM_WORKERS, "preload": [runcore_launch_jobs.LOCATION]},
+        }
+    elif launcher != "cold":
+        raise ValueError(f"unknown launcher {launcher!r}")
+    return config, tags
+
+
+def _reading_its_pipe(pid: int) -> bool | None:
+    """Whether process ``pid`` sleeps in a pipe read; None where ``/proc`` does not say."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return None
+    return "pipe_read" in wchan
+
+
+def _ready_warm_pids(inst: rc.Instance) -> set[int]:
+    """Wait until the warm launcher holds ``WARM_WORKERS`` ready workers; return their pids.
+
+    Ready: the worker has imported runcore and the job's location, opened the storage, said
+    ``ready`` and sleeps reading its run id from stdin. (The launcher keeps no public count of
+    ready workers, so this reads its idle list, as runcore's own tests do.)
+    """
+    launcher = inst.run_launcher
+
+    def ready() -> set[int] | None:
+        idle = list(launcher._idle)  # type: ignore[attr-defined]
+        if len(idle) < WARM_WORKERS:
+            return None
+        for worker in idle:
+            pid = worker.process.pid
+            reading = _reading_its_pipe(pid)
+            if not reading and not (
+                reading is None and time.time() - worker.started >= WARM_READY_FALLBACK
+            ):
+                return None
+        return {worker.process.pid for worker in idle}
+
+    pids: set[int] = _until(ready, f"{WARM_WORKERS} ready warm workers", interval=0.01)
+    return pids
+
+
+def _wait_exited(pid: int) -> None:
+    """Wait until worker process ``pid`` has exited and been reaped."""
+    import psutil
+
+    _until(lambda: not psutil.pid_exists(pid), f"worker process {pid} to exit")
+
+
+def case_launch(params: dict[str, Any]) -> dict[str, Any]:
+    """Submit-to-first-step latency of one launcher, on a SQLite instance.
+
+    Per run: the wall clock just before ``instance.submit_run(single)``, then, once the run has
+    ended, the timestamp of its STEP_START event read back from storage; the latency is the
+    difference. Runs go one at a time, each waited for (and, for worker processes, its process
+    reaped) before the next is submitted. ``warm``: before each submit, the launcher must hold
+    ``WARM_WORKERS`` ready workers, and the run must go to one of them.
+    """
+    import runcore_launch_jobs
+
+    launcher = params["launcher"]
+    latencies: list[float] = []
+    submits: list[float] = []
+    with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
+        storage = {"sqlite": {"path": f"{home}/runs.db"}}
+        address = None
+        if launcher == "code_server":
+            address, _ = stack.enter_context(_code_server(home, storage, max_workers=8))
+        config, tags = _launch_config(launcher, storage, address)
+        inst = stack.enter_context(rc.Instance.from_config(config))  # closed before the server
+        for i in range(params["warmup"] + params["runs"]):
+            warm_pids = _ready_warm_pids(inst) if launcher == "warm" else set()
+            start = time.time()
+            run = inst.submit_run(
+                runcore_launch_jobs.single, tags=tags, code_location=runcore_launch_jobs.LOCATION
+            )
+            submitted = time.time()
+            done = inst.wait_for_run(run.run_id, timeout=LAUNCH_WAIT)
+            assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
+            (step, *_) = inst.get_events(run.run_id, event_types=[rc.EventType.STEP_START])
+            if launcher in ("warm", "cold"):
+                pid = int(done.tags[WORKER_PID_TAG])
+                assert launcher == "cold" or pid in warm_pids, "the run did not get a warm worker"
+                _wait_exited(pid)
+            if i >= params["warmup"]:
+                latencies.append(step.timestamp - start)
+                submits.append(submitted - start)
+    result = latency_ms(latencies)
+    submit_ms = statistics.median(submits) * 1000.0
+    for measurement in result.values():
+        measurement.update(warmup=params["warmup"], submit_ms=submit_ms)
+    return result
+
+
+def case_code_server_memory(params: dict[str, Any]) -> dict[str, Any]:
+    """Resident memory per run thread of a code server holding sleeping non-isolated runs.
+
+    A code server with ``--max-workers N``; one run of ``single`` through
+    ``CodeServerRunLauncher`` as a warm-up; its RSS (idle); then N non-isolated runs of
+    ``sleepy`` (its op waits for a cancel); once every one has started its step, its RSS
+    again. (RSS with - RSS idle) / N, in KiB. Then every run is canceled and must end
+    CANCELED.
+    """
+    import psutil
+    import runcore_launch_jobs as jobs
+
+    n_runs = params["runs"]
+    with tempfile.TemporaryDirectory() as home, contextlib.ExitStack() as stack:
+        storage = {"sqlite": {"path": f"{home}/runs.db"}}
+        address, pid = stack.enter_context(_code_server(home, storage, max_workers=n_runs))
+        config, tags = _launch_config("code_server", storage, address)
+        inst = stack.enter_context(rc.Instance.from_config(config))
+        server = psutil.Process(pid)
+        first = inst.submit_run(jobs.single, tags=tags, code_location=jobs.LOCATION)
+        assert inst.wait_for_run(first.run_id, timeout=LAUNCH_WAIT).status is rc.RunStatus.SUCCESS
+        time.sleep(RSS_SETTLE)
+        idle_rss, idle_threads = server.memory_info().rss, server.num_threads()
+        ids = [
+            inst.submit_run(jobs.sleepy, tags=tags, code_location=jobs.LOCATION).run_id
+            for _ in range(n_runs)
+        ]
+        waiting = set(ids)
+
+        def all_in_their_step() -> bool:
+            for run_id in list(waiting):
+                if inst.get_events(run_id, event_types=[rc.EventType.STEP_START]):
+                    waiting.discard(run_id)
+            return not waiting
+
+        _until(all_in_their_step, f"{n_runs} runs to start their step", interval=0.05)
+        time.sleep(RSS_SETTLE)
+        busy_rss, busy_threads = server.memory_info().rss, server.num_threads()
+        statuses = {inst.get_run(run_id).status for run_id in ids}
+        assert statuses == {rc.RunStatus.STARTED}, statuses
+        for run_id in ids:
+            inst.cancel_run(run_id)
+        for run_id in ids:
+            done = inst.wait_for_run(run_id, timeout=LAUNCH_WAIT)
+            assert done.status is rc.RunStatus.CANCELED, (run_id, done.status)
+    mib = 1024.0 * 1024.0
+    return {
+        "rss_per_run": {
+            "value": (busy_rss - idle_rss) / n_runs / 1024.0,
+            "unit": "KiB",
+            "count": n_runs,
+            "idle_rss_mib": idle_rss / mib,
+            "busy_rss_mib": busy_rss / mib,
+            "threads": f"{idle_threads} -> {busy_threads}",
+        }
+    }
+
+
 CASES = {
     "execute": case_execute,
     "multiprocess": case_multiprocess,
@@ -363,4 +646,6 @@ CASES = {
     "enqueue": case_enqueue,
     "dequeue_blocked": case_dequeue_blocked,
     "drain": case_drain,
+    "launch": case_launch,
+    "code_server_memory": case_code_server_memory,
 }

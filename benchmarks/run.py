@@ -30,6 +30,8 @@ from _specs import (
     BARE_SQLITE,
     CONTEXT_CASES,
     DAGSTER_DRAIN_RUNS,
+    LAUNCH_RUNS,
+    MEMORY_RUNS,
     Case,
     Row,
     Side,
@@ -119,6 +121,47 @@ NOTES = [
     f"left (one pass launches them all, in both). runcore: 10,000 runs, median of 3 fills and "
     f"drains; Dagster: {DAGSTER_DRAIN_RUNS} runs, created and submitted one by one beforehand "
     "(untimed, ~10/s), one drain. Runs launched / drain time.",
+    "Launch latency (*launch:* rows): per run, the wall clock just before "
+    "`instance.submit_run(job)`, and the timestamp of the run's STEP_START event, read back "
+    "from storage once the run has ended; the latency is the difference. SQLite instance on a "
+    "temp dir; job `runcore_launch_jobs.single` (one op returning 1), code location "
+    "`runcore_launch_jobs:defs` (a module importing only runcore); 2 untimed warm-up runs, "
+    f"then {LAUNCH_RUNS} runs one at a time, each waited for (and its worker process reaped) "
+    "before the next. p99 is interpolated between the two nearest ranks (of 50: the 49th and "
+    "50th smallest); the p99 rows are informational, "
+    "shown against the median's bound. *submit_ms* under *Measurement details*: the median "
+    "`submit_run` call itself.",
+    "Launchers: *thread pool* `runcore.launchers:ThreadPoolRunLauncher` (8 threads); *code "
+    "server* a `python -m runcore code-server --location runcore_launch_jobs:defs --port 0 "
+    "--max-workers 8` process started by the case (its port read from its 'listening on' "
+    "line, stopped by its Shutdown RPC), the instance sending non-isolated runs to it "
+    "(`non_isolated_runs`: `CodeServerRunLauncher`, `max_concurrent_runs: -1`), runs tagged "
+    "`runcore/isolation: non_isolated`; *subprocess warm* `SubprocessRunLauncher(warm_workers=2, "
+    "preload=['runcore_launch_jobs:defs'])`: before each submit the case waits until both warm "
+    "workers are ready (imports, preload and storage done, asleep reading their run id; "
+    "`/proc/PID/wchan`) and checks that the run went to one of them, so every run measures a "
+    "ready warm worker; *subprocess cold* the SQLite default, `SubprocessRunLauncher()`: a fresh "
+    "`python -m runcore worker execute-run` process per run.",
+    "Dagster's launch figures, same 1-op job (`dagster_launch_jobs.single`), same latency "
+    "definition (STEP_START timestamp minus the clock before the launch), 1 untimed warm-up "
+    "then 5 runs, median. Cold path: `python -m dagster job execute -f dagster_launch_jobs.py "
+    "-j single` (a fresh process; Dagster's default multiprocess executor runs the op in a "
+    "step process), persistent `DAGSTER_HOME` in a temp dir with defaults; *wall_ms* is the "
+    "whole command. It faces runcore's cold subprocess (target >= 10x). DefaultRunLauncher, "
+    "code server up: `DefaultRunCoordinator` (1.13 defaults to the queued coordinator, which "
+    "waits for a daemon) and the default `DefaultRunLauncher`, a workspace "
+    "(`WorkspaceProcessContext`) whose code location is served by a gRPC code server process "
+    "it starts; per run `create_run_for_job` + `instance.submit_run(run_id, workspace)`, and "
+    "the code server starts one run process per run. Dagster has no launcher that runs a run "
+    "on a thread of a running process: this, its launch path with the code already loaded, "
+    "is the figure beside the thread pool, code server and warm rows (their targets are "
+    "absolute; the ratio is for information).",
+    f"Code server memory: a code server with `--max-workers {MEMORY_RUNS}`; one run through "
+    "`CodeServerRunLauncher` as a warm-up, then its resident set size (psutil, 0.5 s after); "
+    f"then {MEMORY_RUNS} non-isolated runs of `runcore_launch_jobs.sleepy` (its op waits for "
+    "a cancel); once all have started their step, its RSS again (0.5 s after). (RSS with - RSS "
+    f"idle) / {MEMORY_RUNS}, in KiB; then every run is canceled and must end CANCELED. "
+    "runcore only: a Dagster run is a process of its own.",
 ]
 
 
@@ -268,6 +311,7 @@ def unique_cases(rows: list[Row]) -> list[Case]:
     cases = {case.key: case for case in CONTEXT_CASES}
     for row in rows:
         cases.setdefault(row.case.key, row.case)
+        cases.setdefault(row.dagster_case.key, row.dagster_case)
     return list(cases.values())
 
 
@@ -338,8 +382,9 @@ def main(argv: list[str]) -> int:
     outcomes = run_cases(unique_cases(rows), args, env)
     lines: list[Line] = []
     for row in rows:
-        key = row.case.key
-        lines.append(evaluate(row, outcomes.get((key, "runcore")), outcomes.get((key, "dagster"))))
+        runcore = outcomes.get((row.case.key, "runcore"))
+        dagster = outcomes.get((row.dagster_case.key, "dagster"))
+        lines.append(evaluate(row, runcore, dagster))
     errors = {
         f"{key} / {impl}": outcome.error
         for (key, impl), outcome in outcomes.items()

@@ -209,6 +209,19 @@ def run_execute_command(run_id: str, config: str, err: TextIO) -> int:
         resources.storage.close()
 
 
+def _warm_up() -> None:
+    """Pay first-use costs before the run arrives: the JSON converters of runs and events
+    (built on first use) and the output store's pickle."""
+    import pickle  # noqa: F401 - imported ahead for FileOutputStore
+
+    from runcore import _serde
+    from runcore.events import Event, EventType
+    from runcore.runs import Run
+
+    _serde.loads_run(_serde.dumps_run(Run(job_name="warm_up")))
+    _serde.loads_event(_serde.dumps_event(Event(run_id="warm_up", event_type=EventType.LOG)))
+
+
 def run_warm_command(config: str, preload: Sequence[str], out: TextIO, err: TextIO) -> int:
     """``runcore worker warm``: get ready, say so, then execute the run named on stdin."""
     try:
@@ -223,6 +236,7 @@ def run_warm_command(config: str, preload: Sequence[str], out: TextIO, err: Text
         except RuncoreError as exc:
             # Not fatal: a run of this location fails with the same error, recorded on it.
             err.write(f"runcore worker: preloading {location!r} failed: {exc}\n")
+    _warm_up()
     out.write(f"ready {os.getpid()}\n")
     out.flush()
     line = sys.stdin.readline()
