@@ -197,10 +197,19 @@ class QueuedRunCoordinator(RunCoordinator):
     def _queued(self) -> list[QueuedRun]:
         """The queue's admission data, oldest first; only runs not seen before are read."""
         storage = self.context.storage
-        ids = storage.get_run_ids(RunsFilter(statuses=[RunStatus.QUEUED]), ascending=True)
-        with self._lock:
-            missing = [run_id for run_id in ids if run_id not in self._cache]
         fresh: dict[str, QueuedRun] = {}
+        with self._lock:
+            first = not self._cache
+        if first and isinstance(storage, QueueReader):
+            # Nothing known yet: read the whole queue narrowly, in one query.
+            rows = storage.get_queued_run_rows()
+            fresh = {row.run_id: _queued_from_row(row) for row in rows}
+            ids = list(fresh)
+            missing: list[str] = []
+        else:
+            ids = storage.get_run_ids(RunsFilter(statuses=[RunStatus.QUEUED]), ascending=True)
+            with self._lock:
+                missing = [run_id for run_id in ids if run_id not in self._cache]
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             if isinstance(storage, QueueReader):

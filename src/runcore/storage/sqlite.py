@@ -479,26 +479,30 @@ class SqliteStorage(InstanceStorage, QueueReader):
         self._write(lambda conn: self._insert_runs(conn, runs, rows))
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
-        sql = (
-            "SELECT id, run_id, json_extract(body, '$.tags'), json_extract(body, '$.pools'), "
-            "json_extract(body, '$.root_pools') FROM runs WHERE status = 'QUEUED'"
-        )
+        # SQLite extracts the few fields and packs every row into one JSON array, which Python
+        # then parses in one call: several times faster than a JSON parse per row.
+        inner = "SELECT id, run_id, body FROM runs WHERE status = 'QUEUED'"
         params: list[Any] = []
         if run_ids is not None:
             if not run_ids:
                 return []
-            sql += f" AND run_id IN ({','.join('?' * len(run_ids))})"
+            inner += f" AND run_id IN ({','.join('?' * len(run_ids))})"
             params.extend(run_ids)
-        loads = json.loads
+        sql = (
+            "SELECT json_group_array(json_array(id, run_id, json_extract(body, '$.tags'), "
+            "json_extract(body, '$.pools'), json_extract(body, '$.root_pools'))) "
+            f"FROM ({inner} ORDER BY id)"
+        )
+        (text,) = self._read(sql, params)[0]
         return [
             QueuedRunRow(
                 storage_id=row[0],
                 run_id=row[1],
-                tags=loads(row[2]) if row[2] else {},
-                pools=loads(row[3]) if row[3] else [],
-                root_pools=loads(row[4]) if row[4] else None,
+                tags=row[2] or {},
+                pools=row[3] or [],
+                root_pools=row[4],
             )
-            for row in self._read(sql + " ORDER BY id", params)
+            for row in json.loads(text or "[]")
         ]
 
     def get_run(self, run_id: str) -> Run | None:
