@@ -182,8 +182,8 @@ def test_daemon_process_starts_queued_runs_and_reports_status(project: Path) -> 
     assert "stopped" in stopped.stdout
 
 
-def test_runs_why_and_pool_commands(project: Path) -> None:
-    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+def submit_from_another_process(project: Path) -> str:
+    """Submit a run of `sums` through runcore.yaml from a fresh process; its run id."""
     script = (
         "import runcore as rc\n"
         "inst = rc.Instance.from_config('runcore.yaml')\n"
@@ -198,7 +198,12 @@ def test_runs_why_and_pool_commands(project: Path) -> None:
         check=True,
         timeout=60,
     )
-    run_id = made.stdout.strip()
+    return made.stdout.strip()
+
+
+def test_runs_why_and_pool_commands(project: Path) -> None:
+    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    run_id = submit_from_another_process(project)
     why = runcore(project, "runs", "why", run_id)
     assert why.returncode == 0, why.stderr
     assert f"run {run_id} is queued, position 1 of 1" in why.stdout
@@ -217,21 +222,7 @@ def test_runs_why_and_pool_commands(project: Path) -> None:
 
 def test_runs_cancel(project: Path) -> None:
     (project / "runcore.yaml").write_text(QUEUED_CONFIG)
-    script = (
-        "import runcore as rc\n"
-        "inst = rc.Instance.from_config('runcore.yaml')\n"
-        "print(inst.submit_run('sums', code_location='pipeline.py:defs').run_id)\n"
-        "inst.close()\n"
-    )
-    made = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    run_id = made.stdout.strip()
+    run_id = submit_from_another_process(project)
     first = runcore(project, "runs", "cancel", run_id)
     assert first.returncode == 0, first.stderr
     assert f"run {run_id}: CANCELED" in first.stdout

@@ -63,8 +63,8 @@ from runcore.codeserver.client import (
     pb2_grpc,
 )
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
-from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
+from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.definitions import Definitions, Job
@@ -450,25 +450,13 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     def _cancel_unstarted(self, run: Run, when: str) -> None:
         storage = self.resources.storage
-        storage.transition(
-            run.run_id,
-            [RunStatus.STARTING],
-            RunStatus.CANCELING,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_CANCELING,
-                message=f"canceled {when}",
-            ),
-        )
-        storage.transition(
+        move_run(storage, run.run_id, [RunStatus.STARTING], RunStatus.CANCELING, f"canceled {when}")
+        move_run(
+            storage,
             run.run_id,
             [RunStatus.CANCELING],
             RunStatus.CANCELED,
-            event=Event(
-                run_id=run.run_id,
-                event_type=EventType.RUN_CANCELED,
-                message=f"canceled {when}, before a run worker started it",
-            ),
+            f"canceled {when}, before a run worker started it",
         )
 
     def _release(self, held: _HeldRun) -> None:
@@ -524,20 +512,15 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         kind: FailureKind = FailureKind.ENGINE,
     ) -> None:
         """Fail an in-progress run with ``message`` (best effort: storage errors are ignored)."""
-        error = ErrorInfo.from_exception(exc) if exc is not None else None
         with contextlib.suppress(Exception):
-            self.resources.storage.transition(
+            move_run(
+                self.resources.storage,
                 run_id,
                 [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
                 RunStatus.FAILURE,
-                event=Event(
-                    run_id=run_id,
-                    event_type=EventType.RUN_FAILURE,
-                    message=message,
-                    error=error,
-                    data={"failure_kind": kind.value},
-                ),
-                failure_reason=message,
+                message,
+                error=exc,
+                kind=kind,
             )
 
     def _child_env(self) -> dict[str, str]:
@@ -602,37 +585,22 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         )
         if tail:
             reason += f"; its last output:\n{tail}"
+        run_id = held.run_id
         if held.cancel.is_set():
-            storage.transition(
-                held.run_id,
-                [RunStatus.STARTING, RunStatus.STARTED],
-                RunStatus.CANCELING,
-                event=Event(
-                    run_id=held.run_id, event_type=EventType.RUN_CANCELING, message="canceling"
-                ),
-            )
-            storage.transition(
-                held.run_id,
-                [RunStatus.CANCELING],
-                RunStatus.CANCELED,
-                event=Event(
-                    run_id=held.run_id,
-                    event_type=EventType.RUN_CANCELED,
-                    message=f"canceled: {reason}",
-                ),
+            in_flight = [RunStatus.STARTING, RunStatus.STARTED]
+            move_run(storage, run_id, in_flight, RunStatus.CANCELING, "canceling")
+            move_run(
+                storage, run_id, [RunStatus.CANCELING], RunStatus.CANCELED, f"canceled: {reason}"
             )
             return
-        storage.transition(
-            held.run_id,
+        move_run(
+            storage,
+            run_id,
             [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
             RunStatus.FAILURE,
-            event=Event(
-                run_id=held.run_id,
-                event_type=EventType.RUN_FAILURE,
-                message=reason,
-                data={"exit_code": code, "failure_kind": FailureKind.WORKER_DIED.value},
-            ),
-            failure_reason=reason,
+            reason,
+            kind=FailureKind.WORKER_DIED,
+            data={"exit_code": code},
         )
 
     # --- logging ----------------------------------------------------------------------------
