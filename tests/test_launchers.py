@@ -173,7 +173,7 @@ def test_warm_workers_are_started_ahead_and_replaced(tmp_path: Path) -> None:
     with sqlite_instance(tmp_path, launcher) as inst:
         warm = inst.run_launcher
         assert isinstance(warm, SubprocessRunLauncher)
-        until(lambda: len(warm._idle) == 1, "a warm worker")
+        until(lambda: warm.ready_workers == 1, "a ready warm worker")
         ready_pid = warm._idle[0].process.pid
         run = inst.submit_run("pid", code_location=LOCATION)
         assert inst.wait_for_run(run.run_id, timeout=30).status is rc.RunStatus.SUCCESS

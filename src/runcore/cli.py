@@ -316,7 +316,9 @@ def cmd_worker_execute(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.worker import run_warm_command
 
-    return run_warm_command(args.instance, args.preload or (), out, sys.stderr)
+    return run_warm_command(
+        args.instance, args.preload or (), out, sys.stderr, ready_fd=args.ready_fd
+    )
 
 
 def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
@@ -499,6 +501,9 @@ def _add_worker_commands(sub: Any) -> None:
     warm = worker_sub.add_parser("warm", help="get ready, then execute the run read from stdin")
     warm.add_argument("--instance", required=True, help="instance config: JSON or a file")
     warm.add_argument("--preload", action="append", help="a code location to import ahead")
+    warm.add_argument(
+        "--ready-fd", type=int, default=None, help="a file descriptor to write 'ready' to"
+    )
     warm.set_defaults(func=cmd_worker_warm)
 
 

@@ -25,6 +25,7 @@ waits for a run id on standard input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -222,7 +223,13 @@ def _warm_up() -> None:
     _serde.loads_event(_serde.dumps_event(Event(run_id="warm_up", event_type=EventType.LOG)))
 
 
-def run_warm_command(config: str, preload: Sequence[str], out: TextIO, err: TextIO) -> int:
+def run_warm_command(
+    config: str,
+    preload: Sequence[str],
+    out: TextIO,
+    err: TextIO,
+    ready_fd: int | None = None,
+) -> int:
     """``runcore worker warm``: get ready, say so, then execute the run named on stdin."""
     try:
         resources = load_resources(config)
@@ -239,6 +246,10 @@ def run_warm_command(config: str, preload: Sequence[str], out: TextIO, err: Text
     _warm_up()
     out.write(f"ready {os.getpid()}\n")
     out.flush()
+    if ready_fd is not None:  # tell the launcher, then let go of the pipe
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
     line = sys.stdin.readline()
     run_id = line.strip()
     if not run_id:

@@ -74,6 +74,28 @@ class _Worker:
     run_id: str | None = None
     preloaded: tuple[str, ...] = ()
     terminate_at: float | None = None  # when SIGKILL follows an unanswered SIGTERM
+    ready_fd: int | None = None  # a warm worker writes "ready" here once it is ready
+    ready: bool = False
+
+    def check_ready(self) -> bool:
+        """Whether a warm worker has said it is ready (reads its ready pipe, never blocks)."""
+        if self.ready or self.ready_fd is None:
+            return self.ready
+        try:
+            data = os.read(self.ready_fd, 64)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        self.ready = data.startswith(b"ready")
+        self.close_ready()
+        return self.ready
+
+    def close_ready(self) -> None:
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+            self.ready_fd = None
 
     def stderr_tail(self, limit: int = 2000) -> str:
         with contextlib.suppress(OSError, ValueError):
@@ -192,6 +214,13 @@ class SubprocessRunLauncher(RunLauncher):
     def _spawn(self, args: list[str], *, warm: bool) -> _Worker:
         # Kept open for the worker's life (closed when it is reaped), so no context manager.
         stderr = tempfile.TemporaryFile(prefix="runcore-worker-")  # noqa: SIM115
+        ready_read: int | None = None
+        pass_fds: tuple[int, ...] = ()
+        if warm:  # a pipe on which the warm worker says it is ready, then closes
+            ready_read, ready_write = os.pipe()
+            os.set_blocking(ready_read, False)
+            pass_fds = (ready_write,)
+            args = [*args, "--ready-fd", str(ready_write)]
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "runcore", "worker", *args],
@@ -200,11 +229,17 @@ class SubprocessRunLauncher(RunLauncher):
                 stderr=stderr,
                 env=self._worker_env(),
                 start_new_session=True,  # a Ctrl-C in the host does not reach the runs
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             stderr.close()
+            if ready_read is not None:
+                os.close(ready_read)
             raise RunLaunchError(f"cannot start a worker process: {exc}") from exc
-        return _Worker(process=process, stderr=stderr, started=time.time())
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+        return _Worker(process=process, stderr=stderr, started=time.time(), ready_fd=ready_read)
 
     def _spawn_warm(self) -> _Worker:
         with self._lock:
@@ -229,18 +264,29 @@ class SubprocessRunLauncher(RunLauncher):
                         return True
         return False
 
+    @property
+    def ready_workers(self) -> int:
+        """How many warm workers are ready now (imports done, waiting for a run)."""
+        with self._lock:
+            return sum(1 for worker in self._idle if worker.check_ready())
+
     def _take_warm(self) -> _Worker | None:
+        """A usable warm worker, a ready one first; None if there is none."""
         while True:
             with self._lock:
                 if not self._idle:
                     return None
-                worker = self._idle.pop(0)
+                ready = [w for w in self._idle if w.check_ready()]
+                worker = ready[0] if ready else self._idle[0]
+                self._idle.remove(worker)
             if worker.process.poll() is None and not self._stale(worker):
+                worker.close_ready()
                 return worker
             self._retire(worker)
 
     @staticmethod
     def _retire(worker: _Worker) -> None:
+        worker.close_ready()
         with contextlib.suppress(OSError):
             worker.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
