@@ -228,3 +228,11 @@ def test_runs_cancel(project: Path) -> None:
     assert f"run {run_id}: CANCELED" in first.stdout
     again = runcore(project, "runs", "cancel", run_id)
     assert again.returncode == 1 and "had already ended CANCELED" in again.stdout
+
+
+def test_job_execute_says_when_no_daemon_will_start_a_queued_run(project: Path) -> None:
+    (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    result = runcore(project, "job", "execute", "pipeline.py:defs", "sums", "--timeout", "0.5")
+    assert result.returncode == 2
+    assert "no daemon is alive to start it" in result.stdout
+    assert "RunTimeoutError" in result.stderr

@@ -112,6 +112,7 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.definitions import load_code_location
     from runcore.errors import RunTimeoutError
+    from runcore.runs import RunStatus
 
     tags = _parse_tags(args.tag)
     location = absolute_location(args.location)
@@ -119,6 +120,15 @@ def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args) as inst:
         run = inst.submit_run(job, tags=tags, code_location=location)
         out.write(f"run {run.run_id} of {job.name} submitted\n")
+        if run.status is RunStatus.QUEUED:
+            from runcore.daemon import daemon_statuses
+
+            if not any(s.alive for s in daemon_statuses(inst.storage)):
+                out.write(
+                    "the run is queued and no daemon is alive to start it: run `runcore daemon` "
+                    "(or pass --timeout to stop waiting)\n"
+                )
+            out.flush()
         try:
             done = inst.wait_for_run(run.run_id, timeout=args.timeout)
         except RunTimeoutError:
