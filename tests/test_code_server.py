@@ -614,4 +614,15 @@ def test_process_mode_workers_die_with_a_killed_server(
         except psutil.NoSuchProcess:
             return True
 
-    until(gone, "the worker process to follow its server")
+    try:
+        # Bounded by the SQLite busy timeout (30 s) in the worst case: a worker that was
+        # writing when its server died finishes that write before it can end the run.
+        until(gone, "the worker process to follow its server", timeout=60)
+    except AssertionError:
+        import psutil
+
+        proc = psutil.Process(pid)
+        raise AssertionError(
+            f"worker {pid} outlived its server: {proc.status()}, parent {proc.ppid()}, "
+            f"{' '.join(proc.cmdline())}"
+        ) from None
