@@ -278,19 +278,22 @@ def cmd_concurrency_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
     import signal
-    import threading
+    import time
 
     from runcore.daemon import Daemon
 
-    stop = threading.Event()
+    # The handler only appends: setting a threading.Event from a signal handler can deadlock
+    # (the main thread may hold the Event's lock when the signal lands).
+    stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     with _instance(args) as inst:
         daemon = Daemon(inst, dequeue_interval=args.interval)
         out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
         out.flush()
         with daemon:
-            stop.wait()
+            while not stop:
+                time.sleep(0.1)
         out.write("runcore daemon stopped\n")
     return 0
 

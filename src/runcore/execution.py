@@ -133,6 +133,8 @@ class StepRunner:
             if isinstance(exc, KeyboardInterrupt):
                 self.interrupt = exc
                 self.cancel.set()
+            elif isinstance(exc, RunInterrupted):
+                self.cancel.set()  # the worker's signal handler only records the request
             self.errors[step.key] = exc
             data = jsonable_fields(exc.metadata) if isinstance(exc, Failure) else {}
             if isinstance(exc, Failure) and not exc.allow_retry:

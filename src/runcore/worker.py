@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -95,10 +96,23 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
 
 
 def _install_cancel_handler(cancel: threading.Event) -> None:
+    """SIGTERM cancels the run. The handler takes no lock: ``cancel.set()`` would take the
+    Event's lock, which the main thread may hold at that instant (inside ``Event.wait``), and
+    the handler, running on the main thread, would wait for it forever. It records the request,
+    and a small relay thread sets the cancel."""
     from runcore.execution import RunInterrupted, main_thread_in_op
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    requested: list[int] = []
+
+    def relay() -> None:
+        while not requested:
+            time.sleep(0.01)
         cancel.set()
+
+    threading.Thread(target=relay, name="runcore-worker-cancel-relay", daemon=True).start()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        requested.append(signum)  # a plain append: no lock Python code could be holding
         if main_thread_in_op():
             raise RunInterrupted("the run's worker received SIGTERM: the run is being canceled")
 

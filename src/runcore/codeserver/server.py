@@ -636,20 +636,23 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     # --- stopping ---------------------------------------------------------------------------
 
-    def request_stop(self, timeout: float) -> None:
+    def request_stop(self, timeout: float, *, from_signal: bool = False) -> None:
         """Begin draining: refuse new runs, give held runs ``timeout`` more seconds.
 
-        Safe from any thread and from a signal handler (it takes no lock); a later request can
-        only shorten the wait.
+        Safe from any thread; from a signal handler pass ``from_signal=True``, which only
+        stores attributes (setting an Event there could deadlock on the Event's own lock, which
+        the interrupted main thread may hold). A later request can only shorten the wait.
         """
         self._draining = True
         self._deadline = min(self._deadline, time.monotonic() + timeout)
-        self._stop_requested.set()
+        if not from_signal:
+            self._stop_requested.set()
 
-    def wait_for_stop_request(self, poll: float = 0.5) -> None:
+    def wait_for_stop_request(self, poll: float = 0.1) -> None:
         """Block until :meth:`request_stop` (an RPC, a signal)."""
         while not self._stop_requested.wait(poll):
-            pass
+            if self._draining:  # asked from a signal handler, which sets no Event
+                return
 
     def drain(self) -> bool:
         """Wait for held runs until the stop deadline, then cancel the rest.
@@ -721,7 +724,7 @@ def _stop_on_signals(server: CodeServer) -> Iterator[None]:
     def on_signal(signum: int, frame: object) -> None:
         nonlocal received
         received += 1
-        server.request_stop(SIGNAL_DRAIN_TIMEOUT if received == 1 else 0.0)
+        server.request_stop(SIGNAL_DRAIN_TIMEOUT if received == 1 else 0.0, from_signal=True)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
