@@ -76,16 +76,22 @@ def test_runs_execute_in_their_own_process(instance: rc.Instance) -> None:
     assert done.tags[WORKER_PID_TAG] == str(worker_pid)
 
 
-def test_kill_9_of_a_worker_fails_the_run_with_the_signal(
-    instance: rc.Instance, tmp_path: Path
-) -> None:
+def start_gated(instance: rc.Instance, tmp_path: Path, *, gate: str) -> tuple[rc.Run, Path]:
+    """Submit the contract job `gated` and wait until its op runs; the run and its start file."""
     started = tmp_path / "started"
     run = instance.submit_run(
         "gated",
         code_location=LOCATION,
-        tags={"gate": str(tmp_path / "never"), "started": str(started)},
+        tags={"gate": str(tmp_path / gate), "started": str(started)},
     )
     until(started.exists, "the op to start")
+    return run, started
+
+
+def test_kill_9_of_a_worker_fails_the_run_with_the_signal(
+    instance: rc.Instance, tmp_path: Path
+) -> None:
+    run, started = start_gated(instance, tmp_path, gate="never")
     pid = int(started.read_text())
     os.kill(pid, signal.SIGKILL)
     done = instance.wait_for_run(run.run_id, timeout=30)
@@ -99,13 +105,7 @@ def test_kill_9_of_a_worker_fails_the_run_with_the_signal(
 def test_health_from_another_launcher_uses_the_recorded_pid(
     instance: rc.Instance, tmp_path: Path
 ) -> None:
-    started = tmp_path / "started"
-    run = instance.submit_run(
-        "gated",
-        code_location=LOCATION,
-        tags={"gate": str(tmp_path / "gate"), "started": str(started)},
-    )
-    until(started.exists, "the op to start")
+    run, _ = start_gated(instance, tmp_path, gate="gate")
     observer = SubprocessRunLauncher()  # e.g. a daemon's, in another process: it holds no Popen
     observer.start(instance.run_launcher.context)
     current = instance.get_run(run.run_id)

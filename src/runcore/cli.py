@@ -219,22 +219,16 @@ def cmd_runs_why(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _pool_name(name: str) -> str:
-    if not name.strip():
-        raise UsageError("a pool name must be a non-empty string")
-    return name
-
-
 def cmd_concurrency_set(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args) as inst:
-        inst.set_pool_limit(_pool_name(args.pool), args.limit)
+        inst.set_pool_limit(args.pool, args.limit)
     out.write(f"pool {args.pool}: limit {args.limit}\n")
     return 0
 
 
 def cmd_concurrency_get(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args) as inst:
-        limit = inst.get_pool_limit(_pool_name(args.pool))
+        limit = inst.get_pool_limit(args.pool)
         held = inst.storage.get_pool_leases(args.pool)
         default = inst.config.concurrency.pools.default_limit if inst.config else None
     shown = (
@@ -271,7 +265,7 @@ def cmd_concurrency_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_concurrency_delete(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args) as inst:
-        inst.delete_pool_limit(_pool_name(args.pool))
+        inst.delete_pool_limit(args.pool)
     out.write(f"pool {args.pool}: limit removed\n")
     return 0
 

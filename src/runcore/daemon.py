@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from runcore.errors import InstanceClosedError
+from runcore.launchers.base import hostname
 from runcore.storage.base import DaemonHeartbeat
 
 if TYPE_CHECKING:
@@ -35,12 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("runcore.daemon")
 
 DAEMON_TYPE = "runcore-daemon"
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 @attrs.frozen
@@ -124,10 +119,9 @@ class Daemon:
         self.heartbeat_interval = heartbeat_interval
         self.clock = clock
         if daemon_id is None:
-            import socket
             import uuid
 
-            daemon_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            daemon_id = f"{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.daemon_id = daemon_id
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -200,7 +194,7 @@ class Daemon:
                 timestamp=self.clock(),
                 info={
                     "pid": os.getpid(),
-                    "host": _hostname(),
+                    "host": hostname(),
                     "interval": self.heartbeat_interval,
                     "duties": self.duties,
                     "last_error": self._last_error,

@@ -94,6 +94,16 @@ def check_transition(from_statuses: Iterable[RunStatus], to_status: RunStatus) -
         )
 
 
+def priority_of(tags: Mapping[str, str]) -> int:
+    """The ``runcore/priority`` tag as an int: 0 when absent, and when malformed (refused at
+    submit; a run written by other means is not failed for it)."""
+    raw = tags.get(PRIORITY_TAG)
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
 def new_run_id() -> str:
     """A fresh, random run id (a UUID4 in its 36-character text form)."""
     return str(uuid.uuid4())
@@ -140,11 +150,7 @@ class Run:
     @property
     def priority(self) -> int:
         """The ``runcore/priority`` tag as an int (0 when absent)."""
-        raw = self.tags.get(PRIORITY_TAG)
-        try:
-            return int(raw) if raw is not None else 0
-        except ValueError:  # refused at submit; a run written by other means counts as 0
-            return 0
+        return priority_of(self.tags)
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ compare-and-set finds the run no longer QUEUED.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -30,10 +30,10 @@ from runcore.errors import ConfigError
 from runcore.events import Event, EventType
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
-    PRIORITY_TAG,
     Run,
     RunsFilter,
     RunStatus,
+    priority_of,
 )
 from runcore.storage.base import QueuedRunRow, QueueReader, move_run
 
@@ -87,37 +87,30 @@ def limits_from_config(
     )
 
 
-def _queued_from_row(row: QueuedRunRow) -> QueuedRun:
-    raw = row.tags.get(PRIORITY_TAG)
-    try:
-        priority = int(raw) if raw is not None else 0
-    except ValueError:
-        priority = 0
+def _admission_view(
+    run_id: str,
+    order: int,
+    tags: Mapping[str, str],
+    pools: Sequence[str],
+    root_pools: Sequence[str] | None,
+) -> QueuedRun:
     return QueuedRun(
-        run_id=row.run_id,
-        order=row.storage_id,
-        priority=priority,
-        tags=row.tags,
-        pools=frozenset(row.pools),
-        root_pools=tuple(row.root_pools) if row.root_pools is not None else None,
+        run_id=run_id,
+        order=order,
+        priority=priority_of(tags),
+        tags=tags,
+        pools=frozenset(pools),
+        root_pools=tuple(root_pools) if root_pools is not None else None,
     )
+
+
+def _queued_from_row(row: QueuedRunRow) -> QueuedRun:
+    return _admission_view(row.run_id, row.storage_id, row.tags, row.pools, row.root_pools)
 
 
 def queued_run_info(run: Run, order: int) -> QueuedRun:
     """The admission view of a queued run."""
-    raw = run.tags.get(PRIORITY_TAG)
-    try:
-        priority = int(raw) if raw is not None else 0
-    except ValueError:
-        priority = 0  # refused at submit; a run written by hand still gets queued, at 0
-    return QueuedRun(
-        run_id=run.run_id,
-        order=order,
-        priority=priority,
-        tags=run.tags,
-        pools=frozenset(run.pools),
-        root_pools=tuple(run.root_pools) if run.root_pools is not None else None,
-    )
+    return _admission_view(run.run_id, order, run.tags, run.pools, run.root_pools)
 
 
 @attrs.frozen
