@@ -149,9 +149,9 @@ def test_unknown_ids(instance: rc.Instance) -> None:
     ("tags", "match"),
     [
         ({"team": 3}, "tag 'team' has a int value 3"),
-        ({"runcore/priority": "high"}, "'runcore/priority' must be an integer"),
+        ({"runcore/priority": "high"}, "tag runcore/priority: expected an integer"),
         ({"runcore/isolation": "sometimes"}, "must be one of isolated, non_isolated"),
-        ({"runcore/max_runtime": "-1"}, "must be > 0 seconds"),
+        ({"runcore/max_runtime": "-1"}, "runcore/max_runtime: must be > 0"),
         ({"": "x"}, "non-empty strings"),
     ],
 )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, overload
 import attrs
 
 from runcore.errors import CodeLocationError, DefinitionError, UnknownJobError
+from runcore.runs import check_user_tags
 
 if TYPE_CHECKING:
     from runcore.executors.base import Executor
@@ -40,7 +41,7 @@ def _check_tags(owner: str, tags: Mapping[str, str] | None) -> dict[str, str]:
             raise DefinitionError(
                 f"{owner}: tags must map strings to strings, got {key!r}: {value!r}"
             )
-    return dict(tags)
+    return check_user_tags(tags, where=owner)
 
 
 def _check_name(kind: str, name: str) -> str:

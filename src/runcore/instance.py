@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
+from runcore import _validate
 from runcore import config as _config
 from runcore.coordinators.base import CoordinatorContext, RunCoordinator
 from runcore.coordinators.default import DefaultRunCoordinator
@@ -42,14 +43,11 @@ from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.plan import build_plan, resolve_op_selection
 from runcore.runs import (
     ISOLATION_TAG,
-    MAX_RETRIES_TAG,
-    MAX_RUNTIME_TAG,
-    PRIORITY_TAG,
-    RETRY_STRATEGY_TAG,
     Run,
     RunRecord,
     RunsFilter,
     RunStatus,
+    check_user_tags,
 )
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
@@ -60,50 +58,10 @@ if TYPE_CHECKING:
 #: Set in the environment of run worker processes.
 WORKER_ENV = "RUNCORE_WORKER"
 
-_TAG_CHOICES = {
-    ISOLATION_TAG: ("isolated", "non_isolated"),
-    RETRY_STRATEGY_TAG: ("from_failure", "all_steps"),
-}
-_INT_TAGS = (PRIORITY_TAG, MAX_RETRIES_TAG)
-
 
 def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
-    """Check run tags: strings only, and the ``runcore/`` tags well-formed. Returns a copy."""
-    if tags is None:
-        return {}
-    if not isinstance(tags, Mapping):
-        raise ConfigError(f"tags must be a mapping of strings to strings, got {tags!r}")
-    out: dict[str, str] = {}
-    for key, value in tags.items():
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"tag keys must be non-empty strings, got {key!r}")
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"tag {key!r} has a {type(value).__name__} value {value!r}; tag values are "
-                f"strings (write {str(value)!r})"
-            )
-        if key in _INT_TAGS:
-            try:
-                number = int(value)
-            except ValueError:
-                raise ConfigError(f"tag {key!r} must be an integer, got {value!r}") from None
-            if key == MAX_RETRIES_TAG and number < 0:
-                raise ConfigError(f"tag {key!r} must be >= 0, got {value!r}")
-        elif key == MAX_RUNTIME_TAG:
-            try:
-                seconds = float(value)
-            except ValueError:
-                raise ConfigError(
-                    f"tag {key!r} must be a number of seconds, got {value!r}"
-                ) from None
-            if seconds <= 0:
-                raise ConfigError(f"tag {key!r} must be > 0 seconds, got {value!r}")
-        elif key in _TAG_CHOICES and value not in _TAG_CHOICES[key]:
-            raise ConfigError(
-                f"tag {key!r} must be one of {', '.join(_TAG_CHOICES[key])}, got {value!r}"
-            )
-        out[key] = value
-    return out
+    """Check run tags a user gives (see :func:`runcore.runs.check_user_tags`); a copy."""
+    return check_user_tags(tags)
 
 
 class JobRegistry:
@@ -371,7 +329,33 @@ class Instance:
 
         ``step_keys`` (instead of ``op_selection``) names the exact steps to execute; with
         ``parent_run_id``, steps outside them read their outputs from the parent run.
+        Tags are the user's: under ``runcore/`` only the documented control tags are accepted.
         """
+        return self._create_run(
+            job,
+            validate_tags(tags),
+            code_location=code_location,
+            op_selection=op_selection,
+            run_id=None if run_id is None else _validate.run_id(run_id),
+            parent_run_id=None if parent_run_id is None else _validate.run_id(parent_run_id),
+            root_run_id=None if root_run_id is None else _validate.run_id(root_run_id),
+            step_keys=step_keys,
+        )
+
+    def _create_run(
+        self,
+        job: Job | str,
+        tags: Mapping[str, str],
+        *,
+        code_location: str | None = None,
+        op_selection: Sequence[str] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        root_run_id: str | None = None,
+        step_keys: Sequence[str] | None = None,
+    ) -> Run:
+        """:meth:`create_run` with ``tags`` already trusted: runcore's own path (run retries
+        write ``runcore/retry_*`` tags through it), never reachable with user input."""
         self.ensure_started()
         if os.environ.get(WORKER_ENV) and importing_code_location():
             raise DefinitionError(
@@ -387,7 +371,7 @@ class Instance:
         elif step_keys is not None:
             step_keys = list(step_keys)
         plan = build_plan(job_obj, step_keys, allow_external=parent_run_id is not None)
-        run_tags = {**job_obj.tags, **validate_tags(tags)}
+        run_tags = {**job_obj.tags, **tags}
         self._check_isolation(run_tags)
         extra: dict[str, Any] = {"run_id": run_id} if run_id is not None else {}
         root_pools = [step.op.pool for step in plan.roots()]

@@ -28,12 +28,13 @@ import attrs
 
 from runcore.errors import DuplicateRunError, OutputStoreError, RuncoreError
 from runcore.events import EventType
-from runcore.launchers.base import WORKER_HOST_TAG, WORKER_PID_TAG
 from runcore.runs import (
     MAX_RETRIES_TAG,
     RETRY_NUMBER_TAG,
     RETRY_OF_TAG,
     RETRY_STRATEGY_TAG,
+    TAG_PREFIX,
+    USER_CONTROL_TAGS,
     FailureKind,
     Run,
     RunsFilter,
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from runcore.instance import Instance
 
 _RETRY_NAMESPACE = uuid.UUID("6f1d3c52-7a0e-4c8b-9d61-2b5e8f0a9c17")
-_NOT_COPIED = (WORKER_PID_TAG, WORKER_HOST_TAG, RETRY_NUMBER_TAG, RETRY_OF_TAG)
 
 
 def retry_run_id(run_id: str) -> str:
@@ -169,10 +169,15 @@ class RunRetrier:
             step_keys = [k for k in ran if k not in succeeded] or ran
             self._carry_outputs(run, retry_id, job, step_keys)
         attempt = int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0) + 1
-        tags = {k: v for k, v in run.tags.items() if k not in _NOT_COPIED}
+        # The user's tags and control tags only: runcore's bookkeeping is written afresh.
+        tags = {
+            k: v
+            for k, v in run.tags.items()
+            if not k.startswith(TAG_PREFIX) or k in USER_CONTROL_TAGS
+        }
         tags[RETRY_NUMBER_TAG] = str(attempt)
         tags[RETRY_OF_TAG] = run.run_id
-        return instance.create_run(
+        return instance._create_run(
             job,
             tags,
             code_location=run.code_location,

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from runcore.errors import IllegalTransitionError
+from runcore.errors import ConfigError, IllegalTransitionError
 
 TAG_PREFIX = "runcore/"
 PRIORITY_TAG = "runcore/priority"
@@ -22,6 +22,103 @@ SCHEDULE_NAME_TAG = "runcore/schedule_name"
 SENSOR_NAME_TAG = "runcore/sensor_name"
 RETRY_NUMBER_TAG = "runcore/retry_number"
 RETRY_OF_TAG = "runcore/retry_of"
+
+#: The control tags users may set, in one place (API, CLI, job and op tags, config defaults).
+#: Every other tag under ``runcore/`` is runcore's own bookkeeping: refused from users, written
+#: only by runcore. See docs/security.md.
+USER_CONTROL_TAGS: frozenset[str] = frozenset(
+    {
+        PRIORITY_TAG,
+        ISOLATION_TAG,
+        MAX_RETRIES_TAG,
+        RETRY_STRATEGY_TAG,
+        MAX_RUNTIME_TAG,
+        BACKFILL_TAG,
+    }
+)
+#: Tags runcore writes itself (on retries, and on runs of schedules and sensors).
+RUNCORE_OWN_TAGS: frozenset[str] = frozenset(
+    {RETRY_NUMBER_TAG, RETRY_OF_TAG, SCHEDULE_NAME_TAG, SENSOR_NAME_TAG}
+)
+_TAG_CHOICES = {
+    ISOLATION_TAG: ("isolated", "non_isolated"),
+    RETRY_STRATEGY_TAG: ("from_failure", "all_steps"),
+}
+
+
+def check_tag_value(key: str, value: str) -> None:
+    """Raise :class:`~runcore.errors.ConfigError` (naming the tag) if a ``runcore/`` tag's
+    value is malformed; other tags take any string."""
+    from runcore import _validate
+
+    field = f"tag {key}"
+    if key == PRIORITY_TAG:
+        _validate.int_text(field, value)
+    elif key in (MAX_RETRIES_TAG, RETRY_NUMBER_TAG):
+        _validate.int_text(field, value, minimum=0)
+    elif key == MAX_RUNTIME_TAG:
+        _validate.float_text(field, value, above=0)
+    elif key == RETRY_OF_TAG:
+        _validate.run_id(value, field)
+    elif key in _TAG_CHOICES and value not in _TAG_CHOICES[key]:
+        raise ConfigError(f"{field}: must be one of {', '.join(_TAG_CHOICES[key])}, got {value!r}")
+
+
+def check_user_tags(tags: Mapping[str, str] | None, where: str = "tags") -> dict[str, str]:
+    """Tags as a user gave them, checked; returns a copy.
+
+    Keys and values must be valid UTF-8 strings, keys non-empty; under ``runcore/`` only the
+    documented control tags (:data:`USER_CONTROL_TAGS`) are accepted, with well-formed values.
+    Raises :class:`~runcore.errors.ConfigError` naming the tag.
+    """
+    from runcore import _validate
+
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of strings to strings, got {tags!r}")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where}: tag keys must be non-empty strings, got {key!r}")
+        _validate.text(key, f"{where}: tag key")
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: tag {key!r} has a {type(value).__name__} value {value!r}; tag values "
+                f"are strings (write {str(value)!r})"
+            )
+        _validate.text(value, f"{where}: tag {key!r}")
+        if key.startswith(TAG_PREFIX):
+            if key not in USER_CONTROL_TAGS:
+                allowed = ", ".join(sorted(USER_CONTROL_TAGS))
+                raise ConfigError(
+                    f"{where}: tag {key!r} is reserved: tags under {TAG_PREFIX!r} belong to "
+                    f"runcore, and users may set only {allowed}. Rename the tag (e.g. drop "
+                    "the 'runcore/' prefix)"
+                )
+            try:
+                check_tag_value(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        out[key] = value
+    return out
+
+
+def stored_tags_problem(tags: object) -> str | None:
+    """Why tags read back from storage cannot be trusted, or None: not a mapping of strings,
+    or a ``runcore/`` tag with a malformed value. Unknown ``runcore/`` tags (an older runcore's
+    bookkeeping) are ignored, never interpreted."""
+    if not isinstance(tags, dict):
+        return f"its tags are not a mapping ({type(tags).__name__})"
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"tag {key!r} is not a string of strings"
+        if key.startswith(TAG_PREFIX) and (key in USER_CONTROL_TAGS or key in RUNCORE_OWN_TAGS):
+            try:
+                check_tag_value(key, value)
+            except ConfigError as exc:
+                return str(exc)
+    return None
 
 
 class FailureKind(enum.Enum):
@@ -95,13 +192,16 @@ def check_transition(from_statuses: Iterable[RunStatus], to_status: RunStatus) -
 
 
 def priority_of(tags: Mapping[str, str]) -> int:
-    """The ``runcore/priority`` tag as an int: 0 when absent, and when malformed (refused at
-    submit; a run written by other means is not failed for it)."""
+    """The ``runcore/priority`` tag as a signed 64-bit int: 0 when absent, and when malformed
+    or out of range (refused at submit; such a stored run is marked corrupt when read)."""
     raw = tags.get(PRIORITY_TAG)
+    if raw is None:
+        return 0
     try:
-        return int(raw) if raw is not None else 0
+        value = int(raw)
     except ValueError:
         return 0
+    return value if -(2**63) <= value < 2**63 else 0
 
 
 def new_run_id() -> str:

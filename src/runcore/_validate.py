@@ -1,0 +1,177 @@
+"""Checks for values that cross the trust boundary: numbers, identifiers, text.
+
+One place, so that config parsing, constructors, CLI flags, tags and storage reads all refuse
+the same things with the same words. Every check raises :class:`~runcore.errors.ConfigError`
+naming the field (``field`` is how the user wrote it: ``run_monitoring.poll_interval_seconds``,
+``--interval``, ``tag runcore/max_runtime``) and saying what would be accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from runcore.errors import ConfigError
+
+#: Signed 64-bit integers: what priorities (and every counter stored as an integer) may be.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: Step keys and output names become path components: a conservative, portable alphabet.
+_PATH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-\[\]]{0,254}")
+
+
+def number(
+    field: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    off: float | None = None,
+) -> float:
+    """A finite number (not a bool), ``>= minimum`` or ``> above`` when given.
+
+    ``off`` is a documented value that means "disabled" (``-1``, ``0``): it is accepted as it
+    is, outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field}: expected a number, got {value!r}")
+    if off is not None and value == off:
+        return float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{field}: expected a finite number, got {value!r}")
+    ranged = _range_words(minimum, above, off)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{field}: must be {ranged}, got {value!r}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{field}: must be {ranged}, got {value!r}")
+    return float(value)
+
+
+def interval(field: str, value: Any) -> float:
+    """A poll interval, delay between passes, or similar: finite and > 0."""
+    return number(field, value, above=0)
+
+
+def duration(field: str, value: Any, *, off: float | None = None) -> float:
+    """A timeout or duration: finite and > 0, or exactly ``off``."""
+    return number(field, value, above=0, off=off)
+
+
+def delay(field: str, value: Any) -> float:
+    """A delay that may be zero: finite and >= 0."""
+    return number(field, value, minimum=0)
+
+
+def integer(
+    field: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    off: int | None = None,
+) -> int:
+    """An int (not a bool) within ``[minimum, maximum]`` (and always within signed 64 bits),
+    or exactly ``off``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field}: expected an integer, got {value!r}")
+    if off is not None and value == off:
+        return value
+    low = INT64_MIN if minimum is None else max(minimum, INT64_MIN)
+    high = INT64_MAX if maximum is None else min(maximum, INT64_MAX)
+    if not low <= value <= high:
+        raise ConfigError(f"{field}: must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def int_text(
+    field: str, text: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """An integer written as text (a tag value, a CLI argument): digits with an optional sign,
+    within signed 64 bits and ``[minimum, maximum]``."""
+    raw = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,20}", raw):
+        raise ConfigError(f"{field}: expected an integer, got {text!r}")
+    return integer(field, int(raw), minimum=minimum, maximum=maximum)
+
+
+def float_text(field: str, text: str, *, above: float | None = 0) -> float:
+    """A finite number written as text (a tag value, a CLI argument), ``> above``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{field}: expected a number, got {text!r}") from None
+    return number(field, value, above=above)
+
+
+def _range_words(minimum: float | None, above: float | None, off: float | None) -> str:
+    words = []
+    if minimum is not None:
+        words.append(f">= {minimum:g}")
+    if above is not None:
+        words.append(f"> {above:g}")
+    text = " and ".join(words) or "finite"
+    return text + (f" (or {off:g} for off)" if off is not None else "")
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is a run id: a canonical UUID in lowercase text form."""
+    return isinstance(value, str) and len(value) == 36 and _UUID.fullmatch(value) is not None
+
+
+def run_id(value: Any, field: str = "run_id") -> str:
+    """``value`` if it is a canonical lowercase UUID (see :func:`is_run_id`), else an error."""
+    if not is_run_id(value):
+        raise ConfigError(
+            f"{field}: {value!r} is not a run id; run ids are lowercase UUIDs such as "
+            "'3f2a9c1e-0b7d-4e55-9a21-6c8f0d4b7e12'"
+        )
+    return str(value)
+
+
+def path_name(value: Any, field: str) -> str:
+    """A step key or output name that is safe as one path component (no ``/``, no ``..``)."""
+    if not isinstance(value, str) or not _PATH_NAME.fullmatch(value) or value in (".", ".."):
+        raise ConfigError(
+            f"{field}: {value!r} cannot be used; use letters, digits, '_', '-', '.', '[' and "
+            "']' (not starting with '.' or '-'), at most 255 characters"
+        )
+    return value
+
+
+def text(value: Any, field: str) -> str:
+    """A string that is valid Unicode all the way down (no lone surrogates, which is how
+    Python carries undecodable bytes from argv, the environment or ``surrogateescape``)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{field}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise ConfigError(f"{field}: not valid UTF-8 text ({shown!r}); use UTF-8") from None
+    return value
+
+
+def utf8_tree(value: Any, field: str) -> None:
+    """:func:`text` for every string (keys included) inside nested mappings and lists."""
+    if isinstance(value, str):
+        text(value, field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{field}.{key}" if isinstance(key, str) and _printable(key) else field
+            if isinstance(key, str):
+                text(key, f"{field} (a key)")
+            utf8_tree(item, name)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            utf8_tree(item, f"{field}[{index}]")
+
+
+def _printable(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
