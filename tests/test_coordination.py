@@ -263,7 +263,7 @@ def test_bad_limits_fail_at_config_time(
 
 def test_bad_priority_and_pool_names_fail_at_submit(build: Any) -> None:
     inst, _, _ = build()
-    with pytest.raises(rc.ConfigError, match="runcore/priority' must be an integer"):
+    with pytest.raises(rc.ConfigError, match="runcore/priority: expected an integer, got 'urgent'"):
         inst.submit_run(simple, tags={"runcore/priority": "urgent"})
     with pytest.raises(rc.DefinitionError, match="pool must be a non-empty string"):
         rc.op(name="blank_pool", pool="  ")(lambda: 1)

@@ -223,6 +223,9 @@ class Run:
     (op selection, re-execution). Times are Unix seconds. ``pools`` lists the concurrency pools
     its steps use; ``root_pools`` the pools of its root steps (``None`` when a root step uses
     none), which is what holds a run in the queue at op granularity.
+
+    Who executes the run is not on the run: launchers record it in storage as a
+    :class:`~runcore.storage.base.WorkerRecord`, where no user input can reach it.
     """
 
     run_id: str = attrs.field(factory=new_run_id)
@@ -241,6 +244,12 @@ class Run:
     failure_kind: FailureKind | None = None
     pools: list[str] = attrs.field(factory=list)
     root_pools: list[str] | None = None
+    #: The current launch attempt: a new id with every move to STARTING. Only the worker of
+    #: this attempt may move the run to STARTED (an orphan of an older attempt cannot).
+    attempt_id: str | None = None
+    #: Set (never stored) when the stored run could not be read back as a valid run: why. A
+    #: corrupt run is reported and skipped by the daemon's duties; runcore never acts on it.
+    corrupt: str | None = attrs.field(default=None, eq=False)
 
     @property
     def is_finished(self) -> bool:
