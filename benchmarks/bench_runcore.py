@@ -39,7 +39,6 @@ from _harness import (
 from _writers import run_concurrent_writers, time_sink
 
 import runcore as rc
-from runcore.launchers.base import WORKER_PID_TAG
 from runcore.runs import ISOLATION_TAG
 from runcore.storage import SqliteStorage
 
@@ -565,7 +564,9 @@ def case_launch(params: dict[str, Any]) -> dict[str, Any]:
             assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
             (step, *_) = inst.get_events(run.run_id, event_types=[rc.EventType.STEP_START])
             if launcher in ("warm", "cold"):
-                pid = int(done.tags[WORKER_PID_TAG])
+                worker = inst.storage.get_worker_record(run.run_id)
+                assert worker is not None, "the launcher recorded no worker"
+                pid = int(worker.handle["pid"])
                 assert launcher == "cold" or pid in warm_pids, "the run did not get a warm worker"
                 _wait_exited(pid)
             if i >= params["warmup"]:

@@ -63,7 +63,6 @@ import psutil
 import yaml
 
 import runcore as rc
-from runcore.launchers.base import WORKER_PID_TAG
 from runcore.runs import IN_PROGRESS_STATUSES, RETRY_NUMBER_TAG
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -127,6 +126,18 @@ class Tally:
 
 
 # --- processes --------------------------------------------------------------------------------
+
+
+def worker_pids(storage: rc.InstanceStorage, run_ids: list[str]) -> dict[str, int]:
+    """The pids of the runs' worker processes, from their worker records (the test harness
+    reads them to play the attacker's kill -9; runcore itself signals only through its
+    launcher, after checking the process's identity)."""
+    records = storage.get_worker_records(run_ids)
+    return {
+        run_id: record.handle["pid"]
+        for run_id, record in records.items()
+        if record.kind == "process" and isinstance(record.handle.get("pid"), int)
+    }
 
 
 def worker_process(pid: int) -> psutil.Process | None:
@@ -259,6 +270,7 @@ class WorkerKiller(threading.Thread):
         """Choose the runs to kill as they start: a kill lands while the worker loads the run
         (STARTING) or, more often, at a random point of its steps (STARTED)."""
         running = self.storage.get_run_records(rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        recorded = worker_pids(self.storage, [record.run.run_id for record in running])
         now = time.monotonic()
         settings = self.settings
         with self._lock:
@@ -267,7 +279,7 @@ class WorkerKiller(threading.Thread):
                 if run.run_id in self._armed and run.status is rc.RunStatus.STARTED:
                     del self._armed[run.run_id]
                     self._due.append((now + self.rng.uniform(0, settings.kill_window), run.run_id))
-                if run.run_id in self._seen or WORKER_PID_TAG not in run.tags:
+                if run.run_id in self._seen or run.run_id not in recorded:
                     continue
                 self._seen.add(run.run_id)
                 if self.rng.random() >= settings.kill_probability:
@@ -295,8 +307,8 @@ class WorkerKiller(threading.Thread):
         if run is None or not run.status.is_in_progress:
             self.tally.kill_skips["the run had ended"] += 1
             return
-        pid = int(run.tags[WORKER_PID_TAG])
-        proc = worker_process(pid)
+        pid = worker_pids(self.storage, [run_id]).get(run_id)
+        proc = worker_process(pid) if pid is not None else None
         if proc is None:
             self.tally.kill_skips["the worker was not alive"] += 1
             return
@@ -361,14 +373,12 @@ class DaemonKiller(threading.Thread):
 
     def _once(self) -> None:
         parents: dict[str, int] = {}  # in-progress run -> the parent pid of its worker
-        for record in self.storage.get_run_records(
-            rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
-        ):
-            raw = record.run.tags.get(WORKER_PID_TAG)
-            proc = worker_process(int(raw)) if raw else None
+        in_progress = self.storage.get_run_ids(rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        for run_id, worker_pid in worker_pids(self.storage, in_progress).items():
+            proc = worker_process(worker_pid)
             with contextlib.suppress(psutil.Error):
                 if proc is not None:
-                    parents[record.run.run_id] = proc.ppid()
+                    parents[run_id] = proc.ppid()
         # A random daemon, among those hosting running workers if any do, so that every
         # daemon kill leaves orphans for the other daemon's monitoring to find.
         hosts = sorted(self.daemons.pids() & set(parents.values()))

@@ -25,8 +25,8 @@ import pytest
 import runcore as rc
 from runcore.codeserver.client import CodeServerClient, CodeServerError, RemoteRunState
 from runcore.codeserver.server import is_loopback
-from runcore.launchers.base import WORKER_PID_TAG, HealthStatus, LaunchContext
-from runcore.launchers.code_server import CODE_SERVER_TAG, CodeServerRunLauncher
+from runcore.launchers.base import HealthStatus, LaunchContext
+from runcore.launchers.code_server import CODE_SERVER_KIND, CodeServerRunLauncher
 from runcore.testing import LauncherContract
 from runcore.testing.contract_jobs import LOCATION as CONTRACT_LOCATION
 
@@ -278,8 +278,10 @@ def test_a_run_executes_to_success_on_a_server_thread(
     # Executed by a thread of the server process; the run names its replica, and no pid
     # that a forced cancel could SIGKILL (it would be the whole server).
     assert inst.output_store.get(run.run_id, "report_pid") == server.process.pid
-    assert done.tags[CODE_SERVER_TAG] == server.address
-    assert WORKER_PID_TAG not in done.tags
+    worker = inst.storage.get_worker_record(run.run_id)
+    assert worker is not None and worker.kind == CODE_SERVER_KIND
+    assert worker.handle == {"address": server.address}
+    assert not any(key.startswith("runcore/") for key in done.tags)
     health = inst.run_launcher.check_run_worker_health(done)
     assert health.status is HealthStatus.UNKNOWN
     assert "ended SUCCESS" in health.reason
@@ -410,6 +412,12 @@ def test_a_killed_server_makes_its_runs_dead(env: Env, inst_closer: list[rc.Inst
     assert server.address in (failed.failure_reason or "")
 
 
+def holder(inst: rc.Instance, run_id: str) -> str | None:
+    """The code server address recorded as the run's worker."""
+    record = inst.storage.get_worker_record(run_id)
+    return None if record is None else record.handle.get("address")
+
+
 def test_two_replicas_least_utilized_and_failover(env: Env, inst_closer: list[rc.Instance]) -> None:
     busy = env.server("--max-workers", "4")
     idle = env.server("--max-workers", "4")
@@ -417,21 +425,21 @@ def test_two_replicas_least_utilized_and_failover(env: Env, inst_closer: list[rc
     only_busy = env.instance([busy.address])
     inst_closer.append(only_busy)
     slow = [only_busy.submit_run("sleepy", code_location=env.location) for _ in range(3)]
-    assert all(r.tags[CODE_SERVER_TAG] == busy.address for r in slow)
+    assert all(holder(only_busy, r.run_id) == busy.address for r in slow)
 
     both = env.instance([busy.address, idle.address])
     inst_closer.append(both)
     placed = []
     for _ in range(4):
         run = both.submit_run("quick", code_location=env.location)
-        placed.append(both.get_run(run.run_id).tags[CODE_SERVER_TAG])
+        placed.append(holder(both, run.run_id))
         both.wait_for_run(run.run_id, timeout=WAIT)
     assert placed == [idle.address] * 4  # not round-robin: the busy replica is skipped
 
     # One replica dies: new runs go to the survivor, the survivor's runs keep running.
     idle.kill()
     survivor_run = both.submit_run("quick", code_location=env.location)
-    assert both.get_run(survivor_run.run_id).tags[CODE_SERVER_TAG] == busy.address
+    assert holder(both, survivor_run.run_id) == busy.address
     done = both.wait_for_run(survivor_run.run_id, timeout=WAIT)
     assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
     for run in slow:

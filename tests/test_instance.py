@@ -248,7 +248,7 @@ class ExplodingLauncher(rc.RunLauncher):
     def launch_run(self, run: rc.Run) -> None:
         raise ConnectionError("cluster unreachable")
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         return False
 
     def check_run_worker_health(self, run: rc.Run) -> rc.WorkerHealth:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.launchers.base import WORKER_PID_TAG, HealthStatus
+from runcore.launchers.base import HealthStatus
 from runcore.launchers.subprocess import SubprocessRunLauncher
 from runcore.testing import LauncherContract
 from runcore.testing.contract_jobs import LOCATION
@@ -73,7 +73,11 @@ def test_runs_execute_in_their_own_process(instance: rc.Instance) -> None:
     assert done.status is rc.RunStatus.SUCCESS
     worker_pid = instance.output_store.get(run.run_id, "report_pid")
     assert worker_pid != os.getpid()
-    assert done.tags[WORKER_PID_TAG] == str(worker_pid)
+    worker = instance.storage.get_worker_record(run.run_id)
+    assert worker is not None and worker.kind == "process"
+    assert worker.handle["pid"] == worker_pid
+    assert worker.attempt_id == done.attempt_id
+    assert not any(key.startswith("runcore/") for key in done.tags)
 
 
 def start_gated(instance: rc.Instance, tmp_path: Path, *, gate: str) -> tuple[rc.Run, Path]:
@@ -121,7 +125,9 @@ def test_health_from_another_launcher_uses_the_recorded_pid(
 
 def test_worker_killed_before_it_writes_anything(instance: rc.Instance) -> None:
     run = instance.submit_run("pid", code_location=LOCATION)
-    pid = int(instance.get_run(run.run_id).tags[WORKER_PID_TAG])
+    worker = instance.storage.get_worker_record(run.run_id)
+    assert worker is not None
+    pid = worker.handle["pid"]
     os.kill(pid, signal.SIGKILL)  # most likely still importing: nothing written yet
     done = instance.wait_for_run(run.run_id, timeout=30)
     if done.status is rc.RunStatus.SUCCESS:  # pragma: no cover - it finished first
@@ -162,7 +168,9 @@ def test_non_isolated_runs_go_to_threads_of_this_process(instance: rc.Instance) 
     done = instance.wait_for_run(run.run_id, timeout=30)
     assert done.status is rc.RunStatus.SUCCESS
     assert instance.output_store.get(run.run_id, "report_pid") == os.getpid()
-    assert done.tags[WORKER_PID_TAG] == str(os.getpid())  # the host process holds the thread
+    worker = instance.storage.get_worker_record(run.run_id)  # the host process holds the thread
+    assert worker is not None and worker.kind == "thread"
+    assert worker.handle["pid"] == os.getpid()
 
 
 def test_warm_workers_are_started_ahead_and_replaced(tmp_path: Path) -> None:
@@ -209,16 +217,24 @@ def test_a_stale_warm_worker_is_retired_when_its_code_changes(tmp_path: Path) ->
 def test_a_zombie_worker_counts_as_dead(instance: rc.Instance) -> None:
     import subprocess
 
-    from runcore.launchers.base import recorded_process_health, worker_tags
+    from runcore.launchers.base import hostname
+    from runcore.launchers.processes import process_handle, process_health
+    from runcore.storage.base import WorkerRecord
 
     child = subprocess.Popen(["sleep", "30"])
     try:
+        record = WorkerRecord(
+            run_id="r",
+            attempt_id="a",
+            kind="process",
+            host=hostname(),
+            handle=process_handle(child.pid),
+        )
         child.kill()
         time.sleep(0.2)  # not waited for: it stays a zombie of this process
-        run = rc.Run(job_name="j", tags=worker_tags(child.pid, "process"))
-        health = recorded_process_health(run)
+        health = process_health(record)
         assert health.status is HealthStatus.DEAD
         assert "not yet reaped" in health.reason
     finally:
         child.wait(timeout=10)
-    assert recorded_process_health(run).status is HealthStatus.DEAD  # and gone, once reaped
+    assert process_health(record).status is HealthStatus.DEAD  # and gone, once reaped

@@ -25,6 +25,7 @@ from runcore.errors import SchemaVersionError, StorageError
 from runcore.events import Event, EventType
 from runcore.runs import Run, RunsFilter, RunStatus
 from runcore.storage import SqliteStorage
+from runcore.storage.sqlite import SCHEMA_VERSION
 
 PROCESS_TIMEOUT = 60.0
 
@@ -369,6 +370,61 @@ def test_an_older_schema_version_is_refused(db_path: Path) -> None:
     _set_meta(db_path, "schema_version", "0")
     with pytest.raises(SchemaVersionError, match="cannot read or migrate"):
         SqliteStorage(db_path).start()
+
+
+def _make_version_1(db_path: Path) -> str:
+    """A version-1 database (as runcore 0.x wrote it) holding one run with worker tags."""
+    with SqliteStorage(db_path) as storage:
+        run = storage.add_run(
+            Run(
+                job_name="etl",
+                status=RunStatus.STARTED,
+                tags={
+                    "team": "a",
+                    "runcore/worker_pid": "-1",
+                    "runcore/worker_host": "elsewhere",
+                    "runcore/worker_kind": "process",
+                },
+            )
+        )
+    conn = sqlite3.connect(db_path)
+    conn.execute("DROP TABLE workers")
+    conn.execute("UPDATE runcore_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    return run.run_id
+
+
+def test_an_older_schema_is_refused_untouched_naming_the_migrate_command(db_path: Path) -> None:
+    _make_version_1(db_path)
+    before = db_path.read_bytes()
+    with pytest.raises(SchemaVersionError, match="runcore instance migrate"):
+        SqliteStorage(db_path).start()
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("how", ["migrate", "auto_migrate"])
+def test_migration_to_version_2_deletes_the_worker_tags_and_copies_nothing(
+    db_path: Path, how: str
+) -> None:
+    run_id = _make_version_1(db_path)
+    if how == "migrate":
+        assert SqliteStorage(db_path).migrate() == (1, SCHEMA_VERSION)
+        assert SqliteStorage(db_path).migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+        storage = SqliteStorage(db_path)
+    else:
+        storage = SqliteStorage(db_path, auto_migrate=True)
+    with storage:
+        run = storage.get_run(run_id)
+        assert run is not None and run.tags == {"team": "a"}
+        assert storage.get_worker_record(run_id) is None
+        assert storage.get_run_ids(RunsFilter(tags={"runcore/worker_pid": "-1"})) == []
+        assert storage.get_run_ids(RunsFilter(tags={"team": "a"})) == [run_id]
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM run_tags WHERE key LIKE 'runcore/%'").fetchone() == (
+        0,
+    )
+    conn.close()
 
 
 # --- paths that cannot work ---------------------------------------------------------------

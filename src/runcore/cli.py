@@ -10,11 +10,12 @@
     runcore [--config FILE] runs why RUN_ID
     runcore [--config FILE] runs cancel RUN_ID
     runcore [--config FILE] instance concurrency set POOL N | get POOL | list | delete POOL
+    runcore [--config FILE] instance migrate
     runcore [--config FILE] daemon [--interval SECONDS]
     runcore [--config FILE] daemon status
     runcore demo [--db PATH] [--plain]
     runcore code-server --location LOC [--host H] [--port P] [--max-workers N] ...
-    runcore worker execute-run RUN_ID --instance CONFIG        (what launchers start)
+    runcore worker execute-run RUN_ID --instance CONFIG [--attempt ID]  (what launchers start)
 
 The instance config is ``--config``, else ``$RUNCORE_CONFIG``, else ``./runcore.yaml`` if it
 exists, else the embedded default: SQLite at ``.runcore/runs.db``.
@@ -219,6 +220,21 @@ def cmd_runs_why(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_instance_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    inst = _instance(args)
+    try:
+        versions = inst.migrate()
+    finally:
+        inst.close()
+    if versions is None:
+        out.write("this storage has no schema to migrate\n")
+    elif versions[0] == versions[1]:
+        out.write(f"the storage is at schema version {versions[1]} already; nothing to do\n")
+    else:
+        out.write(f"migrated the storage from schema version {versions[0]} to {versions[1]}\n")
+    return 0
+
+
 def cmd_concurrency_set(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args) as inst:
         inst.set_pool_limit(args.pool, args.limit)
@@ -317,7 +333,7 @@ def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_worker_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.worker import run_execute_command
 
-    return run_execute_command(args.run_id, args.instance, sys.stderr)
+    return run_execute_command(args.run_id, args.instance, sys.stderr, attempt_id=args.attempt)
 
 
 def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
@@ -456,6 +472,8 @@ def _add_instance_commands(sub: Any) -> None:
     conc_del = conc_sub.add_parser("delete", help="remove a pool's limit")
     conc_del.add_argument("pool")
     conc_del.set_defaults(func=cmd_concurrency_delete)
+    migrate = instance_sub.add_parser("migrate", help="upgrade the storage's schema in place")
+    migrate.set_defaults(func=cmd_instance_migrate)
 
 
 def _add_daemon_commands(sub: Any) -> None:
@@ -504,6 +522,9 @@ def _add_worker_commands(sub: Any) -> None:
     execute = worker_sub.add_parser("execute-run", help="execute one stored run, then exit")
     execute.add_argument("run_id")
     execute.add_argument("--instance", required=True, help="instance config: JSON or a file")
+    execute.add_argument(
+        "--attempt", help="the launch attempt to start (the launcher's; default: the current)"
+    )
     execute.set_defaults(func=cmd_worker_execute)
     warm = worker_sub.add_parser("warm", help="get ready, then execute the run read from stdin")
     warm.add_argument("--instance", required=True, help="instance config: JSON or a file")

@@ -30,9 +30,12 @@ T = TypeVar("T")
 
 @attrs.frozen
 class SqliteStorageConfig:
-    """``storage: {sqlite: {path: ...}}``; a relative path is relative to the config file."""
+    """``storage: {sqlite: {path: ..., auto_migrate: false}}``; a relative path is relative to
+    the config file. ``auto_migrate`` upgrades an older schema on open (else that is an error
+    naming ``runcore instance migrate``)."""
 
     path: str = ".runcore/runs.db"
+    auto_migrate: bool = False
 
 
 @attrs.frozen

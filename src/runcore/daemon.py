@@ -159,7 +159,12 @@ class Daemon:
             from runcore.monitoring import RunMonitor
 
             self._monitor = RunMonitor(
-                self.instance.storage, self.instance.launcher, self.monitoring, self.clock
+                self.instance.storage,
+                self.instance.launcher,
+                self.monitoring,
+                self.clock,
+                launch_grace=2 * self.monitor_interval,
+                requeue=self.dequeues,
             )
         return self._monitor.run_once()
 

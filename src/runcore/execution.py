@@ -491,7 +491,10 @@ def execute_run(
     """
     from runcore.executors.in_process import InProcessExecutor
 
-    started = storage.transition(run.run_id, [RunStatus.STARTING], RunStatus.STARTED)
+    # Only for the attempt this worker was started for (a given-up attempt cannot start).
+    started = storage.transition(
+        run.run_id, [RunStatus.STARTING], RunStatus.STARTED, attempt_id=run.attempt_id
+    )
     if started is None:
         # Canceled before a worker picked it up: finish the cancel, start nothing.
         canceled = move_run(

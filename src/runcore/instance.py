@@ -106,7 +106,10 @@ def _build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage
     if cfg.sqlite is not None:
         from runcore.storage.sqlite import SqliteStorage
 
-        return SqliteStorage(os.path.join(base_dir, os.path.expanduser(cfg.sqlite.path)))
+        return SqliteStorage(
+            os.path.join(base_dir, os.path.expanduser(cfg.sqlite.path)),
+            auto_migrate=cfg.sqlite.auto_migrate,
+        )
     if cfg.postgres is not None:
         raise ConfigError(
             "storage.postgres: PostgreSQL storage is not part of this runcore release yet; use "
@@ -291,6 +294,12 @@ class Instance:
         if isinstance(self.output_store, FileOutputStore):
             data["outputs"] = {"path": os.path.abspath(self.output_store.base_dir)}
         return data
+
+    def migrate(self) -> tuple[int, int] | None:
+        """Upgrade the storage's schema to this runcore's (``runcore instance migrate``);
+        returns the (from, to) schema versions, or ``None`` for a storage without a schema.
+        Needs no started instance: it is what makes an older database openable."""
+        return self.storage.migrate()
 
     def close(self) -> None:
         """Wait for runs executing in this process, then close launcher, coordinator, storage."""

@@ -2,14 +2,19 @@
 
 Each pass looks at every in-progress run and, by the daemon's clock:
 
+* STARTING with no worker recorded for its current launch attempt after ``launch_grace``
+  seconds (two monitoring intervals): the attempt is given up, once, by a compare-and-set on
+  the attempt id. The run goes back to QUEUED when the coordinator queues (the next dequeue
+  is a new attempt), else it fails (``launch_failure``). A worker of the given-up attempt
+  cannot start the run any more.
 * STARTING past ``start_timeout_seconds``: the launcher is told to terminate it, and it fails
   (``failure_kind`` ``start_timeout``).
 * STARTING or STARTED whose worker the launcher reports DEAD: it fails with the worker's
   reason (``worker_died``).
 * STARTED past its maximum runtime (tag ``runcore/max_runtime``, else
   ``max_runtime_seconds``): terminated, and failed (``max_runtime``).
-* CANCELING past ``cancel_timeout_seconds``: terminated by force (SIGKILL for a worker process
-  of this host) and marked CANCELED.
+* CANCELING past ``cancel_timeout_seconds``: marked CANCELED, and the launcher is told to
+  terminate it by force (SIGKILL for a worker process it can identify).
 
 Then it frees every pool slot whose owner run has ended (a safety net: terminal transitions
 already free them). Every change is a compare-and-set, so a run that ended by itself between
@@ -19,14 +24,12 @@ the look and the write is left as it is, and two daemons never both act on one r
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
-from runcore.launchers.base import HealthStatus, dedicated_worker_pid
+from runcore.launchers.base import HealthStatus
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
     MAX_RUNTIME_TAG,
@@ -52,6 +55,8 @@ class MonitorPass:
     max_runtimes: tuple[str, ...] = ()
     forced_cancels: tuple[str, ...] = ()
     slots_reclaimed: int = 0
+    #: Runs whose launch attempt recorded no worker in time: back to the queue, or failed.
+    abandoned_launches: tuple[str, ...] = ()
 
 
 def max_runtime_of(run: Run, default: float | None) -> float | None:
@@ -75,11 +80,20 @@ class RunMonitor:
         launcher: RunLauncher,
         config: RunMonitoringConfig,
         clock: Callable[[], float],
+        *,
+        launch_grace: float | None = None,
+        requeue: bool = False,
     ) -> None:
         self.storage = storage
         self.launcher = launcher
         self.config = config
         self.clock = clock
+        #: Seconds a STARTING run may go without a worker record for its attempt.
+        self.launch_grace = (
+            2 * config.poll_interval_seconds if launch_grace is None else launch_grace
+        )
+        #: Whether an abandoned launch goes back to the queue (a queuing coordinator).
+        self.requeue = requeue
 
     def run_once(self) -> MonitorPass:
         """Check every in-progress run once; returns what was done."""
@@ -89,10 +103,28 @@ class RunMonitor:
             "dead": [],
             "runtime": [],
             "cancel": [],
+            "abandoned": [],
         }
         records = self.storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        waiting = [
+            r.run
+            for r in records
+            if r.run.status is RunStatus.STARTING
+            and r.run.attempt_id is not None
+            and now - (r.run.updated_at or r.run.created_at) > self.launch_grace
+        ]
+        workers = self.storage.get_worker_records([run.run_id for run in waiting])
+        for run in waiting:
+            worker = workers.get(run.run_id)
+            if (worker is None or worker.attempt_id != run.attempt_id) and self._abandon(
+                run, now - (run.updated_at or run.created_at)
+            ):
+                found["abandoned"].append(run.run_id)
+        abandoned = set(found["abandoned"])
         for record in records:
             run = record.run
+            if run.run_id in abandoned:
+                continue
             since = run.updated_at or run.created_at
             if run.status is RunStatus.CANCELING:
                 if now - since > self.config.cancel_timeout_seconds and self._force_cancel(
@@ -124,6 +156,7 @@ class RunMonitor:
             max_runtimes=tuple(found["runtime"]),
             forced_cancels=tuple(found["cancel"]),
             slots_reclaimed=reclaimed,
+            abandoned_launches=tuple(found["abandoned"]),
         )
 
     # --- the actions ------------------------------------------------------------------------
@@ -137,6 +170,34 @@ class RunMonitor:
     def _terminate(self, run: Run) -> None:
         with contextlib.suppress(Exception):  # best effort: the status change is what counts
             self.launcher.terminate(run.run_id)
+
+    def _abandon(self, run: Run, waited: float) -> bool:
+        """Give up a launch attempt that recorded no worker; True if this call did it."""
+        reason = (
+            f"launch attempt {run.attempt_id} recorded no worker within {waited:.1f} s (the "
+            "process that launched it may have died between the STARTING transition and the "
+            "launch)"
+        )
+        if self.requeue:
+            moved = move_run(
+                self.storage,
+                run.run_id,
+                [RunStatus.STARTING],
+                RunStatus.QUEUED,
+                f"{reason}; back to the queue for a new attempt",
+                attempt_id=run.attempt_id,
+            )
+        else:
+            moved = move_run(
+                self.storage,
+                run.run_id,
+                [RunStatus.STARTING],
+                RunStatus.FAILURE,
+                reason,
+                kind=FailureKind.LAUNCH_FAILURE,
+                attempt_id=run.attempt_id,
+            )
+        return moved is not None
 
     def _start_timeout(self, run: Run, waited: float) -> bool:
         reason = (
@@ -189,9 +250,6 @@ class RunMonitor:
         )
         if done is None:
             return False  # it ended by itself meanwhile
-        self._terminate(run)
-        pid = dedicated_worker_pid(run)  # a run's own process only, never a host of threads
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):  # best effort: the status change is what counts
+            self.launcher.terminate(run.run_id, force=True)
         return True

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m runcore worker execute-run RUN_ID --instance CONFIG
+    python -m runcore worker execute-run RUN_ID --instance CONFIG [--attempt ATTEMPT_ID]
     python -m runcore worker warm --instance CONFIG [--preload LOCATION ...]
 
 ``CONFIG`` is the instance config as JSON text or a YAML/JSON file path; launchers pass the
@@ -14,13 +14,14 @@ location, executes the plan, writes events, and exits with a code that says how 
  1    the run failed (including a code location that does not load)
  2    bad input: unknown run id, malformed config, storage that cannot be opened
  3    the run was canceled
- 4    the run was not startable (not STARTING: someone else started or canceled it)
+ 4    the run was not startable (not STARTING: someone else started or canceled it, or
+      the launch attempt the worker was started for was given up)
 ====  =======================================================================
 
 SIGTERM means cancel: the cancel is set, op code running on the main thread is interrupted
 (:class:`~runcore.execution.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
 worker ahead of time (imports done, storage open, locations preloaded), prints ``ready``, and
-waits for a run id on standard input.
+waits for ``RUN_ID ATTEMPT_ID`` on standard input.
 """
 
 from __future__ import annotations
@@ -119,8 +120,15 @@ def _install_cancel_handler(cancel: threading.Event) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) -> int:
-    """Execute stored run ``run_id``; returns the worker's exit code (see the module doc)."""
+def execute_run_in_worker(
+    run_id: str, resources: WorkerResources, err: TextIO, attempt_id: str | None = None
+) -> int:
+    """Execute stored run ``run_id``; returns the worker's exit code (see the module doc).
+
+    ``attempt_id`` is the launch attempt the launcher started this worker for: if the run has
+    moved on to another attempt (its launch was given up and retried), this worker does not
+    start it. Without it, the run's current attempt is taken.
+    """
     from runcore.execution import execute_run
 
     storage = resources.storage
@@ -141,6 +149,13 @@ def execute_run_in_worker(run_id: str, resources: WorkerResources, err: TextIO) 
             )
         err.write(f"runcore worker: run {run_id} is {run.status.value}, not STARTING\n")
         return EXIT_NOT_STARTABLE
+    if attempt_id and attempt_id != run.attempt_id:
+        err.write(
+            f"runcore worker: run {run_id}: launch attempt {attempt_id} was given up (the run "
+            f"is at attempt {run.attempt_id}); not starting it\n"
+        )
+        return EXIT_NOT_STARTABLE
+    run = attrs.evolve(run, attempt_id=attempt_id or run.attempt_id)
     try:
         if run.code_location is None:
             raise RuncoreError(
@@ -209,7 +224,9 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run_execute_command(run_id: str, config: str, err: TextIO) -> int:
+def run_execute_command(
+    run_id: str, config: str, err: TextIO, attempt_id: str | None = None
+) -> int:
     """``runcore worker execute-run``."""
     _die_with_parent()
     try:
@@ -219,7 +236,7 @@ def run_execute_command(run_id: str, config: str, err: TextIO) -> int:
         err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
         return EXIT_USAGE
     try:
-        return execute_run_in_worker(run_id, resources, err)
+        return execute_run_in_worker(run_id, resources, err, attempt_id)
     finally:
         resources.storage.close()
 
@@ -264,11 +281,12 @@ def run_warm_command(
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
-    line = sys.stdin.readline()
-    run_id = line.strip()
-    if not run_id:
+    # "RUN_ID ATTEMPT_ID" (the attempt may be absent); an empty line: retired unused.
+    words = sys.stdin.readline().split()
+    if not words:
         return EXIT_SUCCESS  # the launcher closed the pipe: retired unused
+    run_id, attempt_id = words[0], (words[1] if len(words) > 1 else None)
     try:
-        return execute_run_in_worker(run_id, resources, err)
+        return execute_run_in_worker(run_id, resources, err, attempt_id)
     finally:
         resources.storage.close()

@@ -545,6 +545,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                     run_id,
                     "--instance",
                     self.instance_config,
+                    *(["--attempt", held.run.attempt_id] if held.run.attempt_id else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

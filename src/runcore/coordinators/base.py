@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore.errors import InstanceClosedError, RunNotFoundError
-from runcore.launchers.base import HealthStatus, recorded_process_health
+from runcore.launchers.base import HealthStatus, hostname
 from runcore.runs import FailureKind, RunStatus
-from runcore.storage.base import move_run
+from runcore.storage.base import WorkerRecord, move_run
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -102,7 +102,8 @@ class RunCoordinator(ABC):
                 continue
             if not self.context.launcher.terminate(run_id):
                 current = storage.get_run(run_id) or run
-                if recorded_process_health(current).status is HealthStatus.RUNNING:
+                health = self.context.launcher.check_run_worker_health(current)
+                if health.status is HealthStatus.RUNNING:
                     # Another live process holds it (a thread of another host process): that
                     # process sees CANCELING and stops the run; monitoring's cancel timeout
                     # bounds the wait.
@@ -122,14 +123,43 @@ class RunCoordinator(ABC):
         """Free resources (none by default)."""
 
 
-def fail_launch(storage: InstanceStorage, run_id: str, exc: BaseException) -> None:
-    """End a STARTING run whose launcher raised: FAILURE, kind ``launch_failure``."""
+def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> None:
+    """Hand a run just moved to STARTING to ``launcher``; on an error, fail it (see
+    :func:`fail_launch`) and re-raise.
+
+    A launcher that keeps no worker records (``records_workers`` false: one written before
+    they existed) gets a placeholder record here, naming it, so that the monitor does not take
+    the run for a launch that never happened.
+    """
+    try:
+        launcher.launch_run(starting)
+    except Exception as exc:
+        fail_launch(storage, starting, exc)
+        raise
+    if launcher.records_workers:
+        return
+    recorded = storage.get_worker_record(starting.run_id)
+    if recorded is None or recorded.attempt_id != starting.attempt_id:
+        storage.record_worker(
+            WorkerRecord(
+                run_id=starting.run_id,
+                attempt_id=starting.attempt_id or "",
+                kind=f"launched by {type(launcher).__name__}",
+                host=hostname(),
+            )
+        )
+
+
+def fail_launch(storage: InstanceStorage, run: Run, exc: BaseException) -> None:
+    """End a STARTING run whose launcher raised: FAILURE, kind ``launch_failure`` (only for
+    the attempt that failed)."""
     move_run(
         storage,
-        run_id,
+        run.run_id,
         [RunStatus.STARTING],
         RunStatus.FAILURE,
         f"the launcher could not start the run: {type(exc).__name__}: {exc}",
         error=exc,
         kind=FailureKind.LAUNCH_FAILURE,
+        attempt_id=run.attempt_id,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runcore.coordinators.base import RunCoordinator, fail_launch
+from runcore.coordinators.base import RunCoordinator, launch
 from runcore.errors import RunLaunchError
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
@@ -31,9 +31,8 @@ class DefaultRunCoordinator(RunCoordinator):
         if starting is None:
             return storage.get_run(run.run_id) or run
         try:
-            self.context.launcher.launch_run(starting)
+            launch(storage, self.context.launcher, starting)
         except Exception as exc:
-            fail_launch(storage, run.run_id, exc)
             if isinstance(exc, RunLaunchError):
                 raise
             raise RunLaunchError(

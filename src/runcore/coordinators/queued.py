@@ -25,7 +25,7 @@ from runcore.coordinators.admission import (
     admit,
     queue_order,
 )
-from runcore.coordinators.base import RunCoordinator, fail_launch
+from runcore.coordinators.base import RunCoordinator, launch
 from runcore.errors import ConfigError
 from runcore.events import Event, EventType
 from runcore.runs import (
@@ -309,9 +309,8 @@ class QueuedRunCoordinator(RunCoordinator):
         if starting is None:
             return None
         try:
-            self.context.launcher.launch_run(starting)
-        except Exception as exc:
-            fail_launch(storage, run_id, exc)
+            launch(storage, self.context.launcher, starting)
+        except Exception:
             return False
         return True
 

@@ -6,8 +6,15 @@ Contract:
   executed (the worker moves it to STARTED and on to a terminal status) and returns without
   waiting for the run to finish. If the run cannot be started at all it raises
   :class:`~runcore.errors.RunLaunchError`; the coordinator then fails the run.
-* ``terminate(run_id)`` asks the run's worker to stop; the run ends CANCELED. Returns False
-  when this launcher does not hold the run (already finished, unknown, or another host's).
+* After starting a worker, it records who executes the run as a
+  :class:`~runcore.storage.base.WorkerRecord` (``storage.record_worker``), for the run's current
+  attempt (``run.attempt_id``); the worker moves the run to STARTED only for that attempt. If
+  ``record_worker`` says the attempt was given up meanwhile, the launcher stops that worker.
+* ``terminate(run_id, force=False)`` asks the run's worker to stop (``force``: at once, e.g.
+  SIGKILL); the run ends CANCELED. Returns False when this launcher cannot reach the run's
+  worker (already finished, unknown, or another host's). Only the launcher signals processes,
+  and only after checking their identity against the worker record
+  (:mod:`runcore.launchers.processes`).
 * ``check_run_worker_health(run)`` says whether the worker of a STARTING/STARTED run is alive.
 * Launchers get their collaborators in ``start(context)``, never a reference to the instance.
 * ``close()`` waits for runs this launcher executes in this process, then frees its threads.
@@ -76,83 +83,21 @@ class WorkerHealth:
         return cls(HealthStatus.UNKNOWN, reason)
 
 
-#: Tags a launcher records on a run so that any process on the same host can check the
-#: process executing it (a worker process, or the host process of a thread).
-WORKER_PID_TAG = "runcore/worker_pid"
-WORKER_HOST_TAG = "runcore/worker_host"
-#: ``process``: the pid is a worker process of the run alone (it may be signalled or killed);
-#: ``thread``: the pid is a host process running the run on a thread (never to be killed).
-WORKER_KIND_TAG = "runcore/worker_kind"
-
-
 def hostname() -> str:
-    """This host's name (as recorded in :data:`WORKER_HOST_TAG`)."""
+    """This host's name (as recorded in worker records)."""
     import socket
 
     return socket.gethostname()
-
-
-def worker_tags(pid: int, kind: str) -> dict[str, str]:
-    """The tags that record process ``pid`` of this host as a run's worker (``kind``:
-    ``process`` or ``thread``, see :data:`WORKER_KIND_TAG`)."""
-    return {WORKER_PID_TAG: str(pid), WORKER_HOST_TAG: hostname(), WORKER_KIND_TAG: kind}
-
-
-def dedicated_worker_pid(run: Run) -> int | None:
-    """The pid of the run's own worker process on this host, if it has one: the only process
-    runcore may signal or kill on the run's behalf (never a host process running threads)."""
-    import os
-
-    pid = run.tags.get(WORKER_PID_TAG)
-    if pid is None or run.tags.get(WORKER_KIND_TAG) != "process":
-        return None
-    if run.tags.get(WORKER_HOST_TAG) != hostname():
-        return None
-    try:
-        value = int(pid)
-    except ValueError:
-        return None
-    return None if value == os.getpid() else value
-
-
-def recorded_process_health(run: Run, what: str = "worker process") -> WorkerHealth:
-    """Health from the pid and host a launcher recorded on the run (see :func:`worker_tags`).
-
-    DEAD if the process is gone from this host; RUNNING if it exists (a reused pid cannot be
-    told apart); UNKNOWN for another host or no record.
-    """
-    import os
-
-    pid = run.tags.get(WORKER_PID_TAG)
-    if pid is None:
-        return WorkerHealth.unknown(f"no {what} was recorded for the run")
-    host = run.tags.get(WORKER_HOST_TAG)
-    if host != hostname():
-        return WorkerHealth.unknown(f"the run's {what} runs on host {host!r}")
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return WorkerHealth.dead(f"the {what} {pid} is gone")
-    except PermissionError:
-        pass  # it exists, owned by another user: look closer below
-    import psutil
-
-    try:
-        if psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE:
-            # Dead, waiting for its parent to reap it (which may be never, e.g. in a
-            # container whose PID 1 does not reap orphans).
-            return WorkerHealth.dead(f"the {what} {pid} has exited (not yet reaped)")
-    except psutil.NoSuchProcess:
-        return WorkerHealth.dead(f"the {what} {pid} is gone")
-    except psutil.Error:
-        pass
-    return WorkerHealth.running()
 
 
 class RunLauncher(ABC):
     """Starts runs. Subclass it, implement the three abstract methods, pass the contract suite."""
 
     _context: LaunchContext | None = None
+    #: Whether this launcher records a :class:`~runcore.storage.base.WorkerRecord` for each
+    #: run it launches (the built-ins do). If not, the coordinator records a placeholder
+    #: naming the launcher once ``launch_run`` returns.
+    records_workers: bool = False
 
     def start(self, context: LaunchContext) -> None:
         """Receive collaborators and open resources (threads, connections). Idempotent."""
@@ -173,8 +118,9 @@ class RunLauncher(ABC):
         """Start executing ``run`` (in STARTING); return without waiting for it to finish."""
 
     @abstractmethod
-    def terminate(self, run_id: str) -> bool:
-        """Ask the run's worker to stop; False if this launcher does not hold the run."""
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
+        """Ask the run's worker to stop (``force``: without waiting for it to clean up);
+        False if this launcher cannot reach the run's worker."""
 
     @abstractmethod
     def check_run_worker_health(self, run: Run) -> WorkerHealth:

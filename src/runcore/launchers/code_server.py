@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.storage.base import WorkerRecord
 
 if TYPE_CHECKING:
     from runcore.codeserver.client import CodeServerClient, CodeServerError, Utilization
@@ -34,10 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runcore.launchers")
 
-#: The run tag naming the code server replica (``host:port``) that holds the run.
-CODE_SERVER_TAG = "runcore/code_server"
+#: The worker kind of a run held by a code server; its handle is ``{"address": "host:port"}``.
+CODE_SERVER_KIND = "code_server"
 
-#: How many run-to-replica entries are kept in memory; older ones are found by their tag.
+#: How many run-to-replica entries are kept in memory; older ones are found in storage.
 _MEMORY = 10_000
 
 
@@ -64,6 +65,8 @@ class CodeServerRunLauncher(RunLauncher):
     threads), opened in :meth:`start` or on first use and closed by :meth:`close`. Runs
     execute in the code servers, so ``close()`` does not wait for them.
     """
+
+    records_workers = True
 
     def __init__(
         self, addresses: Sequence[str], token: str | None = None, timeout: float = 10.0
@@ -133,18 +136,18 @@ class CodeServerRunLauncher(RunLauncher):
             self._holders.pop(run_id, None)
 
     def holder_of(self, run: Run | str) -> str | None:
-        """The address of the replica holding a run: remembered here, else its tag."""
+        """The address of the replica holding a run: remembered here, else its worker record
+        (only one of this launcher's replicas: a record never sends a call elsewhere)."""
         run_id = run if isinstance(run, str) else run.run_id
         with self._lock:
             address = self._holders.get(run_id)
         if address is not None:
             return address
-        if not isinstance(run, str):
-            address = run.tags.get(CODE_SERVER_TAG)
-            if address is not None:
-                return address
-        stored = self.context.storage.get_run(run_id)
-        return None if stored is None else stored.tags.get(CODE_SERVER_TAG)
+        record = self.context.storage.get_worker_record(run_id)
+        if record is None or record.kind != CODE_SERVER_KIND:
+            return None
+        address = record.handle.get("address")
+        return address if isinstance(address, str) and address in self.addresses else None
 
     # --- the interface ----------------------------------------------------------------------
 
@@ -194,14 +197,22 @@ class CodeServerRunLauncher(RunLauncher):
                     f"run {run.run_id}: code server {address} refused it: {exc.details}"
                 ) from exc
             self._remember(run.run_id, address)
-            self.context.storage.add_run_tags(run.run_id, {CODE_SERVER_TAG: address})
+            self.context.storage.record_worker(
+                WorkerRecord(
+                    run_id=run.run_id,
+                    attempt_id=run.attempt_id or "",
+                    kind=CODE_SERVER_KIND,
+                    host=address.rpartition(":")[0],
+                    handle={"address": address},
+                )
+            )
             return
         raise RunLaunchError(
             f"run {run.run_id}: no code server replica could take it (tried "
             f"{', '.join(self.addresses)}): {'; '.join(problems)}"
         )
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         from runcore.codeserver.client import CodeServerError
 
         address = self.holder_of(run_id)
@@ -222,7 +233,7 @@ class CodeServerRunLauncher(RunLauncher):
         address = self.holder_of(run)
         if address is None:
             return WorkerHealth.unknown(
-                f"no code server was recorded for run {run.run_id} (no {CODE_SERVER_TAG} tag)"
+                f"no code server of this launcher was recorded for run {run.run_id}"
             )
         try:
             state = self._client(address).get_run_state(run.run_id)

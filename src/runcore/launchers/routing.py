@@ -24,6 +24,7 @@ class IsolationRouter(RunLauncher):
     def __init__(self, isolated: RunLauncher, non_isolated: RunLauncher) -> None:
         self.isolated = isolated
         self.non_isolated = non_isolated
+        self.records_workers = isolated.records_workers and non_isolated.records_workers
 
     def __repr__(self) -> str:
         return f"IsolationRouter(isolated={self.isolated!r}, non_isolated={self.non_isolated!r})"
@@ -39,11 +40,13 @@ class IsolationRouter(RunLauncher):
     def launch_run(self, run: Run) -> None:
         self._for(run).launch_run(run)
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         run = self.context.storage.get_run(run_id)
         if run is not None:
-            return self._for(run).terminate(run_id)
-        return self.isolated.terminate(run_id) or self.non_isolated.terminate(run_id)
+            return self._for(run).terminate(run_id, force=force)
+        return self.isolated.terminate(run_id, force=force) or self.non_isolated.terminate(
+            run_id, force=force
+        )
 
     def check_run_worker_health(self, run: Run) -> WorkerHealth:
         return self._for(run).check_run_worker_health(run)

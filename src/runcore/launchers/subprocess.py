@@ -31,16 +31,10 @@ from typing import IO, TYPE_CHECKING
 import attrs
 
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.launchers.base import (
-    LaunchContext,
-    RunLauncher,
-    WorkerHealth,
-    dedicated_worker_pid,
-    recorded_process_health,
-    worker_tags,
-)
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
+from runcore.launchers.processes import PROCESS, process_handle, process_health, signal_worker
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
-from runcore.storage.base import move_run
+from runcore.storage.base import WorkerRecord, move_run
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -134,6 +128,8 @@ class SubprocessRunLauncher(RunLauncher):
     Threads: one watcher (``runcore-subprocess-watcher``), started on first use and stopped
     by :meth:`close`. Runs still executing at ``close()`` keep running in their processes.
     """
+
+    records_workers = True
 
     def __init__(
         self,
@@ -309,51 +305,63 @@ class SubprocessRunLauncher(RunLauncher):
                 raise RunLaunchError(f"cannot launch run {run.run_id}: the launcher is closed")
             if run.code_location not in self._preload:
                 self._preload.append(run.code_location)
+        attempt = run.attempt_id or ""
         worker = self._take_warm() if self.warm_workers else None
         if worker is not None:
             assert worker.process.stdin is not None
             try:
-                worker.process.stdin.write(f"{run.run_id}\n".encode())
+                worker.process.stdin.write(f"{run.run_id} {attempt}\n".encode())
                 worker.process.stdin.close()
             except OSError:
                 self._retire(worker)
                 worker = None
         if worker is None:
-            worker = self._spawn(
-                ["execute-run", run.run_id, "--instance", self._config()], warm=False
-            )
+            args = ["execute-run", run.run_id, "--instance", self._config()]
+            if attempt:
+                args += ["--attempt", attempt]
+            worker = self._spawn(args, warm=False)
         worker.run_id = run.run_id
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
-        self.context.storage.add_run_tags(run.run_id, worker_tags(worker.process.pid, "process"))
+        record = WorkerRecord(
+            run_id=run.run_id,
+            attempt_id=attempt,
+            kind=PROCESS,
+            host=hostname(),
+            handle=process_handle(worker.process.pid),
+            started_at=worker.started,
+        )
+        if not self.context.storage.record_worker(record):
+            # The attempt was given up meanwhile (the run went back to the queue or failed):
+            # this worker would not be allowed to start it; stop it now.
+            log.warning(
+                "run %s: launch attempt %s was given up; stopping its worker", run.run_id, attempt
+            )
+            with contextlib.suppress(OSError):
+                worker.process.kill()
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         with self._lock:
             worker = self._running.get(run_id)
         if worker is None:
-            return self._terminate_recorded(run_id)
+            return self._terminate_recorded(run_id, force=force)
         if worker.process.poll() is not None:
             return False
-        with contextlib.suppress(OSError):
-            worker.process.send_signal(signal.SIGTERM)
-        worker.terminate_at = time.monotonic() + self.grace_period
+        with contextlib.suppress(OSError):  # our own child: its pid stays ours until reaped
+            worker.process.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+        if not force:
+            worker.terminate_at = time.monotonic() + self.grace_period
         return True
 
-    def _terminate_recorded(self, run_id: str) -> bool:
-        """SIGTERM a worker process this launcher did not start (another process's), found by
-        the pid recorded on the run; the worker's own handler cancels the run."""
-        run = self.context.storage.get_run(run_id)
-        if run is None or run.status.is_terminal:
+    def _terminate_recorded(self, run_id: str, *, force: bool) -> bool:
+        """Signal a worker process this launcher did not start (another process's), named by
+        the run's worker record and checked by identity (:mod:`runcore.launchers.processes`);
+        the worker's own handler cancels the run on SIGTERM."""
+        record = self.context.storage.get_worker_record(run_id)
+        if record is None:
             return False
-        pid = dedicated_worker_pid(run)
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            return False
-        return True
+        return signal_worker(record, signal.SIGKILL if force else signal.SIGTERM)
 
     def check_run_worker_health(self, run: Run) -> WorkerHealth:
         with self._lock:
@@ -369,7 +377,10 @@ class SubprocessRunLauncher(RunLauncher):
             exited = self._exited.get(run.run_id)
         if exited is not None:
             return WorkerHealth.dead(f"the worker process {exited[0]} {describe_exit(exited[1])}")
-        return recorded_process_health(run)
+        record = self.context.storage.get_worker_record(run.run_id)
+        if record is None or record.attempt_id != (run.attempt_id or ""):
+            return WorkerHealth.unknown("no worker process is recorded for the run's attempt")
+        return process_health(record)
 
     # --- the watcher ------------------------------------------------------------------------
 

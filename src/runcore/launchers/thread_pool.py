@@ -10,16 +10,10 @@ from typing import TYPE_CHECKING
 
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.execution import execute_run
-from runcore.launchers.base import (
-    WORKER_PID_TAG,
-    LaunchContext,
-    RunLauncher,
-    WorkerHealth,
-    recorded_process_health,
-    worker_tags,
-)
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
+from runcore.launchers.processes import THREAD, process_handle, process_health
 from runcore.runs import FailureKind, RunsFilter, RunStatus
-from runcore.storage.base import move_run
+from runcore.storage.base import WorkerRecord, move_run
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -44,6 +38,8 @@ class ThreadPoolRunLauncher(RunLauncher):
     the run to CANCELING; it sets the run's cancel). :meth:`close` stops and joins them.
     """
 
+    records_workers = True
+
     def __init__(self, max_workers: int = 8) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigError(
@@ -58,6 +54,7 @@ class ThreadPoolRunLauncher(RunLauncher):
         self._stop = threading.Event()
         self.cancel_poll_interval = 0.25
         self._closed = False
+        self._own_handle: dict[str, object] | None = None
 
     def __repr__(self) -> str:
         return f"ThreadPoolRunLauncher(max_workers={self.max_workers})"
@@ -81,13 +78,29 @@ class ThreadPoolRunLauncher(RunLauncher):
             self._launched[run.run_id] = None
             while len(self._launched) > _LAUNCHED_KEPT:
                 del self._launched[next(iter(self._launched))]
+        # Recorded before the run can start, so that another process (a daemon) can tell
+        # whether the process holding the run's thread is alive.
+        record = WorkerRecord(
+            run_id=run.run_id,
+            attempt_id=run.attempt_id or "",
+            kind=THREAD,
+            host=hostname(),
+            handle=self._handle(),
+        )
+        if not context.storage.record_worker(record):
+            with self._lock:  # the attempt was given up meanwhile: nothing to execute
+                self._active.pop(run.run_id, None)
+            log.warning("run %s: launch attempt %s was given up", run.run_id, run.attempt_id)
+            return
         if context.storage.shareable:
-            # Recorded before the run can start, so that another process (a daemon) can tell
-            # whether the process holding the run's thread is alive.
-            context.storage.add_run_tags(run.run_id, worker_tags(os.getpid(), "thread"))
             self._ensure_watcher()
         with self._lock:
             self._pool.submit(self._execute, context, run, cancel)
+
+    def _handle(self) -> dict[str, object]:
+        if self._own_handle is None:
+            self._own_handle = process_handle(os.getpid())
+        return dict(self._own_handle)
 
     def _execute(self, context: LaunchContext, run: Run, cancel: threading.Event) -> None:
         try:
@@ -156,7 +169,7 @@ class ThreadPoolRunLauncher(RunLauncher):
             for record in records:
                 self.terminate(record.run.run_id)
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         with self._lock:
             cancel = self._active.get(run_id)
         if cancel is None:
@@ -174,9 +187,12 @@ class ThreadPoolRunLauncher(RunLauncher):
             return WorkerHealth.unknown(f"the run has ended {current.status.value}")
         if launched_here:
             return WorkerHealth.dead("the run's thread ended without finishing the run")
-        if current.tags.get(WORKER_PID_TAG) == str(os.getpid()):
+        record = self.context.storage.get_worker_record(run.run_id)
+        if record is None or record.kind != THREAD:
+            return WorkerHealth.unknown("no thread of a process is recorded for the run")
+        if record.host == hostname() and record.handle == self._handle():
             return WorkerHealth.unknown("another launcher of this process holds the run")
-        return recorded_process_health(current, "process running the run's thread")
+        return process_health(record, "process running the run's thread")
 
     def close(self) -> None:
         with self._lock:

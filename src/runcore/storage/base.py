@@ -1,6 +1,6 @@
-"""The storage interface, split by concern: runs, events, pools, daemon heartbeats.
+"""The storage interface, split by concern: runs, events, pools, workers, daemon heartbeats.
 
-A backend implements :class:`InstanceStorage`, which is those four small interfaces behind one
+A backend implements :class:`InstanceStorage`, which is those five small interfaces behind one
 object, so that one transaction can span them: a status change is written together with its
 event and, when the run ends, with the release of every pool slot it holds.
 
@@ -11,6 +11,9 @@ Contract every backend keeps (``runcore.testing.StorageContract`` checks it):
   same status, exactly one succeeds.
 * ``storage_id`` values (runs and events) increase in insertion order.
 * Terminal runs never change status again.
+* Every move to STARTING starts a new launch *attempt* (``Run.attempt_id``), a move back to
+  QUEUED ends it; a transition given an ``attempt_id`` happens only while that attempt is the
+  run's current one, and a worker record is stored only for the current attempt.
 * Nothing is pickled: runs and events are stored as JSON.
 * ``start()`` does the I/O (opening, schema checks); the constructor does none. After
   ``close()``, calls raise :class:`~runcore.errors.InstanceClosedError`.
@@ -42,6 +45,26 @@ class SlotLease:
     run_id: str
     step_key: str | None
     claimed_at: float
+
+
+@attrs.frozen(kw_only=True)
+class WorkerRecord:
+    """Who executes a run's current attempt, and how its launcher finds it again.
+
+    Written by the launcher that started the worker, never from user input (tags are the
+    user's; this is runcore's). ``kind`` names the launcher's kind of worker (``process``,
+    ``thread``, ``code_server``, ...); ``handle`` is opaque JSON only that launcher reads (a
+    process: its pid and start time; a code server: its address). ``heartbeat_at`` is the last
+    sign of life the worker itself wrote (storage clock), ``None`` before the first.
+    """
+
+    run_id: str
+    attempt_id: str
+    kind: str
+    host: str
+    handle: dict[str, Any] = attrs.field(factory=dict)
+    started_at: float = attrs.field(factory=time.time)
+    heartbeat_at: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -131,14 +154,20 @@ class RunStorage(ABC):
         event: Event | None = None,
         failure_reason: str | None = None,
         claim_slots: Sequence[tuple[str, int]] = (),
+        attempt_id: str | None = None,
     ) -> Run | None:
         """Move a run to ``to_status`` if it is in one of ``from_statuses``; atomic.
 
         Writes, in one transaction: the new status and times (``started_at`` on STARTED,
         ``ended_at`` on a terminal status), the status event (``event``, or a plain one of
-        the matching type), and on a terminal status the release of every pool slot the run
-        holds. Returns the updated run, or ``None`` if the run was not in ``from_statuses``
-        (someone else moved it first).
+        the matching type), and on a terminal status or back to QUEUED the release of every
+        pool slot the run holds. Returns the updated run, or ``None`` if the run was not in
+        ``from_statuses`` (someone else moved it first).
+
+        Attempts: a move to STARTING sets a new ``attempt_id`` on the run (the one given, else
+        a fresh one). Any other move given an ``attempt_id`` happens only if it is the run's
+        current attempt (else ``None``), so a worker of an attempt given up cannot start the
+        run, and of two daemons giving up the same attempt only one does.
 
         ``claim_slots`` is a list of ``(pool, limit)``: a run-level slot (step ``None``) in
         each pool is claimed in the same transaction, as :meth:`claim_pool_slot` would. If any
@@ -228,6 +257,34 @@ class PoolStorage(ABC):
         """Slots held now, in the order claimed, of one pool or all."""
 
 
+class WorkerStorage(ABC):
+    """Per run, the record of the worker executing its current attempt (see
+    :class:`WorkerRecord`): what the monitor judges health by, and what ``terminate`` uses."""
+
+    @abstractmethod
+    def record_worker(self, record: WorkerRecord) -> bool:
+        """Store ``record`` as its run's worker, replacing any earlier one; atomic.
+
+        Only while ``record.attempt_id`` is the run's current attempt (whatever its status:
+        a quick worker may have finished the run already); otherwise nothing is written and
+        ``False`` is returned: the attempt was given up (the run went back to the queue) and
+        its worker will not be allowed to start the run.
+        """
+
+    @abstractmethod
+    def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
+        """The worker records of those of ``run_ids`` that have one, by run id."""
+
+    def get_worker_record(self, run_id: str) -> WorkerRecord | None:
+        """The worker record of one run, or ``None``."""
+        return self.get_worker_records([run_id]).get(run_id)
+
+    @abstractmethod
+    def worker_heartbeat(self, run_id: str, attempt_id: str) -> bool:
+        """Set the worker record's ``heartbeat_at`` to now (the storage's clock), if the run's
+        record is of ``attempt_id``; returns whether it was."""
+
+
 class HeartbeatStorage(ABC):
     """Daemon heartbeats: the latest one per daemon id."""
 
@@ -262,7 +319,7 @@ class QueueReader(ABC):
         """QUEUED runs (of ``run_ids``, if given), oldest first."""
 
 
-class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
+class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, HeartbeatStorage):
     """Everything an instance remembers, behind one object.
 
     ``shareable`` says whether other processes can open the same storage (a file or a server),
@@ -297,6 +354,14 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, HeartbeatStorage):
                 freed += self.release_pool_slots(run_id)
         return freed
 
+    def migrate(self) -> tuple[int, int] | None:
+        """Upgrade a stored schema to this runcore's, in place; returns (from, to) versions.
+
+        ``None`` for a storage with no schema (in memory). Refuses, untouched, a newer schema
+        or data that is not runcore's.
+        """
+        return None
+
     def to_config(self) -> dict[str, Any] | None:
         """The ``storage:`` config another process would use to open this storage, if any."""
         return None
@@ -319,6 +384,7 @@ def move_run(
     error: BaseException | ErrorInfo | None = None,
     kind: FailureKind | None = None,
     data: Mapping[str, Any] | None = None,
+    attempt_id: str | None = None,
 ) -> Run | None:
     """``storage.transition`` with its status event made from a message: the one way runcore
     moves a run with a reason. For a failure, ``error`` (an exception is captured) and ``kind``
@@ -334,14 +400,40 @@ def move_run(
         error=info,
         data=event_data,
     )
-    return storage.transition(run_id, from_statuses, to_status, event=event)
+    return storage.transition(run_id, from_statuses, to_status, event=event, attempt_id=attempt_id)
+
+
+def new_attempt_id() -> str:
+    """A fresh launch attempt id."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def attempt_allows(run: Run, to_status: RunStatus, attempt_id: str | None) -> bool:
+    """Whether a transition of ``run`` given ``attempt_id`` may happen: always into STARTING
+    (which starts a new attempt) or without an attempt id, else only for the current one."""
+    return to_status is RunStatus.STARTING or attempt_id is None or attempt_id == run.attempt_id
 
 
 def apply_transition(
-    run: Run, to_status: RunStatus, now: float, failure_reason: str | None, event: Event | None
+    run: Run,
+    to_status: RunStatus,
+    now: float,
+    failure_reason: str | None,
+    event: Event | None,
+    *,
+    attempt_id: str | None = None,
 ) -> Run:
-    """``run`` after moving to ``to_status`` at ``now`` (the fields every backend updates)."""
+    """``run`` after moving to ``to_status`` at ``now`` (the fields every backend updates).
+
+    A move to STARTING starts a new attempt: ``attempt_id`` if given, else a fresh one.
+    """
     changes: dict[str, Any] = {"status": to_status, "updated_at": now}
+    if to_status is RunStatus.STARTING:
+        changes["attempt_id"] = attempt_id or new_attempt_id()
+    elif to_status is RunStatus.QUEUED:
+        changes["attempt_id"] = None  # the attempt is given up: no worker may record for it
     if to_status is RunStatus.STARTED and run.started_at is None:
         changes["started_at"] = now
     if to_status.is_terminal:
@@ -358,6 +450,28 @@ def apply_transition(
     return attrs.evolve(run, **changes)
 
 
+def worker_record_from_row(row: Sequence[Any]) -> WorkerRecord | None:
+    """A :class:`WorkerRecord` from a row (run_id, attempt_id, kind, host, handle JSON,
+    started_at, heartbeat_at), or ``None`` if the row does not hold a valid one."""
+    import json
+
+    try:
+        handle = json.loads(row[4]) if isinstance(row[4], str | bytes) else row[4]
+        if not isinstance(handle, dict):
+            return None
+        return WorkerRecord(
+            run_id=str(row[0]),
+            attempt_id=str(row[1]),
+            kind=str(row[2]),
+            host=str(row[3]),
+            handle=handle,
+            started_at=float(row[5]),
+            heartbeat_at=None if row[6] is None else float(row[6]),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 def now() -> float:
     """The storages' clock (Unix seconds)."""
     return time.time()
@@ -371,4 +485,6 @@ __all__ = [
     "PoolStorage",
     "RunStorage",
     "SlotLease",
+    "WorkerRecord",
+    "WorkerStorage",
 ]

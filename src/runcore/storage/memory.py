@@ -20,7 +20,9 @@ from runcore.storage.base import (
     DaemonHeartbeat,
     InstanceStorage,
     SlotLease,
+    WorkerRecord,
     apply_transition,
+    attempt_allows,
     now,
     status_event,
 )
@@ -43,6 +45,7 @@ class InMemoryStorage(InstanceStorage):
         # (pool, run, step) -> ((-priority, order, step), last attempt)
         self._waiters: dict[tuple[str, str, str | None], tuple[tuple[int, float, str], float]] = {}
         self._heartbeats: dict[str, DaemonHeartbeat] = {}
+        self._workers: dict[str, WorkerRecord] = {}
 
     def close(self) -> None:
         self._closed = True
@@ -132,6 +135,7 @@ class InMemoryStorage(InstanceStorage):
         event: Event | None = None,
         failure_reason: str | None = None,
         claim_slots: Sequence[tuple[str, int]] = (),
+        attempt_id: str | None = None,
     ) -> Run | None:
         check_transition(from_statuses, to_status)
         with self._lock:
@@ -141,15 +145,19 @@ class InMemoryStorage(InstanceStorage):
                 raise RunNotFoundError(run_id)
             if record.run.status not in from_statuses:
                 return None
+            if not attempt_allows(record.run, to_status, attempt_id):
+                return None
             if not all(self._can_claim(pool, run_id, None, limit) for pool, limit in claim_slots):
                 return None
             for pool, limit in claim_slots:
                 self._claim(pool, run_id, None, limit)
             ts = now()
-            run = apply_transition(record.run, to_status, ts, failure_reason, event)
+            run = apply_transition(
+                record.run, to_status, ts, failure_reason, event, attempt_id=attempt_id
+            )
             self._runs[run_id] = RunRecord(record.storage_id, run)
             self._append_event(status_event(run, to_status, event, ts))
-            if to_status.is_terminal:
+            if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self._release(run_id, None)
             return run
 
@@ -158,6 +166,7 @@ class InMemoryStorage(InstanceStorage):
             self._check_open()
             self._runs.pop(run_id, None)
             self._events.pop(run_id, None)
+            self._workers.pop(run_id, None)
             self._release(run_id, None)
 
     # --- events -----------------------------------------------------------------------------
@@ -288,6 +297,31 @@ class InMemoryStorage(InstanceStorage):
         with self._lock:
             self._check_open()
             return [lease for lease in self._leases if pool is None or lease.pool == pool]
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def record_worker(self, record: WorkerRecord) -> bool:
+        with self._lock:
+            self._check_open()
+            stored = self._runs.get(record.run_id)
+            if stored is None or stored.run.attempt_id != record.attempt_id:
+                return False
+            self._workers[record.run_id] = record
+            return True
+
+    def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
+        with self._lock:
+            self._check_open()
+            return {rid: self._workers[rid] for rid in run_ids if rid in self._workers}
+
+    def worker_heartbeat(self, run_id: str, attempt_id: str) -> bool:
+        with self._lock:
+            self._check_open()
+            record = self._workers.get(run_id)
+            if record is None or record.attempt_id != attempt_id:
+                return False
+            self._workers[run_id] = attrs.evolve(record, heartbeat_at=now())
+            return True
 
     # --- heartbeats -------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@
   a few more times (:mod:`runcore._retry`) before it surfaces as :class:`StorageError`.
 * A ``runcore_meta`` table holds the schema version. A newer schema, or a file that is not a
   runcore database, is refused with a clear message and left untouched: nothing is written
-  (not even the switch to WAL) before the file is known to be ours.
+  (not even the switch to WAL) before the file is known to be ours. An older schema is
+  upgraded by :meth:`SqliteStorage.migrate` (``runcore instance migrate``), or on open with
+  ``auto_migrate``; without either it is refused with an error naming the command.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from runcore.errors import (
     StorageError,
 )
 from runcore.events import Event, EventRecord, EventType
-from runcore.runs import Run, RunRecord, RunsFilter, RunStatus, check_transition
+from runcore.runs import (
+    Run,
+    RunRecord,
+    RunsFilter,
+    RunStatus,
+    check_transition,
+)
 from runcore.storage.base import (
     WAITER_TTL,
     DaemonHeartbeat,
@@ -45,12 +53,17 @@ from runcore.storage.base import (
     QueuedRunRow,
     QueueReader,
     SlotLease,
+    WorkerRecord,
     apply_transition,
+    attempt_allows,
     now,
     status_event,
+    worker_record_from_row,
 )
 
-SCHEMA_VERSION = 1
+#: 1: the first release. 2: worker records in their own table (``workers``); the
+#: ``runcore/worker_*`` tags of version 1 are deleted, never read again.
+SCHEMA_VERSION = 2
 APP_ID = "runcore"
 
 T = TypeVar("T")
@@ -65,6 +78,19 @@ _PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
     "PRAGMA wal_autocheckpoint=4000",
 )
+
+#: Version 2's table: who executes each run's current attempt (see ``WorkerRecord``).
+_WORKERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    run_id TEXT PRIMARY KEY,
+    attempt_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL
+) WITHOUT ROWID;
+"""
 
 # ``storage_id`` must increase in insertion order even after deletes, hence AUTOINCREMENT on
 # ``runs`` and ``events`` (a plain rowid table may hand out a deleted id again).
@@ -131,6 +157,27 @@ CREATE TABLE IF NOT EXISTS daemon_heartbeats (
     info TEXT NOT NULL
 );
 """
+_SCHEMA += _WORKERS_SCHEMA
+
+#: The tags version 1 kept a run's worker in: user-writable, so never to be read again.
+_V1_WORKER_TAGS = ("runcore/worker_pid", "runcore/worker_host", "runcore/worker_kind")
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Add the ``workers`` table; delete the version-1 worker tags, copying nothing."""
+    conn.execute(_WORKERS_SCHEMA)
+    marks = ",".join("?" * len(_V1_WORKER_TAGS))
+    conn.execute(f"DELETE FROM run_tags WHERE key IN ({marks})", _V1_WORKER_TAGS)
+    paths = [f'$.tags."{key}"' for key in _V1_WORKER_TAGS]
+    found = " OR ".join(f"json_type(body, '{path}') IS NOT NULL" for path in paths)
+    removes = ", ".join(f"'{path}'" for path in paths)
+    conn.execute(
+        f"UPDATE runs SET body = json_remove(body, {removes}) WHERE json_valid(body) AND ({found})"
+    )
+
+
+#: Upgrades by the version they start from; each moves the schema up by one, in one transaction.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
 
 _INSERT_RUN = (
     "INSERT INTO runs (run_id, job_name, status, parent_run_id, root_run_id, created_at,"
@@ -196,7 +243,8 @@ class SqliteStorage(InstanceStorage, QueueReader):
     """Runs, events, pools and heartbeats in one SQLite file at ``path``.
 
     ``busy_timeout`` (seconds) is how long a call waits for another writer's lock before the
-    retries of :mod:`runcore._retry` start.
+    retries of :mod:`runcore._retry` start. ``auto_migrate`` upgrades an older schema on open
+    (else that is an error naming ``runcore instance migrate``).
 
     Threads: none of its own. Any thread may call any method; each call borrows a connection
     from a per-process pool. :meth:`close` closes the idle connections at once and the
@@ -206,9 +254,16 @@ class SqliteStorage(InstanceStorage, QueueReader):
 
     shareable = True
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        auto_migrate: bool = False,
+    ) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
+        self.auto_migrate = auto_migrate
         self._idle: deque[sqlite3.Connection] = deque()
         self._start_lock = threading.Lock()
         self._started = False
@@ -290,9 +345,15 @@ class SqliteStorage(InstanceStorage, QueueReader):
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Check that the file is ours (or empty) before writing anything; then create it."""
         tables = self._tables(conn)
-        if tables:
-            self._check_meta(conn, tables)
-        else:
+        version = self._check_meta(conn, tables) if tables else SCHEMA_VERSION
+        if version < SCHEMA_VERSION and not self.auto_migrate:
+            raise SchemaVersionError(
+                f"{self.path!r} has an older runcore schema (version {version}; this runcore "
+                f"uses {SCHEMA_VERSION}); it was left "
+                "untouched. Upgrade it with `runcore instance migrate` (or Instance.migrate()), "
+                "or set storage.sqlite.auto_migrate: true"
+            )
+        if not tables:
             # Before the first write, while the file is still empty. Small pages make a commit
             # cheaper: it appends whole pages to the WAL, and a run or event dirties several.
             conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
@@ -303,6 +364,8 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 f"{mode!r} mode); put it on a local filesystem that supports shared memory"
             )
         if tables:
+            if version < SCHEMA_VERSION:
+                self._upgrade(conn)
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -333,7 +396,69 @@ class SqliteStorage(InstanceStorage, QueueReader):
             )
         }
 
-    def _check_meta(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+    def migrate(self) -> tuple[int, int]:
+        """Upgrade the file's schema to this runcore's, in place; returns (from, to) versions.
+
+        Each step is one transaction; a file at the current version is left as it is. A newer
+        schema or a file that is not a runcore database is refused untouched.
+        """
+        with self._start_lock:
+            if self._closed:
+                raise InstanceClosedError(f"{self!r} is closed; create a new SqliteStorage")
+            self._check_location()
+            conn = self._connect()
+            try:
+                tables = self._tables(conn)
+                before = self._check_meta(conn, tables) if tables else SCHEMA_VERSION
+                if tables:
+                    retry_sqlite_locked(lambda: self._upgrade(conn), _is_locked)
+                else:
+                    retry_sqlite_locked(lambda: self._prepare(conn), _is_locked)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            finally:
+                with suppress(sqlite3.Error):
+                    conn.close()
+        return before, SCHEMA_VERSION
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM runcore_meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return int(row[0]) if row else 0
+        except ValueError:
+            return 0
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Apply the migrations from the file's version up to ours, one transaction each."""
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._version(conn)  # read under the lock: another may have migrated
+                step = _MIGRATIONS.get(version)
+                if version >= SCHEMA_VERSION or step is None:
+                    conn.execute("COMMIT")
+                    break
+                step(conn)
+                conn.execute(
+                    "UPDATE runcore_meta SET value = ? WHERE key = 'schema_version'",
+                    (str(version + 1),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        if self._version(conn) < SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path!r} has schema version {self._version(conn)}, which this runcore "
+                f"(schema version {SCHEMA_VERSION}) cannot migrate; point storage.sqlite.path "
+                "at a new file"
+            )
+
+    def _check_meta(self, conn: sqlite3.Connection, tables: set[str]) -> int:
+        """The file's schema version, after checking that the file is ours and not newer."""
         if "runcore_meta" not in tables:
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise SchemaVersionError(
@@ -356,12 +481,13 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 f"runcore reads up to {SCHEMA_VERSION}). Upgrade runcore, or point "
                 "storage.sqlite.path at another database file"
             )
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and version not in _MIGRATIONS:
             raise SchemaVersionError(
                 f"{self.path!r} has schema version {meta.get('schema_version')!r}, which this "
                 f"runcore (schema version {SCHEMA_VERSION}) cannot read or migrate; point "
                 "storage.sqlite.path at a new file"
             )
+        return version
 
     # --- connections ------------------------------------------------------------------------
 
@@ -683,6 +809,7 @@ class SqliteStorage(InstanceStorage, QueueReader):
         event: Event | None = None,
         failure_reason: str | None = None,
         claim_slots: Sequence[tuple[str, int]] = (),
+        attempt_id: str | None = None,
     ) -> Run | None:
         check_transition(from_statuses, to_status)
         allowed = {s.value for s in from_statuses}
@@ -695,6 +822,9 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 raise RunNotFoundError(run_id)
             if row[1] not in allowed:
                 return None
+            old = _serde.loads_run(row[2])
+            if not attempt_allows(old, to_status, attempt_id):
+                return None
             # Check every pool before taking any slot: all or nothing (no other writer can
             # come in between, the transaction holds the write lock).
             if not all(self._slot_free(conn, pool, run_id, "", n) for pool, n in claim_slots):
@@ -702,13 +832,13 @@ class SqliteStorage(InstanceStorage, QueueReader):
             for pool, limit in claim_slots:
                 self._claim(conn, pool, run_id, "", limit)
             ts = now()
-            run = apply_transition(_serde.loads_run(row[2]), to_status, ts, failure_reason, event)
+            run = apply_transition(old, to_status, ts, failure_reason, event, attempt_id=attempt_id)
             conn.execute(
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
             conn.execute(_INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
-            if to_status.is_terminal:
+            if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
@@ -723,6 +853,7 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 conn.executemany(_DELETE_TAG, [(k, v, pk) for k, v in run.tags.items()])
                 conn.execute("DELETE FROM runs WHERE id = ?", (pk,))
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM workers WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
 
@@ -906,6 +1037,62 @@ class SqliteStorage(InstanceStorage, QueueReader):
         return [
             SlotLease(row[0], row[1], row[2] or None, row[3]) for row in self._read(sql, params)
         ]
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def record_worker(self, record: WorkerRecord) -> bool:
+        row = (
+            record.run_id,
+            record.attempt_id,
+            record.kind,
+            record.host,
+            json.dumps(record.handle),
+            record.started_at,
+            record.heartbeat_at,
+        )
+
+        def write(conn: sqlite3.Connection) -> bool:
+            found = conn.execute(
+                "SELECT 1 FROM runs WHERE run_id = ? "
+                "AND json_valid(body) AND json_extract(body, '$.attempt_id') = ?",
+                (record.run_id, record.attempt_id),
+            ).fetchone()
+            if found is None:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (run_id, attempt_id, kind, host, handle, "
+                "started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return True
+
+        return self._write(write)
+
+    def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
+        ids = list(dict.fromkeys(run_ids))
+        out: dict[str, WorkerRecord] = {}
+        for i in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            rows = self._read(
+                "SELECT run_id, attempt_id, kind, host, handle, started_at, heartbeat_at "
+                f"FROM workers WHERE run_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                record = worker_record_from_row(row)
+                if record is not None:
+                    out[record.run_id] = record
+        return out
+
+    def worker_heartbeat(self, run_id: str, attempt_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE run_id = ? AND attempt_id = ?",
+                (now(), run_id, attempt_id),
+            )
+            return cur.rowcount > 0
+
+        return self._write(write)
 
     # --- heartbeats -------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ class RecordingLauncher(RunLauncher):
         with self._lock:
             self.launched.append(run)
 
-    def terminate(self, run_id: str) -> bool:
+    def terminate(self, run_id: str, *, force: bool = False) -> bool:
         with self._lock:
             known = any(run.run_id == run_id for run in self.launched)
             if known:
