@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from runcore.events import Event, EventType
 from runcore.runs import Run, RunsFilter, RunStatus
 from runcore.storage import SqliteStorage
 from runcore.storage.sqlite import SCHEMA_VERSION
+
+
+def rid(name: str) -> str:
+    """A stable run id (run ids are UUIDs) for a name."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, name))
+
 
 PROCESS_TIMEOUT = 60.0
 
@@ -110,7 +117,7 @@ def test_another_process_sees_the_same_runs_and_events(
             records = storage.get_run_records(ascending=True)
             first = records[0].run.run_id
             events = storage.get_event_records(first)
-            storage.add_run(Run(run_id="from-child", job_name="child", tags={"by": "child"}))
+            storage.add_run(Run(run_id=sys.argv[2], job_name="child", tags={"by": "child"}))
             storage.store_event(Event(run_id=first, event_type=EventType.LOG, message="child"))
             print(json.dumps({
                 "runs": [[r.run.run_id, r.run.status.value, r.run.tags] for r in records],
@@ -118,6 +125,7 @@ def test_another_process_sees_the_same_runs_and_events(
             }))
         """,
         str(db_path),
+        rid("from-child"),
     )
     seen = json.loads(_output(child))
     assert seen["runs"] == [
@@ -127,7 +135,7 @@ def test_another_process_sees_the_same_runs_and_events(
     ]
     assert seen["events"] == [["RUN_STARTING", ""], ["LOG", "hi"]]
     # ... and this process sees what the child wrote, through its already-open connections.
-    child_run = storage.get_run("from-child")
+    child_run = storage.get_run(rid("from-child"))
     assert child_run is not None and child_run.tags == {"by": "child"}
     assert [r.event.message for r in storage.get_event_records(runs[0].run_id)] == [
         "",
@@ -271,21 +279,21 @@ def _write_from_forked_child(storage: SqliteStorage, run_id: str) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the Linux default start method")
 def test_a_forked_child_uses_its_own_connections(storage: SqliteStorage) -> None:
-    storage.add_run(Run(run_id="parent-before", job_name="parent"))
+    storage.add_run(Run(run_id=rid("parent-before"), job_name="parent"))
     child = multiprocessing.get_context("fork").Process(
-        target=_write_from_forked_child, args=(storage, "child")
+        target=_write_from_forked_child, args=(storage, rid("child"))
     )
     child.start()
     child.join(timeout=PROCESS_TIMEOUT)
     assert child.exitcode == 0
     # The parent's pooled connections survived the child (and its close()).
-    storage.add_run(Run(run_id="parent-after", job_name="parent"))
+    storage.add_run(Run(run_id=rid("parent-after"), job_name="parent"))
     assert {r.run.run_id for r in storage.get_run_records()} == {
-        "parent-before",
-        "child",
-        "parent-after",
+        rid("parent-before"),
+        rid("child"),
+        rid("parent-after"),
     }
-    assert [r.event.message for r in storage.get_event_records("child")] == ["from child"]
+    assert [r.event.message for r in storage.get_event_records(rid("child"))] == ["from child"]
 
 
 # --- files that are not ours --------------------------------------------------------------
@@ -452,8 +460,8 @@ def test_the_first_call_starts_the_storage(db_path: Path) -> None:
     storage = SqliteStorage(db_path)
     assert not db_path.exists(), "the constructor does no I/O"
     try:
-        storage.add_run(Run(run_id="lazy", job_name="etl"))
-        assert storage.get_run("lazy") is not None
+        storage.add_run(Run(run_id=rid("lazy"), job_name="etl"))
+        assert storage.get_run(rid("lazy")) is not None
     finally:
         storage.close()
 
@@ -517,9 +525,9 @@ def test_a_lock_held_past_the_busy_timeout_is_retried(db_path: Path) -> None:
         holder = threading.Thread(target=_hold_write_lock, args=(db_path, 0.3, locked))
         holder.start()
         assert locked.wait(timeout=PROCESS_TIMEOUT)
-        storage.add_run(Run(run_id="patient", job_name="etl"))
+        storage.add_run(Run(run_id=rid("patient"), job_name="etl"))
         holder.join(timeout=PROCESS_TIMEOUT)
-        assert storage.get_run("patient") is not None
+        assert storage.get_run(rid("patient")) is not None
 
 
 def test_a_lock_that_never_goes_away_surfaces_as_a_storage_error(db_path: Path) -> None:
@@ -536,5 +544,5 @@ def test_a_lock_that_never_goes_away_surfaces_as_a_storage_error(db_path: Path) 
         finally:
             conn.execute("ROLLBACK")
             conn.close()
-        storage.add_run(Run(run_id="after", job_name="etl"))
-        assert storage.get_run("after") is not None
+        storage.add_run(Run(run_id=rid("after"), job_name="etl"))
+        assert storage.get_run(rid("after")) is not None

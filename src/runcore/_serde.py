@@ -55,7 +55,11 @@ def _default(value: Any) -> Any:
 
 
 def dumps_run(run: Run) -> str:
-    """A run as JSON text."""
+    """A run as JSON text (its ``corrupt`` marker is never stored)."""
+    if run.corrupt is not None:
+        import attrs
+
+        run = attrs.evolve(run, corrupt=None)
     return dumps(run)
 
 

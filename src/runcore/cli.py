@@ -165,8 +165,11 @@ def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"{'RUN ID':36}  {'JOB':20}  {'STATUS':10}  {'CREATED':19}  {'TOOK':>7}  TAGS\n")
     for run in runs:
         tags = ",".join(f"{k}={v}" for k, v in sorted(run.tags.items()))
+        if run.corrupt is not None:  # shown, never hidden; `runs show` says what is wrong
+            tags = "CORRUPT (see runs show)"
+        status = run.status.value + ("!" if run.corrupt is not None else "")
         out.write(
-            f"{run.run_id:36}  {run.job_name[:20]:20}  {run.status.value:10}  "
+            f"{run.run_id:36}  {run.job_name[:20]:20}  {status:10}  "
             f"{_fmt_time(run.created_at):19}  {_duration(run.started_at, run.ended_at):>7}  "
             f"{tags}\n"
         )
@@ -189,6 +192,11 @@ def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
         )
         return 0
     out.write(f"run {run.run_id}  job {run.job_name}  {run.status.value}\n")
+    if run.corrupt is not None:
+        out.write(
+            f"CORRUPT: {run.corrupt}. runcore's duties skip this run and never change it; "
+            "delete or repair its row\n"
+        )
     if run.failure_reason:
         out.write(f"reason: {run.failure_reason}\n")
     for event in events:
@@ -301,8 +309,8 @@ def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
         daemon = Daemon(inst, dequeue_interval=args.interval)
         out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
         out.flush()
-        with daemon:
-            while not stop:
+        with daemon:  # leaving it re-raises a StorageError that stopped the duties: exit 2
+            while not stop and not daemon.stopped_by_error:
                 time.sleep(0.1)
         out.write("runcore daemon stopped\n")
     return 0

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from runcore.errors import InstanceClosedError
+from runcore.errors import InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.storage.base import DaemonHeartbeat
 
@@ -127,6 +127,9 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
         self._last_error: str | None = None
+        #: Set when the storage stopped being the one opened (file deleted, replaced or
+        #: unreadable): the duties stop and :meth:`stop` re-raises it.
+        self.fatal: StorageError | None = None
 
     def __repr__(self) -> str:
         return f"Daemon(daemon_id={self.daemon_id!r}, running={self.is_running})"
@@ -209,7 +212,13 @@ class Daemon:
         )
 
     def run_once(self) -> DaemonPass:
-        """Exactly one pass of each enabled duty, synchronously, then a heartbeat."""
+        """Exactly one pass of each enabled duty, synchronously, then a heartbeat.
+
+        Raises :class:`~runcore.errors.StorageError` first if the storage is no longer the one
+        opened (see :meth:`~runcore.storage.base.InstanceStorage.check_identity`).
+        """
+        self.instance.ensure_started()
+        self.instance.storage.check_identity()
         result = DaemonPass(
             dequeue=self.dequeue_once(), monitor=self.monitor_once(), retries=self.retry_once()
         )
@@ -260,14 +269,38 @@ class Daemon:
             thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Signal the threads and wait up to ``timeout`` seconds for them to finish."""
+        """Signal the threads and wait up to ``timeout`` seconds for them to finish.
+
+        Re-raises the :class:`~runcore.errors.StorageError` that stopped the duties, if the
+        storage stopped being the one opened (see :attr:`fatal`).
+        """
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        if self.fatal is not None:
+            raise self.fatal  # no "stopped" heartbeat: that storage is not ours any more
         with contextlib.suppress(Exception):
             self.heartbeat(stopped=True)
+
+    @property
+    def stopped_by_error(self) -> bool:
+        """Whether the duties stopped by themselves, on a storage that is no longer ours."""
+        return self.fatal is not None
+
+    def _storage_ok(self) -> bool:
+        """Check the storage is still the one opened; on the first failure, stop every duty."""
+        try:
+            self.instance.storage.check_identity()
+        except StorageError as exc:
+            if self.fatal is None:
+                self.fatal = exc
+                self._last_error = f"storage: {exc}"
+                log.error("runcore daemon: %s; stopping every duty", exc)
+            self._stop.set()
+            return False
+        return True
 
     def __enter__(self) -> Self:
         self.start()
@@ -283,7 +316,7 @@ class Daemon:
         log.exception("runcore daemon duty %s failed; it goes on", duty)
 
     def _loop(self, duty: str, fn: Callable[[], Any], interval: float) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._storage_ok():
             try:
                 fn()
             except InstanceClosedError:
@@ -293,7 +326,7 @@ class Daemon:
             self._stop.wait(interval)
 
     def _dequeue_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._storage_ok():
             busy = False
             try:
                 result = self.dequeue_once()

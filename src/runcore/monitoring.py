@@ -24,12 +24,13 @@ the look and the write is left as it is, and two daemons never both act on one r
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
-from runcore.launchers.base import HealthStatus
+from runcore.launchers.base import HealthStatus, WorkerHealth
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
     MAX_RUNTIME_TAG,
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from runcore.config import RunMonitoringConfig
     from runcore.launchers.base import RunLauncher
     from runcore.storage.base import InstanceStorage
+
+
+log = logging.getLogger("runcore.monitoring")
 
 
 @attrs.frozen
@@ -105,7 +109,13 @@ class RunMonitor:
             "cancel": [],
             "abandoned": [],
         }
-        records = self.storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
+        records = [
+            record
+            for record in self.storage.get_run_records(
+                RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
+            )
+            if record.run.corrupt is None  # reported by `runs list`; never acted on
+        ]
         waiting = [
             r.run
             for r in records
@@ -121,6 +131,7 @@ class RunMonitor:
             ):
                 found["abandoned"].append(run.run_id)
         abandoned = set(found["abandoned"])
+        to_check: list[Run] = []
         for record in records:
             run = record.run
             if run.run_id in abandoned:
@@ -136,7 +147,10 @@ class RunMonitor:
                 if self._start_timeout(run, now - since):
                     found["start"].append(run.run_id)
                 continue
-            if self._dead_worker(run):
+            to_check.append(run)
+        healths = self._healths(to_check)
+        for run in to_check:
+            if self._dead_worker(run, healths.get(run.run_id)):
                 found["dead"].append(run.run_id)
                 continue
             limit = max_runtime_of(run, self.config.max_runtime_seconds)
@@ -212,23 +226,32 @@ class RunMonitor:
             self._terminate(run)
         return failed
 
-    def _dead_worker(self, run: Run) -> bool:
+    def _healths(self, runs: list[Run]) -> dict[str, WorkerHealth]:
+        """The launcher's health answers for ``runs``, in one batched call."""
+        if not runs:
+            return {}
         try:
-            health = self.launcher.check_run_worker_health(run)
+            return self.launcher.check_workers_health(runs)
         except Exception:  # a launcher that cannot tell is not a dead worker
+            log.exception("run monitoring: the launcher's health check failed")
+            return {}
+
+    def _dead_worker(self, run: Run, health: WorkerHealth | None) -> bool:
+        if health is None or health.status is not HealthStatus.DEAD:
             return False
-        if health.status is not HealthStatus.DEAD:
-            return False
-        current = self.storage.get_run(run.run_id)
-        if current is None or current.status.is_terminal:
-            return False  # it ended by itself meanwhile
         reason = f"the run's worker died: {health.reason}"
-        return self._fail(
-            current,
+        # Only for the attempt that was judged: a run that ended by itself meanwhile, or moved
+        # on to a new attempt, is left as it is.
+        moved = move_run(
+            self.storage,
+            run.run_id,
             [RunStatus.STARTING, RunStatus.STARTED],
+            RunStatus.FAILURE,
             reason,
-            FailureKind.WORKER_DIED,
+            kind=FailureKind.WORKER_DIED,
+            attempt_id=run.attempt_id,
         )
+        return moved is not None
 
     def _max_runtime(self, run: Run, ran: float, limit: float) -> bool:
         reason = f"the run ran for {ran:.0f} s, past its maximum runtime of {limit:g} s"

@@ -113,12 +113,17 @@ class RunRetrier:
 
     def _why_not(self, run: Run) -> str | None:
         """Why ``run`` is not to be retried, or None if it is."""
+        if run.corrupt is not None:
+            return f"it is corrupt in storage ({run.corrupt})"
         raw = run.tags.get(MAX_RETRIES_TAG)
         try:
             allowed = int(raw) if raw is not None else self.config.max_retries
         except ValueError:
             return f"its {MAX_RETRIES_TAG} tag {raw!r} is not an integer"
-        attempt = int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0)
+        try:
+            attempt = int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0)
+        except ValueError:
+            return f"its {RETRY_NUMBER_TAG} tag is not an integer"
         if attempt >= allowed:
             return f"it is attempt {attempt} of {allowed} retries allowed"
         if run.failure_kind is FailureKind.USER_CODE and not self.config.retry_on_op_failure:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from runcore.execution import StepPools
     from runcore.instance import JobRegistry
     from runcore.outputs import OutputStore
+    from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
 
 EXIT_SUCCESS = 0
@@ -120,6 +121,30 @@ def _install_cancel_handler(cancel: threading.Event) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def _record_self(storage: InstanceStorage, run: Run) -> None:
+    """Record this process as the run's worker if its launcher has not (it may have died
+    between starting this process and recording it), so that the run is never STARTED with
+    no worker on record. A launcher's record (a code server's, say) is left as it is."""
+    from runcore.launchers.base import hostname
+    from runcore.launchers.processes import PROCESS, process_handle
+    from runcore.storage.base import WorkerRecord
+
+    if run.attempt_id is None:
+        return
+    recorded = storage.get_worker_record(run.run_id)
+    if recorded is not None and recorded.attempt_id == run.attempt_id:
+        return
+    storage.record_worker(
+        WorkerRecord(
+            run_id=run.run_id,
+            attempt_id=run.attempt_id,
+            kind=PROCESS,
+            host=hostname(),
+            handle=process_handle(os.getpid()),
+        )
+    )
+
+
 def execute_run_in_worker(
     run_id: str, resources: WorkerResources, err: TextIO, attempt_id: str | None = None
 ) -> int:
@@ -156,6 +181,7 @@ def execute_run_in_worker(
         )
         return EXIT_NOT_STARTABLE
     run = attrs.evolve(run, attempt_id=attempt_id or run.attempt_id)
+    _record_self(storage, run)
     try:
         if run.code_location is None:
             raise RuncoreError(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from runcore import _faults
 from runcore.errors import InstanceClosedError, RunNotFoundError
 from runcore.launchers.base import HealthStatus, hostname
 from runcore.runs import FailureKind, RunStatus
@@ -131,6 +132,7 @@ def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> No
     they existed) gets a placeholder record here, naming it, so that the monitor does not take
     the run for a launch that never happened.
     """
+    _faults.point("after_starting")
     try:
         launcher.launch_run(starting)
     except Exception as exc:

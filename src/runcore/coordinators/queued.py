@@ -210,7 +210,8 @@ class QueuedRunCoordinator(RunCoordinator):
                     fresh[row.run_id] = _queued_from_row(row)
             else:
                 for record in storage.get_run_records(RunsFilter(run_ids=chunk), ascending=True):
-                    fresh[record.run.run_id] = queued_run_info(record.run, record.storage_id)
+                    if record.run.corrupt is None:  # a corrupt run is never started
+                        fresh[record.run.run_id] = queued_run_info(record.run, record.storage_id)
         with self._lock:
             self._cache.update(fresh)
             wanted = set(ids)

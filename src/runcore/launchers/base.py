@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -125,6 +125,14 @@ class RunLauncher(ABC):
     @abstractmethod
     def check_run_worker_health(self, run: Run) -> WorkerHealth:
         """Whether the worker executing ``run`` is alive."""
+
+    def check_workers_health(self, runs: Sequence[Run]) -> dict[str, WorkerHealth]:
+        """The health of many runs' workers at once, by run id (what run monitoring calls).
+
+        This default asks :meth:`check_run_worker_health` run by run; a launcher that can batch
+        (one storage read for all worker records, one API call for many tasks) overrides it.
+        """
+        return {run.run_id: self.check_run_worker_health(run) for run in runs}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Wait for the runs this launcher executes in this process; free its resources."""

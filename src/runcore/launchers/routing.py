@@ -8,6 +8,8 @@ from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
 from runcore.runs import ISOLATION_TAG
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from runcore.runs import Run
 
 
@@ -50,6 +52,14 @@ class IsolationRouter(RunLauncher):
 
     def check_run_worker_health(self, run: Run) -> WorkerHealth:
         return self._for(run).check_run_worker_health(run)
+
+    def check_workers_health(self, runs: Sequence[Run]) -> dict[str, WorkerHealth]:
+        isolated = [run for run in runs if self._for(run) is self.isolated]
+        shared = [run for run in runs if self._for(run) is not self.isolated]
+        out = self.isolated.check_workers_health(isolated) if isolated else {}
+        if shared:
+            out.update(self.non_isolated.check_workers_health(shared))
+        return out
 
     def close(self) -> None:
         try:

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING
 
 import attrs
 
+from runcore import _faults
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
 from runcore.launchers.processes import PROCESS, process_handle, process_health, signal_worker
@@ -324,6 +325,7 @@ class SubprocessRunLauncher(RunLauncher):
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
+        _faults.point("after_spawn")
         record = WorkerRecord(
             run_id=run.run_id,
             attempt_id=attempt,
@@ -364,8 +366,34 @@ class SubprocessRunLauncher(RunLauncher):
         return signal_worker(record, signal.SIGKILL if force else signal.SIGTERM)
 
     def check_run_worker_health(self, run: Run) -> WorkerHealth:
+        return self.check_workers_health([run])[run.run_id]
+
+    def check_workers_health(self, runs: Sequence[Run]) -> dict[str, WorkerHealth]:
+        out: dict[str, WorkerHealth] = {}
+        others: list[Run] = []
+        for run in runs:
+            local = self._own_health(run.run_id)
+            if local is None:
+                others.append(run)
+            else:
+                out[run.run_id] = local
+        if others:  # workers another process started: one read for all their records
+            records = self.context.storage.get_worker_records([run.run_id for run in others])
+            for run in others:
+                record = records.get(run.run_id)
+                if record is None or record.attempt_id != (run.attempt_id or ""):
+                    out[run.run_id] = WorkerHealth.unknown(
+                        "no worker process is recorded for the run's attempt"
+                    )
+                else:
+                    out[run.run_id] = process_health(record)
+        return out
+
+    def _own_health(self, run_id: str) -> WorkerHealth | None:
+        """The health of a worker this launcher started (None: not one of ours)."""
         with self._lock:
-            worker = self._running.get(run.run_id)
+            worker = self._running.get(run_id)
+            exited = self._exited.get(run_id)
         if worker is not None:
             code = worker.process.poll()
             if code is None:
@@ -373,14 +401,9 @@ class SubprocessRunLauncher(RunLauncher):
             return WorkerHealth.dead(
                 f"the worker process {worker.process.pid} {describe_exit(code)}"
             )
-        with self._lock:
-            exited = self._exited.get(run.run_id)
         if exited is not None:
             return WorkerHealth.dead(f"the worker process {exited[0]} {describe_exit(exited[1])}")
-        record = self.context.storage.get_worker_record(run.run_id)
-        if record is None or record.attempt_id != (run.attempt_id or ""):
-            return WorkerHealth.unknown("no worker process is recorded for the run's attempt")
-        return process_health(record)
+        return None
 
     # --- the watcher ------------------------------------------------------------------------
 

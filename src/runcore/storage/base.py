@@ -354,6 +354,11 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, Hear
                 freed += self.release_pool_slots(run_id)
         return freed
 
+    def check_identity(self) -> None:
+        """Raise :class:`~runcore.errors.StorageError` if this storage is no longer the one
+        :meth:`start` opened (its file deleted or replaced, or unreadable). The daemon calls
+        it every pass; it must be cheap. The default has nothing to check."""
+
     def migrate(self) -> tuple[int, int] | None:
         """Upgrade a stored schema to this runcore's, in place; returns (from, to) versions.
 
@@ -448,6 +453,92 @@ def apply_transition(
         with contextlib.suppress(ValueError):
             changes["failure_kind"] = FailureKind(kind) if kind else FailureKind.ENGINE
     return attrs.evolve(run, **changes)
+
+
+def run_problem(run: Run, run_id: str | None = None, status: str | None = None) -> str | None:
+    """Why a run read back from storage cannot be trusted, or ``None``.
+
+    ``run_id`` and ``status`` are the row's own columns, where a backend keeps them beside the
+    run's JSON: they must agree with it.
+    """
+    from runcore import _validate
+    from runcore.runs import stored_tags_problem
+
+    if not _validate.is_run_id(run.run_id):
+        return f"its run id {run.run_id!r} is not a lowercase UUID"
+    if run_id is not None and run_id != run.run_id:
+        return f"its row is for run {run_id!r} but its JSON is of run {run.run_id!r}"
+    if status is not None and status != run.status.value:
+        return f"its status column says {status!r} but its JSON says {run.status.value!r}"
+    for name in ("parent_run_id", "root_run_id"):
+        value = getattr(run, name)
+        if value is not None and not _validate.is_run_id(value):
+            return f"its {name} {value!r} is not a lowercase UUID"
+    problem = stored_tags_problem(run.tags)
+    return None if problem is None else f"its tags cannot be trusted: {problem}"
+
+
+def read_run(
+    body: str | bytes,
+    *,
+    run_id: str | None = None,
+    status: str | None = None,
+    job_name: str | None = None,
+) -> Run:
+    """The one parse step for a run read back from storage.
+
+    Returns the run, or, when the stored data cannot be trusted (JSON that does not parse,
+    an id that is not a UUID, a status that disagrees with its column, a malformed control
+    tag), a run marked :attr:`~runcore.runs.Run.corrupt` with the reason: reported, skipped
+    by the daemon's duties and never changed, while every other run goes on. ``run_id``,
+    ``status`` and ``job_name`` are the row's columns, used to describe a run whose JSON is
+    unreadable.
+    """
+    from runcore import _serde
+
+    try:
+        run = _serde.loads_run(body)
+    except Exception as exc:  # anything the stored text makes the parser raise
+        try:
+            known = RunStatus(status) if status is not None else RunStatus.NOT_STARTED
+        except ValueError:
+            known = RunStatus.NOT_STARTED
+        return Run(
+            run_id=str(run_id) if run_id is not None else "?",
+            job_name=str(job_name) if job_name is not None else "?",
+            status=known,
+            corrupt=f"its stored JSON cannot be read ({type(exc).__name__}: {exc})"[:500],
+        )
+    problem = run_problem(run, run_id, status)
+    return run if problem is None else attrs.evolve(run, corrupt=problem)
+
+
+def queued_row_ok(row: Sequence[Any]) -> bool:
+    """Whether a queued run's narrow row (storage id, run id, tags, pools, root pools) can be
+    trusted; a row that cannot is skipped by admission, like a corrupt run."""
+    from runcore import _validate
+    from runcore.runs import stored_tags_problem
+
+    _, run_id, tags, pools, root_pools = row
+    if not _validate.is_run_id(run_id) or stored_tags_problem(tags or {}) is not None:
+        return False
+    for names in (pools or [], root_pools or []):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return False
+    return True
+
+
+def writable(run: Run) -> Run:
+    """``run`` if runcore may change it; a :class:`~runcore.errors.StorageError` for a run
+    marked corrupt (runcore never rewrites what it cannot read)."""
+    if run.corrupt is not None:
+        from runcore.errors import StorageError
+
+        raise StorageError(
+            f"run {run.run_id} is corrupt in storage ({run.corrupt}); runcore will not change "
+            "it. Inspect it with `runcore runs show`, then delete or repair the row"
+        )
+    return run
 
 
 def worker_record_from_row(row: Sequence[Any]) -> WorkerRecord | None:

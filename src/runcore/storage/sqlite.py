@@ -57,8 +57,11 @@ from runcore.storage.base import (
     apply_transition,
     attempt_allows,
     now,
+    queued_row_ok,
+    read_run,
     status_event,
     worker_record_from_row,
+    writable,
 )
 
 #: 1: the first release. 2: worker records in their own table (``workers``); the
@@ -272,6 +275,7 @@ class SqliteStorage(InstanceStorage, QueueReader):
         # Connections inherited through fork: never used, and never closed (closing them in
         # the child could disturb the parent's locks), just kept referenced.
         self._inherited: list[sqlite3.Connection] = []
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
 
     def __repr__(self) -> str:
         return f"SqliteStorage({self.path!r})"
@@ -300,7 +304,45 @@ class SqliteStorage(InstanceStorage, QueueReader):
                     raise self._error(exc) from exc
                 raise
             self._idle.append(conn)
+            self._identity = self._file_identity()
             self._started = True
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_identity(self) -> None:
+        """Raise :class:`StorageError` if the database file was deleted, replaced or became
+        unreadable since :meth:`start`: a process that goes on would write to an unlinked
+        file no one else sees."""
+        if self._identity is None or self._closed:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StorageError(
+                f"the SQLite database {self.path!r} was deleted while this process used it; "
+                "stopping rather than going on against the unlinked file. Restore it, or "
+                "start again against a new database"
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                f"the SQLite database {self.path!r} cannot be checked any more ({exc}); stopping"
+            ) from exc
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise StorageError(
+                f"the SQLite database {self.path!r} was replaced by another file while this "
+                "process used it; stopping rather than mixing two databases. Start again to "
+                "use the new file"
+            )
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            raise StorageError(
+                f"the SQLite database {self.path!r} is no longer readable and writable by this "
+                "process; stopping. Fix its permissions and start again"
+            )
 
     def close(self) -> None:
         self._closed = True
@@ -607,7 +649,9 @@ class SqliteStorage(InstanceStorage, QueueReader):
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
         # SQLite extracts the few fields and packs every row into one JSON array, which Python
         # then parses in one call: several times faster than a JSON parse per row.
-        inner = "SELECT id, run_id, body FROM runs WHERE status = 'QUEUED'"
+        # A row whose JSON does not parse is left out (a corrupt run is skipped by the duties);
+        # json_extract would fail the whole query on it.
+        inner = "SELECT id, run_id, body FROM runs WHERE status = 'QUEUED' AND json_valid(body)"
         params: list[Any] = []
         if run_ids is not None:
             if not run_ids:
@@ -629,11 +673,17 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 root_pools=row[4],
             )
             for row in json.loads(text or "[]")
+            if queued_row_ok(row)
         ]
 
     def get_run(self, run_id: str) -> Run | None:
-        rows = self._read("SELECT body FROM runs WHERE run_id = ?", (run_id,))
-        return _serde.loads_run(rows[0][0]) if rows else None
+        rows = self._read(
+            "SELECT body, run_id, status, job_name FROM runs WHERE run_id = ?", (run_id,)
+        )
+        if not rows:
+            return None
+        body, stored_id, status, job_name = rows[0]
+        return read_run(body, run_id=stored_id, status=status, job_name=job_name)
 
     @staticmethod
     def _driving_tag(filters: RunsFilter | None) -> tuple[str, str] | None:
@@ -764,10 +814,16 @@ class SqliteStorage(InstanceStorage, QueueReader):
         after_storage_id: int | None = None,
     ) -> list[RunRecord]:
         sql, params = self._select(
-            "runs.id, runs.body", filters, limit, ascending, after_storage_id
+            "runs.id, runs.body, runs.run_id, runs.status, runs.job_name",
+            filters,
+            limit,
+            ascending,
+            after_storage_id,
         )
-        loads = _serde.loads_run
-        return [RunRecord(row[0], loads(row[1])) for row in self._read(sql, params)]
+        return [
+            RunRecord(row[0], read_run(row[1], run_id=row[2], status=row[3], job_name=row[4]))
+            for row in self._read(sql, params)
+        ]
 
     def get_run_ids(
         self,
@@ -788,10 +844,12 @@ class SqliteStorage(InstanceStorage, QueueReader):
         tags = dict(tags)
 
         def write(conn: sqlite3.Connection) -> Run:
-            row = conn.execute("SELECT id, body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = conn.execute(
+                "SELECT id, body, status FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
             if row is None:
                 raise RunNotFoundError(run_id)
-            pk, old = row[0], _serde.loads_run(row[1])
+            pk, old = row[0], writable(read_run(row[1], run_id=run_id, status=row[2]))
             run = attrs.evolve(old, tags={**old.tags, **tags})
             conn.execute("UPDATE runs SET body = ? WHERE id = ?", (_serde.dumps_run(run), pk))
             conn.executemany(_DELETE_TAG, [(k, old.tags[k], pk) for k in tags if k in old.tags])
@@ -822,7 +880,7 @@ class SqliteStorage(InstanceStorage, QueueReader):
                 raise RunNotFoundError(run_id)
             if row[1] not in allowed:
                 return None
-            old = _serde.loads_run(row[2])
+            old = writable(read_run(row[2], run_id=run_id, status=row[1]))
             if not attempt_allows(old, to_status, attempt_id):
                 return None
             # Check every pool before taking any slot: all or nothing (no other writer can
@@ -849,8 +907,11 @@ class SqliteStorage(InstanceStorage, QueueReader):
         def write(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT id, body FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is not None:
-                pk, run = row[0], _serde.loads_run(row[1])
-                conn.executemany(_DELETE_TAG, [(k, v, pk) for k, v in run.tags.items()])
+                pk, run = row[0], read_run(row[1], run_id=run_id)
+                if run.corrupt is None:
+                    conn.executemany(_DELETE_TAG, [(k, v, pk) for k, v in run.tags.items()])
+                else:  # its tags cannot be read from its body: find their rows the slow way
+                    conn.execute("DELETE FROM run_tags WHERE run_pk = ?", (pk,))
                 conn.execute("DELETE FROM runs WHERE id = ?", (pk,))
             conn.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM workers WHERE run_id = ?", (run_id,))

@@ -21,6 +21,7 @@ import itertools
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -46,6 +47,11 @@ _S = RunStatus
 
 def _run(job_name: str = "job", **kwargs: Any) -> Run:
     return Run(job_name=job_name, **kwargs)
+
+
+def _cid(i: int) -> str:
+    """The run id of catalog run ``i`` (run ids are UUIDs; these are stable ones)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"runcore-contract-run-{i}"))
 
 
 def _ids(records: Sequence[Any]) -> list[str]:
@@ -129,8 +135,8 @@ class StorageContract:
             tags={"team": "data", "runcore/priority": "3", "unicode": "snø ☃"},
             code_location="pkg.module:defs",
             step_keys_to_execute=["a", "b"],
-            parent_run_id="parent-1",
-            root_run_id="root-1",
+            parent_run_id=_cid(100),
+            root_run_id=_cid(101),
             created_at=1_700_000_000.123456,
             updated_at=1_700_000_001.5,
             failure_reason=None,
@@ -211,23 +217,23 @@ class StorageContract:
                 "job_name": "etl",
                 "status": _S.STARTED,
                 "tags": {"team": "c", "env": "dev"},
-                "parent_run_id": "run-1",
-                "root_run_id": "run-1",
+                "parent_run_id": _cid(1),
+                "root_run_id": _cid(1),
             },
             {"job_name": "report", "status": _S.SUCCESS, "tags": {"team": "a", "env": "dev"}},
             {
                 "job_name": "etl",
                 "status": _S.QUEUED,
                 "tags": {},
-                "parent_run_id": "run-3",
-                "root_run_id": "run-1",
+                "parent_run_id": _cid(3),
+                "root_run_id": _cid(1),
             },
             {"job_name": "sync", "status": _S.CANCELED, "tags": {"team": "b", "env": "dev"}},
             {"job_name": "etl", "status": _S.SUCCESS, "tags": {"team": "a", "env": "prod"}},
         ]
         runs: dict[str, Run] = {}
         for i, spec in enumerate(specs):
-            runs[f"run-{i}"] = _run(run_id=f"run-{i}", created_at=base + i, **spec)
+            runs[_cid(i)] = _run(run_id=_cid(i), created_at=base + i, **spec)
         for run in runs.values():
             storage.add_run(run)
         return runs
@@ -237,9 +243,9 @@ class StorageContract:
         [
             pytest.param(None, [7, 6, 5, 4, 3, 2, 1, 0], id="no-filter"),
             pytest.param(RunsFilter(), [7, 6, 5, 4, 3, 2, 1, 0], id="empty-filter"),
-            pytest.param(RunsFilter(run_ids=["run-2", "run-6"]), [6, 2], id="run_ids"),
+            pytest.param(RunsFilter(run_ids=[_cid(2), _cid(6)]), [6, 2], id="run_ids"),
             pytest.param(RunsFilter(run_ids=[]), [], id="run_ids-empty"),
-            pytest.param(RunsFilter(run_ids=["run-1", "nope"]), [1], id="run_ids-unknown"),
+            pytest.param(RunsFilter(run_ids=[_cid(1), "nope"]), [1], id="run_ids-unknown"),
             pytest.param(RunsFilter(job_name="report"), [4, 2], id="job_name"),
             pytest.param(RunsFilter(job_name="nope"), [], id="job_name-unknown"),
             pytest.param(RunsFilter(statuses=[_S.SUCCESS]), [7, 4, 0], id="one-status"),
@@ -274,8 +280,8 @@ class StorageContract:
                 [4, 3],
                 id="created-window-exclusive",
             ),
-            pytest.param(RunsFilter(parent_run_id="run-1"), [3], id="parent_run_id"),
-            pytest.param(RunsFilter(root_run_id="run-1"), [5, 3], id="root_run_id"),
+            pytest.param(RunsFilter(parent_run_id=_cid(1)), [3], id="parent_run_id"),
+            pytest.param(RunsFilter(root_run_id=_cid(1)), [5, 3], id="root_run_id"),
             pytest.param(
                 RunsFilter(job_name="etl", statuses=[_S.SUCCESS, _S.QUEUED], tags={"team": "a"}),
                 [7, 0],
@@ -283,7 +289,7 @@ class StorageContract:
             ),
             pytest.param(
                 RunsFilter(
-                    run_ids=["run-0", "run-3", "run-7"],
+                    run_ids=[_cid(0), _cid(3), _cid(7)],
                     statuses=[_S.SUCCESS, _S.STARTED],
                     created_after=1_700_000_000.5,
                 ),
@@ -299,7 +305,7 @@ class StorageContract:
         filters: RunsFilter | None,
         expected: list[int],
     ) -> None:
-        want = [f"run-{i}" for i in expected]
+        want = [_cid(i) for i in expected]
         assert _ids(storage.get_run_records(filters)) == want
         assert _ids(storage.get_run_records(filters, ascending=True)) == want[::-1]
         assert storage.count_runs(filters) == len(want)
@@ -311,15 +317,15 @@ class StorageContract:
         assert sorted(reference) == sorted(want), "the expectation disagrees with RunsFilter"
 
     def test_limit(self, storage: InstanceStorage, catalog: dict[str, Run]) -> None:
-        assert _ids(storage.get_run_records(limit=3)) == ["run-7", "run-6", "run-5"]
+        assert _ids(storage.get_run_records(limit=3)) == [_cid(7), _cid(6), _cid(5)]
         assert _ids(storage.get_run_records(limit=3, ascending=True)) == [
-            "run-0",
-            "run-1",
-            "run-2",
+            _cid(0),
+            _cid(1),
+            _cid(2),
         ]
         assert _ids(storage.get_run_records(RunsFilter(tags={"team": "a"}), limit=2)) == [
-            "run-7",
-            "run-4",
+            _cid(7),
+            _cid(4),
         ]
         assert storage.get_run_records(limit=0) == []
         assert len(storage.get_run_records(limit=100)) == 8
@@ -367,15 +373,15 @@ class StorageContract:
         records = storage.get_run_records(ascending=True)
         middle = records[3].storage_id
         assert _ids(storage.get_run_records(after_storage_id=middle)) == [
-            "run-2",
-            "run-1",
-            "run-0",
+            _cid(2),
+            _cid(1),
+            _cid(0),
         ]
         assert _ids(storage.get_run_records(after_storage_id=middle, ascending=True)) == [
-            "run-4",
-            "run-5",
-            "run-6",
-            "run-7",
+            _cid(4),
+            _cid(5),
+            _cid(6),
+            _cid(7),
         ]
 
     def test_count_runs(self, storage: InstanceStorage) -> None:
@@ -961,16 +967,16 @@ class StorageContract:
     def test_updated_after_finds_recent_status_changes(self, storage: InstanceStorage) -> None:
         storage.add_runs(
             [
-                _run(run_id=f"u{i}", status=RunStatus.STARTED, created_at=1_700_000_000.0 + i)
+                _run(run_id=_cid(20 + i), status=RunStatus.STARTED, created_at=1_700_000_000.0 + i)
                 for i in range(3)
             ]
         )
         before = time.time() - 1
-        storage.transition("u1", [RunStatus.STARTED], RunStatus.FAILURE)
+        storage.transition(_cid(21), [RunStatus.STARTED], RunStatus.FAILURE)
         recent = storage.get_run_records(RunsFilter(updated_after=before))
-        assert _ids(recent) == ["u1"]
+        assert _ids(recent) == [_cid(21)]
         failed = RunsFilter(statuses=[RunStatus.FAILURE], updated_after=before)
-        assert _ids(storage.get_run_records(failed)) == ["u1"]
+        assert _ids(storage.get_run_records(failed)) == [_cid(21)]
         assert storage.get_run_records(RunsFilter(updated_after=time.time() + 60)) == []
 
     def test_waiting_claims_are_served_by_priority_then_age(self, storage: InstanceStorage) -> None:
@@ -990,20 +996,20 @@ class StorageContract:
         assert storage.claim_pool_slot("db", "young", "s", limit=1, priority=0, order=2.0)
 
     def test_a_run_that_ends_stops_waiting(self, storage: InstanceStorage) -> None:
-        storage.add_run(_run(run_id="waiter", status=RunStatus.STARTED))
+        waiter = storage.add_run(_run(status=RunStatus.STARTED)).run_id
         assert storage.claim_pool_slot("db", "holder", "s", limit=1)
-        assert not storage.claim_pool_slot("db", "waiter", "s", limit=1, priority=9)
-        storage.transition("waiter", [RunStatus.STARTED], RunStatus.FAILURE)
+        assert not storage.claim_pool_slot("db", waiter, "s", limit=1, priority=9)
+        storage.transition(waiter, [RunStatus.STARTED], RunStatus.FAILURE)
         storage.release_pool_slots("holder")
         assert storage.claim_pool_slot("db", "late", "s", limit=1)
 
     def test_release_stores_events_in_the_same_call(self, storage: InstanceStorage) -> None:
-        storage.add_run(_run(run_id="r1", status=RunStatus.STARTED))
-        assert storage.claim_pool_slot("db", "r1", "load", limit=1)
-        end = Event(run_id="r1", event_type=EventType.STEP_SUCCESS, step_key="load")
-        assert storage.release_pool_slots("r1", "load", events=[end]) == 1
+        r1 = storage.add_run(_run(status=RunStatus.STARTED)).run_id
+        assert storage.claim_pool_slot("db", r1, "load", limit=1)
+        end = Event(run_id=r1, event_type=EventType.STEP_SUCCESS, step_key="load")
+        assert storage.release_pool_slots(r1, "load", events=[end]) == 1
         assert storage.get_pool_leases() == []
-        (record,) = storage.get_event_records("r1")
+        (record,) = storage.get_event_records(r1)
         assert record.event == end
 
     def test_concurrent_claims_have_exactly_limit_winners(
