@@ -370,7 +370,7 @@ def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
         max_workers=max_workers,
         instance=instance,
         run_mode=args.run_mode,
-        token=args.token or os.environ.get("RUNCORE_CODE_SERVER_TOKEN"),
+        token=args.token,  # None: $RUNCORE_CODE_SERVER_TOKEN, the config's, or a generated one
         log_interval=args.log_interval,
         out=out,
     )
@@ -508,7 +508,10 @@ def _add_code_server_command(sub: Any) -> None:
         help="execute runs as threads of the server, or as its child processes",
     )
     server.add_argument(
-        "--token", help="shared secret clients must send (or $RUNCORE_CODE_SERVER_TOKEN)"
+        "--token",
+        help="shared secret every call but Ping must carry (default: "
+        "$RUNCORE_CODE_SERVER_TOKEN, the config's CodeServerRunLauncher token, else one is "
+        "generated into $RUNCORE_HOME/code-servers/HOST_PORT.token, mode 0600)",
     )
     server.add_argument(
         "--log-interval", type=float, default=10.0, help="seconds between utilization log lines"

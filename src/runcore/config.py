@@ -27,6 +27,20 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: The environment variable naming the instance's home directory.
+HOME_ENV = "RUNCORE_HOME"
+#: The home directory when ``$RUNCORE_HOME`` is not set (relative to the current directory).
+DEFAULT_HOME = ".runcore"
+
+
+def home_dir() -> str:
+    """The instance's home directory, absolute: ``$RUNCORE_HOME``, else ``./.runcore``.
+
+    Files that processes of one instance on one host share live under it, such as the code
+    servers' generated tokens (``code-servers/<host>_<port>.token``). Nothing is created here.
+    """
+    return os.path.abspath(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
 
 @attrs.frozen
 class SqliteStorageConfig:
