@@ -260,9 +260,9 @@ class CodeServerClient:
                 self._file_token = cached
         if cached is None:
             return None, (
-                f"no token: this client has none configured, ${tokens.TOKEN_ENV} is not set "
-                f"and there is no token file {path} (a server started without --token writes "
-                f"it under ${HOME_ENV}, default ./.runcore, of its own working directory)"
+                f"none found; looked at the client's token (none configured), "
+                f"${tokens.TOKEN_ENV} (not set) and the token file {path} (missing; a server "
+                f"started without a token writes it under its ${HOME_ENV}, default ./.runcore)"
             )
         return cached, f"the token file {path}"
 
