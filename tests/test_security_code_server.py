@@ -85,15 +85,22 @@ class World:
     servers: list[Server] = attrs.field(factory=list)
     closers: list[Callable[[], None]] = attrs.field(factory=list)
 
-    def start(self, *args: str, instance: dict[str, Any] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, instance: dict[str, Any] | None = None, config: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a server; its instance is ``--config config``, else ``--instance instance``."""
         n = len(self.servers)
         stdout, stderr = self.tmp / f"server{n}.out", self.tmp / f"server{n}.err"
+        before = ["--config", str(config)] if config is not None else []
+        instance = instance or {"storage": self.storage}
+        after = [] if config is not None else ["--instance", json.dumps(instance)]
         with stdout.open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "runcore",
+                    *before,
                     "code-server",
                     "--location",
                     self.location,
@@ -101,8 +108,7 @@ class World:
                     "0",
                     "--log-interval",
                     "0",
-                    "--instance",
-                    json.dumps(instance or {"storage": self.storage}),
+                    *after,
                     *args,
                 ],
                 stdout=out,
@@ -112,8 +118,10 @@ class World:
         self.servers.append(Server(process, "", stdout, stderr))
         return process
 
-    def server(self, *args: str, instance: dict[str, Any] | None = None) -> Server:
-        process = self.start(*args, instance=instance)
+    def server(
+        self, *args: str, instance: dict[str, Any] | None = None, config: Path | None = None
+    ) -> Server:
+        process = self.start(*args, instance=instance, config=config)
         server = self.servers[-1]
 
         def listening() -> str | None:
@@ -369,3 +377,28 @@ def test_the_config_token_serves_server_and_launcher(world: World) -> None:
     inst = world.instance([server.address], token="from-the-config")
     run = inst.submit_run("quick", code_location=world.location)
     assert inst.wait_for_run(run.run_id, timeout=WAIT).status is rc.RunStatus.SUCCESS
+
+
+def test_a_config_file_token_reaches_the_server_but_no_worker_command_line(world: World) -> None:
+    config = world.tmp / "runcore.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "storage": world.storage,
+                "non_isolated_runs": {
+                    "launcher": {
+                        "class": LAUNCHER_CLASS,
+                        "config": {"addresses": ["127.0.0.1:4266"], "token": "config-secret"},
+                    }
+                },
+            }
+        )
+    )
+    server = world.server(config=config)  # `runcore --config FILE code-server`
+    assert "token from the CodeServerRunLauncher token" in server.stdout.read_text()
+    assert world.client(server, token="config-secret").list_jobs()[0].name == "quick"
+    assert "config-secret" not in " ".join(server.process.args)  # type: ignore[arg-type]
+
+    # What any worker process gets on its command line (readable by every local user).
+    with rc.Instance.from_config(str(config)) as inst:
+        assert "config-secret" not in json.dumps(inst.config_for_workers())

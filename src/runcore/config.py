@@ -350,6 +350,28 @@ def to_dict(obj: Any) -> Any:
     return _converter().unstructure(obj)
 
 
+#: Plug-in settings that are secrets: never passed to another process's command line.
+SECRET_SETTINGS = frozenset({"token"})
+
+
+def without_secrets(data: Any) -> Any:
+    """Plain config data with every plug-in's secret settings (:data:`SECRET_SETTINGS`) left
+    out: what may travel on a worker's command line, which every local user can read."""
+    if isinstance(data, list):
+        return [without_secrets(item) for item in data]
+    if not isinstance(data, Mapping):
+        return data
+    plugin = "class" in data and isinstance(data.get("config"), Mapping)
+    return {
+        key: (
+            {k: without_secrets(v) for k, v in value.items() if k not in SECRET_SETTINGS}
+            if plugin and key == "config"
+            else without_secrets(value)
+        )
+        for key, value in data.items()
+    }
+
+
 def _normalize(data: Any) -> Any:
     """YAML writes an empty mapping as null (``in_memory:``); read it as ``{}``."""
     if isinstance(data, Mapping):

@@ -788,12 +788,13 @@ def _bind(server: Any, host: str, port: int) -> int:
 
 
 def resolve_token(
-    token: str | None, cfg: InstanceConfig, host: str, port: int
+    token: str | None, cfg: InstanceConfig, host: str, port: int, config_token: str | None = None
 ) -> tuple[str | None, str]:
     """The server's token and where it comes from; ``(None, ...)``: generate one.
 
     In order: ``token`` (``--token``), ``$RUNCORE_CODE_SERVER_TOKEN``, the instance config's
-    ``CodeServerRunLauncher`` token. An empty ``token`` is a :class:`ConfigError`.
+    ``CodeServerRunLauncher`` token (``config_token`` if given, else found in ``cfg``). An
+    empty ``token`` is a :class:`ConfigError`.
     """
     if token is not None:
         if not token.strip():
@@ -806,18 +807,20 @@ def resolve_token(
     env = tokens.env_token()
     if env is not None:
         return env, f"${tokens.TOKEN_ENV}"
-    configured = tokens.config_token(cfg, f"{host}:{port}")
+    configured = config_token or tokens.config_token(cfg, f"{host}:{port}")
     if configured is not None:
         return configured, "the CodeServerRunLauncher token of the instance config"
     return None, GENERATED
 
 
-def _server_token(token: str | None, instance: str, host: str, port: int) -> tuple[str, str]:
+def _server_token(
+    token: str | None, config_token: str | None, instance: str, host: str, port: int
+) -> tuple[str, str]:
     """The token ``serve`` uses and its source (:data:`GENERATED`: to be written to a file)."""
     from runcore.worker import parse_instance
 
     cfg, _ = parse_instance(instance)
-    resolved, source = resolve_token(token, cfg, host, port)
+    resolved, source = resolve_token(token, cfg, host, port, config_token)
     if resolved is not None:
         return resolved, source
     if not is_loopback(host):
@@ -829,6 +832,17 @@ def _server_token(token: str | None, instance: str, host: str, port: int) -> tup
         )
     tokens.prepare_token_dir()  # before the code location is loaded: refuse early if unusable
     return tokens.generate_token(), GENERATED
+
+
+def _without_secrets(instance: str) -> str:
+    """The instance config text for worker processes' command lines: JSON without secrets."""
+    import json
+
+    from runcore.config import without_secrets
+
+    if not instance.lstrip().startswith("{"):
+        return instance  # a file path: only the path travels
+    return json.dumps(without_secrets(json.loads(instance)))
 
 
 def _write_token(host: str, port: int, token: str) -> str:
@@ -850,6 +864,7 @@ def serve(
     token: str | None,
     log_interval: float,
     out: TextIO,
+    config_token: str | None = None,
 ) -> int:
     """Run a code server until it is shut down; returns the exit code (0: a clean drain).
 
@@ -857,7 +872,9 @@ def serve(
     every call but ``Ping`` must carry; None: ``$RUNCORE_CODE_SERVER_TOKEN``, else the
     instance config's ``CodeServerRunLauncher`` token, else a generated one, written 0600 to
     ``<home>/code-servers/<host>_<port>.token`` (:mod:`runcore.codeserver.tokens`) and removed
-    when the server stops.
+    when the server stops. ``config_token``: the config's launcher token, when the caller
+    left it out of ``instance`` (``Instance.config_for_workers`` does: secrets never travel on
+    a worker's command line, and in process mode ``instance`` is passed on to each worker).
 
     Prints to ``out`` where the token comes from (the file's path, never the token), then
     ``runcore code server listening on HOST:PORT (max_workers=N, ...)`` with the actual port
@@ -873,7 +890,7 @@ def serve(
         raise ConfigError(f"--run-mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
     if max_workers < 1:
         raise ConfigError(f"--max-workers must be >= 1, got {max_workers}")
-    token, token_source = _server_token(token, instance, host, port)
+    token, token_source = _server_token(token, config_token, instance, host, port)
     token_file: str | None = None
     resources = load_resources(instance)
     if not resources.storage.shareable:
@@ -891,7 +908,7 @@ def serve(
             resources=resources,
             max_workers=max_workers,
             run_mode=run_mode,
-            instance_config=instance,
+            instance_config=_without_secrets(instance),
             log_interval=log_interval,
             log_stream=out,
             token=token,
