@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -375,6 +376,8 @@ WARM_READY_FALLBACK = 5.0
 #: Seconds the code server's memory is left to settle before each RSS reading.
 RSS_SETTLE = 0.5
 CODE_SERVER_LAUNCHER = "runcore.launchers.code_server:CodeServerRunLauncher"
+#: The token the benchmark's code servers require (given through the environment, not argv).
+CODE_SERVER_TOKEN = secrets.token_urlsafe(32)
 
 
 def _until(
@@ -402,6 +405,7 @@ def _code_server(home: str, storage: dict[str, Any], max_workers: int) -> Iterat
     out_path, err_path = Path(home, "code-server.out"), Path(home, "code-server.err")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [BENCH_DIR, env.get("PYTHONPATH")]))
+    env["RUNCORE_CODE_SERVER_TOKEN"] = CODE_SERVER_TOKEN
     command = [
         sys.executable,
         "-m",
@@ -445,7 +449,9 @@ def _stop_code_server(process: subprocess.Popen[bytes], address: str) -> None:
         if address:
             with (
                 contextlib.suppress(CodeServerError),
-                contextlib.closing(CodeServerClient(address, timeout=5.0)) as client,
+                contextlib.closing(
+                    CodeServerClient(address, token=CODE_SERVER_TOKEN, timeout=5.0)
+                ) as client,
             ):
                 client.shutdown(0)
                 asked = True
@@ -477,7 +483,10 @@ def _launch_config(
     elif launcher == "code_server":
         config["non_isolated_runs"] = {
             "max_concurrent_runs": -1,
-            "launcher": {"class": CODE_SERVER_LAUNCHER, "config": {"addresses": [address]}},
+            "launcher": {
+                "class": CODE_SERVER_LAUNCHER,
+                "config": {"addresses": [address], "token": CODE_SERVER_TOKEN},
+            },
         }
         tags = {ISOLATION_TAG: "non_isolated"}
     elif launcher == "warm":

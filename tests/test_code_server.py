@@ -2,6 +2,9 @@
 
 Every server is a ``python -m runcore code-server`` subprocess on a free loopback port (``--port
 0``; the port is read from its "listening" line). The fixtures kill every server they started.
+Each test has its own ``$RUNCORE_HOME``: a server started without ``--token`` writes its
+generated token there, and the clients and launchers of the test read it from there. The
+attacks on the token are in ``test_security_code_server.py``.
 """
 
 from __future__ import annotations
@@ -187,6 +190,15 @@ class Env:
                     server.process.wait(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def runcore_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's home directory, shared by its servers (subprocesses) and clients."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("RUNCORE_HOME", str(home))
+    monkeypatch.delenv("RUNCORE_CODE_SERVER_TOKEN", raising=False)
+    return home
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     defs = tmp_path / "cs_defs.py"
@@ -225,7 +237,8 @@ def contract_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         tmp=tmp, location=CONTRACT_LOCATION, storage={"sqlite": {"path": str(tmp / "runs.db")}}
     )
     try:
-        world.server("--max-workers", "8")
+        # The module's server outlives each test's $RUNCORE_HOME: it is given its token.
+        world.server("--max-workers", "8", "--token", "contract-token")
         yield world
     finally:
         world.close()
@@ -236,7 +249,8 @@ class TestCodeServerLauncherContract(LauncherContract):
 
     @pytest.fixture
     def instance(self, contract_env: Env) -> Iterator[rc.Instance]:
-        with contract_env.instance([contract_env.servers[0].address]) as inst:
+        server = contract_env.servers[0]
+        with contract_env.instance([server.address], token=server.token) as inst:
             yield inst
 
 
@@ -499,14 +513,21 @@ def test_an_unreachable_server_fails_the_run_with_the_reason(
     assert "unreachable" in (run.failure_reason or "")
 
 
-def test_token_is_required_when_set(env: Env, inst_closer: list[rc.Instance]) -> None:
+def test_a_given_token_is_required(
+    env: Env, inst_closer: list[rc.Instance], runcore_home: Path
+) -> None:
     server = env.server("--token", "s3cret")
+    assert "token from --token" in server.stdout.read_text()
+    assert not (runcore_home / "code-servers").exists()  # nothing generated, nothing written
     with pytest.raises(CodeServerError, match="requires a token") as missing:
-        env.client(server).ping()
+        env.client(server).list_jobs()
     assert missing.value.code == "UNAUTHENTICATED"
+    assert "none found" in missing.value.details
     with pytest.raises(CodeServerError, match="does not match") as wrong:
-        env.client(server, token="guess").ping()
+        env.client(server, token="guess").list_jobs()
     assert wrong.value.code == "UNAUTHENTICATED"
+    assert env.client(server).ping().pid == 0  # open, but says nothing without the token
+    assert env.client(server, token="s3cret").ping().pid == server.process.pid
 
     wrong_inst = env.instance([server.address], token="guess")
     inst_closer.append(wrong_inst)

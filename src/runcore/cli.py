@@ -370,7 +370,16 @@ def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
             raise UsageError(f"RUNCORE_GRPC_MAX_WORKERS must be an integer, got {env!r}") from None
     if max_workers < 1:
         raise UsageError(f"--max-workers must be >= 1, got {max_workers}")
-    instance = args.instance or json.dumps(_config_dict(args.config))
+    config_token = None
+    instance = args.instance
+    if not instance:
+        # The config the server passes on leaves secrets out: take its launcher token here.
+        inst = _instance(args)
+        instance = json.dumps(inst.config_for_workers())
+        if inst.config is not None:
+            from runcore.codeserver.tokens import config_token as find_config_token
+
+            config_token = find_config_token(inst.config, f"{args.host}:{args.port}")
     return serve(
         absolute_location(args.location),
         host=args.host,
@@ -378,18 +387,11 @@ def cmd_code_server(args: argparse.Namespace, out: TextIO) -> int:
         max_workers=max_workers,
         instance=instance,
         run_mode=args.run_mode,
-        token=args.token or os.environ.get("RUNCORE_CODE_SERVER_TOKEN"),
+        token=args.token,  # None: $RUNCORE_CODE_SERVER_TOKEN, the config's, or a generated one
+        config_token=config_token,
         log_interval=args.log_interval,
         out=out,
     )
-
-
-def _config_dict(explicit: str | None) -> dict[str, Any]:
-    """The instance config as a plain dict with absolute paths (for another process)."""
-    from runcore.instance import Instance
-
-    inst = Instance.from_config(config_source(explicit))
-    return inst.config_for_workers()
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
@@ -516,7 +518,10 @@ def _add_code_server_command(sub: Any) -> None:
         help="execute runs as threads of the server, or as its child processes",
     )
     server.add_argument(
-        "--token", help="shared secret clients must send (or $RUNCORE_CODE_SERVER_TOKEN)"
+        "--token",
+        help="shared secret every call but Ping must carry (default: "
+        "$RUNCORE_CODE_SERVER_TOKEN, the config's CodeServerRunLauncher token, else one is "
+        "generated into $RUNCORE_HOME/code-servers/HOST_PORT.token, mode 0600)",
     )
     server.add_argument(
         "--log-interval", type=float, default=10.0, help="seconds between utilization log lines"

@@ -27,6 +27,20 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: The environment variable naming the instance's home directory.
+HOME_ENV = "RUNCORE_HOME"
+#: The home directory when ``$RUNCORE_HOME`` is not set (relative to the current directory).
+DEFAULT_HOME = ".runcore"
+
+
+def home_dir() -> str:
+    """The instance's home directory, absolute: ``$RUNCORE_HOME``, else ``./.runcore``.
+
+    Files that processes of one instance on one host share live under it, such as the code
+    servers' generated tokens (``code-servers/<host>_<port>.token``). Nothing is created here.
+    """
+    return os.path.abspath(os.environ.get(HOME_ENV) or DEFAULT_HOME)
+
 
 @attrs.frozen
 class SqliteStorageConfig:
@@ -334,6 +348,28 @@ def _find_config_error(exc: BaseException) -> ConfigError | None:
 def to_dict(obj: Any) -> Any:
     """A config object back as plain data (for passing to worker processes)."""
     return _converter().unstructure(obj)
+
+
+#: Plug-in settings that are secrets: never passed to another process's command line.
+SECRET_SETTINGS = frozenset({"token"})
+
+
+def without_secrets(data: Any) -> Any:
+    """Plain config data with every plug-in's secret settings (:data:`SECRET_SETTINGS`) left
+    out: what may travel on a worker's command line, which every local user can read."""
+    if isinstance(data, list):
+        return [without_secrets(item) for item in data]
+    if not isinstance(data, Mapping):
+        return data
+    plugin = "class" in data and isinstance(data.get("config"), Mapping)
+    return {
+        key: (
+            {k: without_secrets(v) for k, v in value.items() if k not in SECRET_SETTINGS}
+            if plugin and key == "config"
+            else without_secrets(value)
+        )
+        for key, value in data.items()
+    }
 
 
 def _normalize(data: Any) -> Any:

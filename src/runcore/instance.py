@@ -286,14 +286,15 @@ class Instance:
 
     def config_for_workers(self) -> dict[str, Any]:
         """The instance config as plain JSON-able data, with absolute paths: what another
-        process (a run worker, a code server) needs to open the same storage and outputs."""
+        process (a run worker, a code server) needs to open the same storage and outputs.
+        Secrets (a launcher's ``token``) are left out: workers get it on their command line."""
         data: dict[str, Any] = _config.to_dict(self.config) if self.config is not None else {}
         storage_cfg = self.storage.to_config()
         if storage_cfg is not None:
             data["storage"] = storage_cfg
         if isinstance(self.output_store, FileOutputStore):
             data["outputs"] = {"path": os.path.abspath(self.output_store.base_dir)}
-        return data
+        return dict(_config.without_secrets(data))
 
     def migrate(self) -> tuple[int, int] | None:
         """Upgrade the storage's schema to this runcore's (``runcore instance migrate``);

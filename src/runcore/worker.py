@@ -43,6 +43,7 @@ from runcore.runs import FailureKind, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
+    from runcore.config import InstanceConfig
     from runcore.execution import StepPools
     from runcore.instance import JobRegistry
     from runcore.outputs import OutputStore
@@ -81,10 +82,9 @@ class WorkerResources:
     jobs: JobRegistry
 
 
-def load_resources(config: str | dict[str, Any]) -> WorkerResources:
-    """Build the worker's storage, output store, pool settings and job registry."""
+def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
+    """The instance config given as JSON text, a file path or a dict, and its base directory."""
     from runcore import config as _config
-    from runcore.instance import JobRegistry, build_storage_and_outputs, step_pools_for
 
     source: Any = config
     if isinstance(config, str) and config.lstrip().startswith("{"):
@@ -92,7 +92,14 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
             source = json.loads(config)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--instance: not valid JSON: {exc}") from exc
-    cfg, base_dir = _config.load_instance_config(source)
+    return _config.load_instance_config(source)
+
+
+def load_resources(config: str | dict[str, Any]) -> WorkerResources:
+    """Build the worker's storage, output store, pool settings and job registry."""
+    from runcore.instance import JobRegistry, build_storage_and_outputs, step_pools_for
+
+    cfg, base_dir = parse_instance(config)
     storage, outputs = build_storage_and_outputs(cfg, base_dir)
     return WorkerResources(storage, outputs, step_pools_for(cfg), JobRegistry())
 

@@ -1,7 +1,10 @@
 """A client of one code server replica, with gRPC errors translated at the boundary.
 
-Every call has a deadline (``timeout`` seconds) and carries the shared-secret token, when one
-is set, in the ``runcore-token`` metadata header. A failed call raises
+Every call has a deadline (``timeout`` seconds) and carries the shared-secret token in the
+``runcore-token`` metadata header: the token the client was given, else
+``$RUNCORE_CODE_SERVER_TOKEN``, else the token file the server at that address generated
+(see :mod:`runcore.codeserver.tokens`; re-read when the server refuses it, as after a restart).
+A failed call raises
 :class:`CodeServerError` (``raise ... from`` the ``grpc.RpcError``) whose message names the
 address; :attr:`CodeServerError.unreachable` tells a server that cannot be reached (down,
 wrong address, draining) from one that answered with an error.
@@ -15,7 +18,9 @@ from typing import Any
 
 import attrs
 
-from runcore.errors import RuncoreError
+from runcore.codeserver import tokens
+from runcore.config import HOME_ENV
+from runcore.errors import ConfigError, RuncoreError
 
 try:
     import grpc
@@ -197,9 +202,8 @@ class CodeServerClient:
     def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0) -> None:
         self.address = address
         self.timeout = timeout
-        self._metadata: tuple[tuple[str, str], ...] = (
-            ((TOKEN_METADATA_KEY, token),) if token else ()
-        )
+        self._token = token or None
+        self._file_token: str | None = None  # read from the token file, kept until refused
         self._lock = threading.Lock()
         self._channel: Any = None
         self._stub: Any = None
@@ -223,25 +227,95 @@ class CodeServerClient:
                 self._stub = stub_class(self._channel)
             return self._stub
 
+    # --- the token --------------------------------------------------------------------------
+
+    def token_file(self) -> str:
+        """Where this client looks for a generated token: the token file of its address."""
+        host, _, port = self.address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"code server address {self.address!r} is not 'host:port'")
+        return tokens.token_path(host, int(port))
+
+    def _current_token(self) -> tuple[str | None, str]:
+        """The token to send and where it came from (configured, environment, file)."""
+        if self._token is not None:
+            return self._token, "the client's configured token"
+        env = tokens.env_token()
+        if env is not None:
+            return env, f"${tokens.TOKEN_ENV}"
+        path = self.token_file()
+        with self._lock:
+            cached = self._file_token
+        if cached is None:
+            try:
+                cached = tokens.read_token_file(path)
+            except ConfigError as exc:
+                raise CodeServerError(
+                    f"code server {self.address}: {exc}",
+                    address=self.address,
+                    code="UNAUTHENTICATED",
+                    details=str(exc),
+                ) from exc
+            with self._lock:
+                self._file_token = cached
+        if cached is None:
+            return None, (
+                f"none found; looked at the client's token (none configured), "
+                f"${tokens.TOKEN_ENV} (not set) and the token file {path} (missing; a server "
+                f"started without a token writes it under its ${HOME_ENV}, default ./.runcore)"
+            )
+        return cached, f"the token file {path}"
+
+    def _forget_file_token(self) -> bool:
+        """Drop a token read from the file (the server refused it); True if there was one."""
+        with self._lock:
+            had, self._file_token = self._file_token is not None, None
+        return had
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        token, _ = self._current_token()
+        return ((TOKEN_METADATA_KEY, token),) if token else ()
+
     def translate(self, exc: Any) -> CodeServerError:
         """A ``grpc.RpcError`` as a :class:`CodeServerError` naming this server."""
         code_obj = exc.code() if hasattr(exc, "code") else None
         code = getattr(code_obj, "name", "UNKNOWN")
         details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+        if code == "UNAUTHENTICATED":
+            try:
+                _, source = self._current_token()
+            except RuncoreError as token_exc:
+                source = str(token_exc)
+            self._forget_file_token()  # the next call reads the file again
+            details = f"{details} [token sent: {source}]"
         return CodeServerError(
             _describe(self.address, code, details), address=self.address, code=code, details=details
         )
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         stub = self._get_stub()
-        try:
-            return getattr(stub, method)(
-                request,
-                timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as exc:
-            raise self.translate(exc) from exc
+        for attempt in (1, 2):
+            token_from_file = self._token is None and tokens.env_token() is None
+            try:
+                metadata = self._metadata()
+                return getattr(stub, method)(
+                    request, timeout=self.timeout if timeout is None else timeout, metadata=metadata
+                )
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                refused = getattr(code, "name", "") == "UNAUTHENTICATED"
+                # A token read from the file may be stale (the server restarted with a new
+                # one): read the file again and retry once.
+                if (
+                    attempt == 1
+                    and refused
+                    and token_from_file
+                    and self._forget_file_token()
+                    and self._metadata() not in ((), metadata)
+                ):
+                    continue
+                raise self.translate(exc) from exc
+        raise AssertionError("unreachable")
 
     # --- the RPCs ---------------------------------------------------------------------------
 
@@ -299,7 +373,7 @@ class CodeServerClient:
         """Start a ``GetUtilization`` call without waiting (to ask many replicas at once)."""
         stub = self._get_stub()
         future = stub.GetUtilization.future(
-            pb2.GetUtilizationRequest(), timeout=self.timeout, metadata=self._metadata
+            pb2.GetUtilizationRequest(), timeout=self.timeout, metadata=self._metadata()
         )
         return UtilizationFuture(self, future)
 

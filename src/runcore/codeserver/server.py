@@ -27,9 +27,15 @@ launchers then report those runs' workers DEAD, naming the server's address, and
 run monitoring fails them. In process mode each worker process is told (Linux
 ``PR_SET_PDEATHSIG``) to cancel its run when the server dies, so no op code outlives it.
 
-Security: the server binds loopback by default. With a token, every call must carry it in the
-``runcore-token`` metadata header (else ``UNAUTHENTICATED``); binding any other address without
-a token is refused. The channel is not encrypted: outside one host, run it on a private network.
+Security: every call but ``Ping`` must carry the server's token in the ``runcore-token``
+metadata header (else ``UNAUTHENTICATED``), loopback included: any local user can connect to a
+loopback port. ``Ping`` stays open for health checks and, without the token, answers only its
+echo and the server id. The token is ``--token``, else ``$RUNCORE_CODE_SERVER_TOKEN``, else the
+``CodeServerRunLauncher`` token of the instance config, else a generated one written 0600 to
+``<home>/code-servers/<host>_<port>.token`` for the launchers of this host to read (see
+:mod:`runcore.codeserver.tokens`); without a usable home directory the server refuses to start.
+The server binds loopback by default. The channel is not encrypted: outside one host, run it on
+a private network.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 import attrs
 import grpc
 
+from runcore.codeserver import tokens
 from runcore.codeserver.client import (
     DRAINING_MESSAGE,
     TOKEN_METADATA_KEY,
@@ -67,6 +74,7 @@ from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
+    from runcore.config import InstanceConfig
     from runcore.definitions import Definitions, Job
     from runcore.runs import Run
     from runcore.worker import WorkerResources
@@ -81,6 +89,9 @@ CANCEL_WAIT = 10.0
 PROCESS_GRACE = 5.0
 
 RUN_MODES = ("thread", "process")
+
+#: The token source of a server that generated its token (and wrote it to a token file).
+GENERATED = "generated"
 
 _PROTO_STATE = {
     RemoteRunState.UNKNOWN: pb2.RUN_STATE_UNKNOWN,
@@ -181,15 +192,27 @@ class _RunWorkers:
             self._cond.notify_all()
 
 
+#: The one RPC open without the token (health checks); it then reveals no more than its echo.
+_OPEN_METHODS = frozenset({"/runcore.codeserver.v1.CodeServer/Ping"})
+
+
+def _sent_token(metadata: Any) -> str | None:
+    given = None
+    for key, value in metadata or ():
+        if key == TOKEN_METADATA_KEY:
+            given = value
+    return None if given is None else str(given)
+
+
 class _TokenCheck(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls that do not carry the server's token (``UNAUTHENTICATED``)."""
+    """Refuses calls, but ``Ping``, that do not carry the server's token (``UNAUTHENTICATED``)."""
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
         self._missing = self._deny(
             f"this code server requires a token: send it in the {TOKEN_METADATA_KEY!r} metadata "
             "header (configure CodeServerRunLauncher with token: ..., the same secret the "
-            "server was started with)"
+            "server was started with, or let it read the token file the server wrote)"
         )
         self._wrong = self._deny(
             f"the {TOKEN_METADATA_KEY!r} metadata header does not match this code server's token; "
@@ -204,14 +227,17 @@ class _TokenCheck(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(deny)
 
+    def matches(self, metadata: Any) -> bool:
+        """Whether call metadata carries this server's token (compared in constant time)."""
+        given = _sent_token(metadata)
+        return given is not None and hmac.compare_digest(given.encode(), self._token)
+
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        given = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == TOKEN_METADATA_KEY:
-                given = value
-        if given is None:
+        if handler_call_details.method in _OPEN_METHODS:
+            return continuation(handler_call_details)
+        if _sent_token(handler_call_details.invocation_metadata) is None:
             return self._missing
-        if not hmac.compare_digest(str(given).encode(), self._token):
+        if not self.matches(handler_call_details.invocation_metadata):
             return self._wrong
         return continuation(handler_call_details)
 
@@ -221,7 +247,9 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     ``defs`` are the served location's definitions (loaded by :func:`serve`); ``resources``
     the storage (started), output store and pool settings; ``instance_config`` the config text
-    child workers get in process mode.
+    child workers get in process mode. ``token``: the server's token (its interceptor refuses
+    calls without it); ``Ping`` answers more than its echo and server id only to a caller that
+    sends it. None: every caller is trusted (a server embedded behind its own checks).
 
     Threads: RPC methods run on gRPC's handler threads (they never execute op code, so calls
     answer while every run worker is busy); runs execute on :class:`_RunWorkers` threads; one
@@ -242,6 +270,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         log_interval: float = 10.0,
         log_stream: TextIO | None = None,
         process_grace: float = PROCESS_GRACE,
+        token: str | None = None,
     ) -> None:
         if run_mode not in RUN_MODES:
             raise ConfigError(f"run_mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
@@ -253,6 +282,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self.instance_config = instance_config
         self.log_interval = log_interval
         self.process_grace = process_grace
+        self.token_check = _TokenCheck(token) if token else None
         self.server_id = uuid.uuid4().hex
         self._log_stream = log_stream or sys.stdout
         self._lock = threading.Condition()
@@ -293,6 +323,11 @@ class CodeServer(pb2_grpc.CodeServerServicer):
     def Ping(self, request: pb2.PingRequest, context: Any) -> pb2.PingReply:
         from runcore import __version__
 
+        if self.token_check is not None and not self.token_check.matches(
+            context.invocation_metadata()
+        ):
+            # Open for health checks: say that the server is alive, nothing about it.
+            return pb2.PingReply(echo=request.echo, server_id=self.server_id)
         return pb2.PingReply(
             echo=request.echo,
             server_id=self.server_id,
@@ -752,6 +787,72 @@ def _bind(server: Any, host: str, port: int) -> int:
     return bound
 
 
+def resolve_token(
+    token: str | None, cfg: InstanceConfig, host: str, port: int, config_token: str | None = None
+) -> tuple[str | None, str]:
+    """The server's token and where it comes from; ``(None, ...)``: generate one.
+
+    In order: ``token`` (``--token``), ``$RUNCORE_CODE_SERVER_TOKEN``, the instance config's
+    ``CodeServerRunLauncher`` token (``config_token`` if given, else found in ``cfg``). An
+    empty ``token`` is a :class:`ConfigError`.
+    """
+    if token is not None:
+        if not token.strip():
+            raise ConfigError(
+                "--token: the code server's token must not be empty; give a secret (for "
+                "example the output of: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'), or leave --token out to have one generated"
+            )
+        return token, "--token"
+    env = tokens.env_token()
+    if env is not None:
+        return env, f"${tokens.TOKEN_ENV}"
+    configured = config_token or tokens.config_token(cfg, f"{host}:{port}")
+    if configured is not None:
+        return configured, "the CodeServerRunLauncher token of the instance config"
+    return None, GENERATED
+
+
+def _server_token(
+    token: str | None, config_token: str | None, instance: str, host: str, port: int
+) -> tuple[str, str]:
+    """The token ``serve`` uses and its source (:data:`GENERATED`: to be written to a file)."""
+    from runcore.worker import parse_instance
+
+    cfg, _ = parse_instance(instance)
+    resolved, source = resolve_token(token, cfg, host, port, config_token)
+    if resolved is not None:
+        return resolved, source
+    if not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host!r} without a token given: it is not a loopback "
+            "address, so launchers on other hosts will call it, and they cannot read a token "
+            "generated into a file on this host. Give --token (or $RUNCORE_CODE_SERVER_TOKEN) "
+            "and the same token to CodeServerRunLauncher, or bind --host 127.0.0.1"
+        )
+    tokens.prepare_token_dir()  # before the code location is loaded: refuse early if unusable
+    return tokens.generate_token(), GENERATED
+
+
+def _without_secrets(instance: str) -> str:
+    """The instance config text for worker processes' command lines: JSON without secrets."""
+    import json
+
+    from runcore.config import without_secrets
+
+    if not instance.lstrip().startswith("{"):
+        return instance  # a file path: only the path travels
+    return json.dumps(without_secrets(json.loads(instance)))
+
+
+def _write_token(host: str, port: int, token: str) -> str:
+    """Write a generated token to the token file of ``host:port``; returns its path."""
+    path = tokens.token_path(host, port)
+    tokens.prepare_token_dir()
+    tokens.write_token_file(path, token)
+    return path
+
+
 def serve(
     location: str,
     *,
@@ -763,16 +864,25 @@ def serve(
     token: str | None,
     log_interval: float,
     out: TextIO,
+    config_token: str | None = None,
 ) -> int:
     """Run a code server until it is shut down; returns the exit code (0: a clean drain).
 
-    ``instance`` is the instance config as JSON text or a file path. Prints one line to
-    ``out`` when listening, ``runcore code server listening on HOST:PORT (max_workers=N, ...)``
-    with the actual port (``port=0`` picks a free one), then JSON log lines. Raises
-    :class:`~runcore.errors.ConfigError` for a bad setting (a non-loopback ``host`` without
-    ``token``, storage other processes cannot open) and
-    :class:`~runcore.errors.CodeLocationError`, with the traceback, when ``location`` does not
-    import.
+    ``instance`` is the instance config as JSON text or a file path. ``token``: the secret
+    every call but ``Ping`` must carry; None: ``$RUNCORE_CODE_SERVER_TOKEN``, else the
+    instance config's ``CodeServerRunLauncher`` token, else a generated one, written 0600 to
+    ``<home>/code-servers/<host>_<port>.token`` (:mod:`runcore.codeserver.tokens`) and removed
+    when the server stops. ``config_token``: the config's launcher token, when the caller
+    left it out of ``instance`` (``Instance.config_for_workers`` does: secrets never travel on
+    a worker's command line, and in process mode ``instance`` is passed on to each worker).
+
+    Prints to ``out`` where the token comes from (the file's path, never the token), then
+    ``runcore code server listening on HOST:PORT (max_workers=N, ...)`` with the actual port
+    (``port=0`` picks a free one), then JSON log lines. Raises
+    :class:`~runcore.errors.ConfigError` for a bad setting (a non-loopback ``host`` without a
+    token given, no usable home directory for a generated token, storage other processes
+    cannot open) and :class:`~runcore.errors.CodeLocationError`, with the traceback, when
+    ``location`` does not import.
     """
     from runcore.worker import load_resources
 
@@ -780,13 +890,8 @@ def serve(
         raise ConfigError(f"--run-mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")
     if max_workers < 1:
         raise ConfigError(f"--max-workers must be >= 1, got {max_workers}")
-    if not token and not is_loopback(host):
-        raise ConfigError(
-            f"refusing to listen on {host!r} without a token: it is not a loopback address, so "
-            "anyone who can reach it could execute runs. Give --token (or "
-            "$RUNCORE_CODE_SERVER_TOKEN) and the same token to CodeServerRunLauncher, or bind "
-            "--host 127.0.0.1"
-        )
+    token, token_source = _server_token(token, config_token, instance, host, port)
+    token_file: str | None = None
     resources = load_resources(instance)
     if not resources.storage.shareable:
         raise ConfigError(
@@ -803,9 +908,10 @@ def serve(
             resources=resources,
             max_workers=max_workers,
             run_mode=run_mode,
-            instance_config=instance,
+            instance_config=_without_secrets(instance),
             log_interval=log_interval,
             log_stream=out,
+            token=token,
         )
         rpc_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(8, min(32, 2 * (os.cpu_count() or 1))),
@@ -813,17 +919,23 @@ def serve(
         )
         grpc_server = grpc.server(
             rpc_pool,
-            interceptors=[_TokenCheck(token)] if token else [],
+            interceptors=[server.token_check],
             # No SO_REUSEPORT: a second server on a port in use must fail, not share it.
             options=[("grpc.so_reuseport", 0)],
         )
         add_servicer: Any = pb2_grpc.add_CodeServerServicer_to_server
         add_servicer(server, grpc_server)
         bound = _bind(grpc_server, host, port)
+        if token_source == GENERATED:
+            token_file = _write_token(host, bound, token)
+            token_line = f"token generated, written to {token_file} (mode 0600)"
+        else:
+            token_line = f"token from {token_source}"
         # Signals first: a SIGTERM right after the "listening" line must drain, not kill.
         with _stop_on_signals(server):
             grpc_server.start()
             try:
+                out.write(f"runcore code server requires a token: {token_line}\n")
                 out.write(
                     f"runcore code server listening on {host}:{bound} "
                     f"(max_workers={max_workers}, run_mode={run_mode}, location={location})\n"
@@ -839,4 +951,6 @@ def serve(
         server.log_event("code_server_stopped", clean=clean)
         return 0 if clean else 1
     finally:
+        if token_file is not None:
+            tokens.remove_token_file(token_file, token)
         resources.storage.close()

@@ -59,7 +59,10 @@ class CodeServerRunLauncher(RunLauncher):
     """Sends runs to one or more code server replicas; the least utilized live one gets each.
 
     ``addresses``: the replicas, ``host:port`` each. ``token``: the shared secret the servers
-    were started with (``--token``), if any. ``timeout``: seconds each call may take.
+    were started with (``--token``); None: ``$RUNCORE_CODE_SERVER_TOKEN``, else the token file
+    each server generated, ``$RUNCORE_HOME/code-servers/<host>_<port>.token`` (default home
+    ``./.runcore``), read when first needed and again when a server refuses it (it restarted).
+    ``timeout``: seconds each call may take.
 
     Threads: none of its own. One gRPC channel per replica (gRPC runs its I/O on internal
     threads), opened in :meth:`start` or on first use and closed by :meth:`close`. Runs
