@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from runcore import _validate
+from runcore.errors import ConfigError
 from runcore.launchers.base import HealthStatus
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
@@ -60,11 +62,14 @@ class MonitorPass:
 
 
 def max_runtime_of(run: Run, default: float | None) -> float | None:
-    """The run's maximum runtime in seconds: its tag, else the configured default."""
+    """The run's maximum runtime in seconds: its tag, else the configured default.
+
+    The tag is checked when the run is submitted; one that is malformed anyway (NaN, infinite,
+    not > 0: a row written by something else) counts as absent."""
     raw = run.tags.get(MAX_RUNTIME_TAG)
     if raw is not None:
-        with contextlib.suppress(ValueError):
-            return float(raw)
+        with contextlib.suppress(ConfigError):
+            return _validate.float_text(f"tag {MAX_RUNTIME_TAG}", raw)
     return default
 
 

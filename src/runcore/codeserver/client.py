@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from runcore import _validate
 from runcore.errors import RuncoreError
 
 try:
@@ -196,7 +197,7 @@ class CodeServerClient:
 
     def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0) -> None:
         self.address = address
-        self.timeout = timeout
+        self.timeout = _validate.duration("CodeServerClient(timeout=...)", timeout)
         self._metadata: tuple[tuple[str, str], ...] = (
             ((TOKEN_METADATA_KEY, token),) if token else ()
         )

@@ -62,6 +62,8 @@ from runcore.codeserver.client import (
     pb2,
     pb2_grpc,
 )
+from runcore import _validate
+from runcore._validate import MAX_SECONDS
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
 from runcore.storage.base import move_run
@@ -251,8 +253,10 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self.max_workers = max_workers
         self.run_mode = run_mode
         self.instance_config = instance_config
-        self.log_interval = log_interval
-        self.process_grace = process_grace
+        self.log_interval = _validate.number(
+            "code server log_interval", log_interval, above=0, maximum=MAX_SECONDS, off=0
+        )
+        self.process_grace = _validate.delay("code server process_grace", process_grace)
         self.server_id = uuid.uuid4().hex
         self._log_stream = log_stream or sys.stdout
         self._lock = threading.Condition()
