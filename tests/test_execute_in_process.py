@@ -83,7 +83,9 @@ def test_context_exposes_run_and_op_facts() -> None:
             getattr(context.log, level)(f"at {level}", level=level)
 
     job = rc.job("probe_job", [probe], tags={"team": "data", "env": "dev"})
-    result = job.execute_in_process(tags={"env": "prod"}, run_id="0f1e2d3c-0000-4000-8000-00000000f1ed")
+    result = job.execute_in_process(
+        tags={"env": "prod"}, run_id="0f1e2d3c-0000-4000-8000-00000000f1ed"
+    )
     assert seen == {
         "run_id": "0f1e2d3c-0000-4000-8000-00000000f1ed",
         "job_name": "probe_job",
@@ -284,7 +286,9 @@ def test_keyboard_interrupt_fails_the_run_and_propagates() -> None:
     inst = rc.Instance.ephemeral()
     job = rc.job("interrupt", [first, interrupted, independent])
     with pytest.raises(KeyboardInterrupt):
-        job.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000001a7", raise_on_error=False)
+        job.execute_in_process(
+            instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000001a7", raise_on_error=False
+        )
     run = inst.get_run("0f1e2d3c-0000-4000-8000-0000000001a7")
     assert run.status is rc.RunStatus.FAILURE
     assert run.failure_reason is not None and "interrupted" in run.failure_reason

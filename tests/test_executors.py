@@ -207,7 +207,9 @@ def test_ctrl_c_while_thread_pool_steps_run_cancels_them_and_fails_the_run(
     run = inst.get_run("0f1e2d3c-0000-4000-8000-0000000000cc")
     assert run.status is rc.RunStatus.FAILURE
     assert "KeyboardInterrupt" in (run.failure_reason or "")
-    assert "never_started" not in {e.step_key for e in inst.get_events("0f1e2d3c-0000-4000-8000-0000000000cc")}
+    assert "never_started" not in {
+        e.step_key for e in inst.get_events("0f1e2d3c-0000-4000-8000-0000000000cc")
+    }
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -495,16 +497,17 @@ def test_in_memory_output_store_keeps_live_objects() -> None:
 
 def test_file_output_store_round_trips_and_explains_errors(tmp_path: Path) -> None:
     store = rc.FileOutputStore(tmp_path)
-    store.put("run", "step", {"rows": [1, 2]})
-    assert store.has("run", "step")
-    assert store.get("run", "step") == {"rows": [1, 2]}
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step.pkl"]  # no temp left
+    run_id = "0f1e2d3c-0000-4000-8000-000000000001"
+    store.put(run_id, "step", {"rows": [1, 2]})
+    assert store.has(run_id, "step")
+    assert store.get(run_id, "step") == {"rows": [1, 2]}
+    assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == ["step.pkl"]  # no temp left
     with pytest.raises(rc.OutputStoreError, match="no output of step 'other'"):
-        store.get("run", "other")
+        store.get(run_id, "other")
     with pytest.raises(rc.OutputStoreError, match=r"\(generator\) cannot be stored") as info:
-        store.put("run", "gen", (i for i in range(3)))
+        store.put(run_id, "gen", (i for i in range(3)))
     assert "picklable" in str(info.value)
-    assert not store.has("run", "gen")
-    (tmp_path / "run" / "bad.pkl").write_bytes(b"not a pickle")
+    assert not store.has(run_id, "gen")
+    (tmp_path / run_id / "bad.pkl").write_bytes(b"not a pickle")
     with pytest.raises(rc.OutputStoreError, match="cannot be loaded"):
-        store.get("run", "bad")
+        store.get(run_id, "bad")

@@ -85,12 +85,12 @@ def integer(
 ) -> int:
     """An int (not a bool) within ``[minimum, maximum]`` (and always within signed 64 bits),
     or exactly ``off``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field}: expected an integer, got {value!r}")
-    if off is not None and value == off:
-        return value
     low = INT64_MIN if minimum is None else max(minimum, INT64_MIN)
     high = INT64_MAX if maximum is None else min(maximum, INT64_MAX)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field}: must be an int >= {low} and <= {high}, got {value!r}")
+    if off is not None and value == off:
+        return value
     if not low <= value <= high:
         raise ConfigError(f"{field}: must be an int >= {low} and <= {high}, got {value!r}")
     return value
@@ -168,9 +168,16 @@ def text(value: Any, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        shown = value.encode("utf-8", "backslashreplace").decode("ascii", "replace")
-        raise ConfigError(f"{field}: not valid UTF-8 text ({shown!r}); use UTF-8") from None
+        raise ConfigError(f"{field}: not valid UTF-8 text ({_shown(value)}); use UTF-8") from None
     return value
+
+
+def _shown(value: str) -> str:
+    """``value`` for an error message: undecodable bytes as the bytes they were."""
+    try:
+        return repr(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate that never was a byte (e.g. from "\ud800")
+        return ascii(value)
 
 
 def utf8_tree(value: Any, field: str) -> None:

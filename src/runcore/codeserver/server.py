@@ -54,6 +54,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 import attrs
 import grpc
 
+from runcore import _validate
+from runcore._validate import MAX_SECONDS
 from runcore.codeserver.client import (
     DRAINING_MESSAGE,
     TOKEN_METADATA_KEY,
@@ -62,8 +64,6 @@ from runcore.codeserver.client import (
     pb2,
     pb2_grpc,
 )
-from runcore import _validate
-from runcore._validate import MAX_SECONDS
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
 from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
 from runcore.storage.base import move_run

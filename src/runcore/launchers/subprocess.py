@@ -145,9 +145,7 @@ class SubprocessRunLauncher(RunLauncher):
                 f"SubprocessRunLauncher warm_workers must be an int >= 0, got {warm_workers!r}"
             )
         self.warm_workers = warm_workers
-        self.grace_period = _validate.delay(
-            "SubprocessRunLauncher(grace_period=...)", grace_period
-        )
+        self.grace_period = _validate.delay("SubprocessRunLauncher(grace_period=...)", grace_period)
         self.poll_interval = _validate.interval(
             "SubprocessRunLauncher(poll_interval=...)", poll_interval
         )
