@@ -94,8 +94,11 @@ class RunMonitor:
         self.config = config
         self.clock = clock
         #: Seconds a STARTING run may go without a worker record for its attempt.
-        self.launch_grace = (
-            2 * config.poll_interval_seconds if launch_grace is None else launch_grace
+        self.launch_grace = _validate.duration(
+            "RunMonitor(launch_grace=...)",
+            min(2 * config.poll_interval_seconds, _validate.MAX_SECONDS)
+            if launch_grace is None
+            else launch_grace,
         )
         #: Whether an abandoned launch goes back to the queue (a queuing coordinator).
         self.requeue = requeue
