@@ -109,7 +109,11 @@ def test_config_file_is_used(project: Path) -> None:
             "--tag takes KEY=VALUE",
         ),
         (("runs", "list", "--status", "DONE"), "statuses are: NOT_STARTED"),
-        (("runs", "show", "no-such-run"), "no run with id 'no-such-run'"),
+        (("runs", "show", "no-such-run"), "'no-such-run' is not a run id"),
+        (
+            ("runs", "show", "0f1e2d3c-0000-4000-8000-000000000000"),
+            "no run with id '0f1e2d3c-0000-4000-8000-000000000000'",
+        ),
         (("--config", "absent.yaml", "runs", "list"), "cannot read the instance config file"),
     ],
 )

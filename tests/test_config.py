@@ -128,14 +128,14 @@ def test_full_config_parses() -> None:
         ({"storage": {"postgres": {"url": "postgresql://x"}}}, "PostgreSQL storage is not part"),
         (
             {"run_monitoring": {"poll_interval_seconds": 0}},
-            "run_monitoring.poll_interval_seconds must be > 0",
+            "run_monitoring.poll_interval_seconds: must be > 0",
         ),
         (
             {"run_monitoring": {"max_runtime_seconds": -5}},
-            "run_monitoring.max_runtime_seconds must be > 0",
+            "run_monitoring.max_runtime_seconds: must be > 0",
         ),
-        ({"run_retries": {"max_retries": -1}}, "run_retries.max_retries must be >= 0"),
-        ({"run_retries": {"delay_seconds": -1}}, "run_retries.delay_seconds must be >= 0"),
+        ({"run_retries": {"max_retries": -1}}, "run_retries.max_retries: must be an int >= 0"),
+        ({"run_retries": {"delay_seconds": -1}}, "run_retries.delay_seconds: must be >= 0"),
     ],
 )
 def test_malformed_config_names_the_key(data: dict[str, Any], message: str) -> None:

@@ -83,9 +83,11 @@ def test_context_exposes_run_and_op_facts() -> None:
             getattr(context.log, level)(f"at {level}", level=level)
 
     job = rc.job("probe_job", [probe], tags={"team": "data", "env": "dev"})
-    result = job.execute_in_process(tags={"env": "prod"}, run_id="fixed-run-id")
+    result = job.execute_in_process(
+        tags={"env": "prod"}, run_id="0f1e2d3c-0000-4000-8000-00000000f1ed"
+    )
     assert seen == {
-        "run_id": "fixed-run-id",
+        "run_id": "0f1e2d3c-0000-4000-8000-00000000f1ed",
         "job_name": "probe_job",
         "op_name": "probe",
         "step_key": "probe",
@@ -94,7 +96,7 @@ def test_context_exposes_run_and_op_facts() -> None:
         "attempt": 1,
         "canceled": False,
     }
-    assert result.run_id == "fixed-run-id"
+    assert result.run_id == "0f1e2d3c-0000-4000-8000-00000000f1ed"
     assert result.run.tags == {"team": "data", "env": "prod"}
     logs = [e for e in result.events if e.event_type is T.LOG]
     assert [e.level for e in logs] == ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -284,11 +286,13 @@ def test_keyboard_interrupt_fails_the_run_and_propagates() -> None:
     inst = rc.Instance.ephemeral()
     job = rc.job("interrupt", [first, interrupted, independent])
     with pytest.raises(KeyboardInterrupt):
-        job.execute_in_process(instance=inst, run_id="interrupted-run", raise_on_error=False)
-    run = inst.get_run("interrupted-run")
+        job.execute_in_process(
+            instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000001a7", raise_on_error=False
+        )
+    run = inst.get_run("0f1e2d3c-0000-4000-8000-0000000001a7")
     assert run.status is rc.RunStatus.FAILURE
     assert run.failure_reason is not None and "interrupted" in run.failure_reason
-    events = inst.get_events("interrupted-run")
+    events = inst.get_events("0f1e2d3c-0000-4000-8000-0000000001a7")
     # The interrupt stops the run: steps not yet started are skipped, not run.
     assert ran == []
     assert _types(events, "independent") == ["STEP_SKIPPED"]
@@ -598,6 +602,6 @@ def test_execute_in_process_with_a_sqlite_instance_stores_run_and_events(tmp_pat
 
 def test_a_run_id_cannot_be_reused_on_one_instance() -> None:
     inst = rc.Instance.ephemeral()
-    etl.execute_in_process(instance=inst, run_id="same")
-    with pytest.raises(rc.DuplicateRunError, match="'same'"):
-        etl.execute_in_process(instance=inst, run_id="same")
+    etl.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-00000000005a")
+    with pytest.raises(rc.DuplicateRunError, match="'0f1e2d3c-0000-4000-8000-00000000005a'"):
+        etl.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-00000000005a")

@@ -178,8 +178,8 @@ def test_thread_pool_keyboard_interrupt_propagates_and_fails_the_run() -> None:
     inst = rc.Instance.ephemeral()
     job = rc.job("kb", [interrupted], executor=rc.ThreadPoolExecutor(2))
     with pytest.raises(KeyboardInterrupt):
-        job.execute_in_process(instance=inst, run_id="kb-run")
-    assert inst.get_run("kb-run").status is rc.RunStatus.FAILURE
+        job.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000000cb")
+    assert inst.get_run("0f1e2d3c-0000-4000-8000-0000000000cb").status is rc.RunStatus.FAILURE
 
 
 def test_ctrl_c_while_thread_pool_steps_run_cancels_them_and_fails_the_run(
@@ -200,14 +200,16 @@ def test_ctrl_c_while_thread_pool_steps_run_cancels_them_and_fails_the_run(
     inst = rc.Instance.ephemeral()
     job = rc.job("ctrl_c", [interrupts_main, never_started], executor=rc.ThreadPoolExecutor(2))
     with pytest.raises(KeyboardInterrupt):
-        job.execute_in_process(instance=inst, run_id="ctrl-c-run")
+        job.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000000cc")
     # The step was told to stop rather than waited for. (If the signal lands while the pool
     # is still starting the step's thread, that thread is not joined: hence wait, not is_set.)
     assert saw_cancel.wait(WAIT)
-    run = inst.get_run("ctrl-c-run")
+    run = inst.get_run("0f1e2d3c-0000-4000-8000-0000000000cc")
     assert run.status is rc.RunStatus.FAILURE
     assert "KeyboardInterrupt" in (run.failure_reason or "")
-    assert "never_started" not in {e.step_key for e in inst.get_events("ctrl-c-run")}
+    assert "never_started" not in {
+        e.step_key for e in inst.get_events("0f1e2d3c-0000-4000-8000-0000000000cc")
+    }
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -365,8 +367,8 @@ def test_ctrl_c_in_the_parent_terminates_busy_workers_and_fails_the_run(
     inst = rc.Instance.ephemeral()
     job = rc.job("ctrl_c_mp", [interrupts_parent], executor=rc.MultiprocessExecutor(1))
     with pytest.raises(KeyboardInterrupt):
-        job.execute_in_process(instance=inst, run_id="ctrl-c-mp")
-    assert inst.get_run("ctrl-c-mp").status is rc.RunStatus.FAILURE
+        job.execute_in_process(instance=inst, run_id="0f1e2d3c-0000-4000-8000-0000000000c3")
+    assert inst.get_run("0f1e2d3c-0000-4000-8000-0000000000c3").status is rc.RunStatus.FAILURE
     assert not multiprocessing.active_children()
 
 
@@ -495,16 +497,17 @@ def test_in_memory_output_store_keeps_live_objects() -> None:
 
 def test_file_output_store_round_trips_and_explains_errors(tmp_path: Path) -> None:
     store = rc.FileOutputStore(tmp_path)
-    store.put("run", "step", {"rows": [1, 2]})
-    assert store.has("run", "step")
-    assert store.get("run", "step") == {"rows": [1, 2]}
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step.pkl"]  # no temp left
+    run_id = "0f1e2d3c-0000-4000-8000-000000000001"
+    store.put(run_id, "step", {"rows": [1, 2]})
+    assert store.has(run_id, "step")
+    assert store.get(run_id, "step") == {"rows": [1, 2]}
+    assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == ["step.pkl"]  # no temp left
     with pytest.raises(rc.OutputStoreError, match="no output of step 'other'"):
-        store.get("run", "other")
+        store.get(run_id, "other")
     with pytest.raises(rc.OutputStoreError, match=r"\(generator\) cannot be stored") as info:
-        store.put("run", "gen", (i for i in range(3)))
+        store.put(run_id, "gen", (i for i in range(3)))
     assert "picklable" in str(info.value)
-    assert not store.has("run", "gen")
-    (tmp_path / "run" / "bad.pkl").write_bytes(b"not a pickle")
+    assert not store.has(run_id, "gen")
+    (tmp_path / run_id / "bad.pkl").write_bytes(b"not a pickle")
     with pytest.raises(rc.OutputStoreError, match="cannot be loaded"):
-        store.get("run", "bad")
+        store.get(run_id, "bad")

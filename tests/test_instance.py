@@ -137,12 +137,30 @@ def test_wait_for_run_times_out_and_the_run_goes_on(instance: rc.Instance) -> No
 
 
 def test_unknown_ids(instance: rc.Instance) -> None:
-    with pytest.raises(rc.RunNotFoundError, match="no run with id 'nope'"):
-        instance.get_run("nope")
+    unknown = "0f1e2d3c-0000-4000-8000-000000000000"
+    with pytest.raises(rc.RunNotFoundError, match=f"no run with id '{unknown}'"):
+        instance.get_run(unknown)
     with pytest.raises(rc.RunNotFoundError):
-        instance.get_events("nope")
+        instance.get_events(unknown)
     with pytest.raises(rc.RunNotFoundError):
-        instance.cancel_run("nope")
+        instance.cancel_run(unknown)
+
+
+def test_ids_that_are_not_run_ids(instance: rc.Instance) -> None:
+    calls = [
+        instance.get_run,
+        instance.get_events,
+        instance.cancel_run,
+        instance.wait_for_run,
+        instance.explain_queued,
+    ]
+    for call in calls:
+        for bad in ("nope", "../x", "3F2A9C1E-0B7D-4E55-9A21-6C8F0D4B7E12", 7):
+            with pytest.raises(rc.InvalidRunIdError, match="is not a run id") as info:
+                call(bad)  # type: ignore[operator]
+            # Both a malformed input and a run that cannot exist.
+            assert isinstance(info.value, rc.ConfigError)
+            assert isinstance(info.value, rc.RunNotFoundError)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ EXPECTED = {
     "Instance",
     "InstanceClosedError",
     "InstanceStorage",
+    "InvalidRunIdError",
     "Job",
     "MultiprocessExecutor",
     "OpContext",

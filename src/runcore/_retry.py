@@ -26,6 +26,13 @@ class RetrySettings:
     initial_wait: float = 0.05
     max_wait: float = 2.0
 
+    def __attrs_post_init__(self) -> None:
+        from runcore import _validate
+
+        _validate.integer("RetrySettings.attempts", self.attempts, minimum=1)
+        _validate.delay("RetrySettings.initial_wait", self.initial_wait)
+        _validate.delay("RetrySettings.max_wait", self.max_wait)
+
 
 SQLITE_LOCKED = RetrySettings()
 

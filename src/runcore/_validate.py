@@ -12,11 +12,15 @@ import math
 import re
 from typing import Any
 
-from runcore.errors import ConfigError
+from runcore.errors import ConfigError, InvalidRunIdError
 
 #: Signed 64-bit integers: what priorities (and every counter stored as an integer) may be.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+#: The longest interval, timeout, delay or duration runcore accepts, in seconds (about 31
+#: years): anything longer cannot be waited for (``threading.Event.wait`` and ``time.sleep``
+#: overflow) and is a mistake, not a setting.
+MAX_SECONDS = 1e9
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Step keys and output names become path components: a conservative, portable alphabet.
@@ -29,9 +33,10 @@ def number(
     *,
     minimum: float | None = None,
     above: float | None = None,
+    maximum: float | None = None,
     off: float | None = None,
 ) -> float:
-    """A finite number (not a bool), ``>= minimum`` or ``> above`` when given.
+    """A finite number (not a bool), ``>= minimum``, ``> above`` and ``<= maximum`` when given.
 
     ``off`` is a documented value that means "disabled" (``-1``, ``0``): it is accepted as it
     is, outside the range.
@@ -40,29 +45,34 @@ def number(
         raise ConfigError(f"{field}: expected a number, got {value!r}")
     if off is not None and value == off:
         return float(value)
+    if isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{field}: expected a finite number, got {value!r}") from None
     if not math.isfinite(value):
         raise ConfigError(f"{field}: expected a finite number, got {value!r}")
-    ranged = _range_words(minimum, above, off)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{field}: must be {ranged}, got {value!r}")
-    if above is not None and value <= above:
+    too_low = (minimum is not None and value < minimum) or (above is not None and value <= above)
+    if too_low or (maximum is not None and value > maximum):
+        ranged = _range_words(minimum, above, maximum, off)
         raise ConfigError(f"{field}: must be {ranged}, got {value!r}")
     return float(value)
 
 
 def interval(field: str, value: Any) -> float:
-    """A poll interval, delay between passes, or similar: finite and > 0."""
-    return number(field, value, above=0)
+    """A poll interval, delay between passes, or similar: finite, > 0 and at most
+    :data:`MAX_SECONDS`."""
+    return number(field, value, above=0, maximum=MAX_SECONDS)
 
 
 def duration(field: str, value: Any, *, off: float | None = None) -> float:
-    """A timeout or duration: finite and > 0, or exactly ``off``."""
-    return number(field, value, above=0, off=off)
+    """A timeout or duration: finite, > 0 and at most :data:`MAX_SECONDS`, or exactly ``off``."""
+    return number(field, value, above=0, maximum=MAX_SECONDS, off=off)
 
 
 def delay(field: str, value: Any) -> float:
-    """A delay that may be zero: finite and >= 0."""
-    return number(field, value, minimum=0)
+    """A delay that may be zero: finite, >= 0 and at most :data:`MAX_SECONDS`."""
+    return number(field, value, minimum=0, maximum=MAX_SECONDS)
 
 
 def integer(
@@ -75,14 +85,14 @@ def integer(
 ) -> int:
     """An int (not a bool) within ``[minimum, maximum]`` (and always within signed 64 bits),
     or exactly ``off``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field}: expected an integer, got {value!r}")
-    if off is not None and value == off:
-        return value
     low = INT64_MIN if minimum is None else max(minimum, INT64_MIN)
     high = INT64_MAX if maximum is None else min(maximum, INT64_MAX)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{field}: must be an int >= {low} and <= {high}, got {value!r}")
+    if off is not None and value == off:
+        return value
     if not low <= value <= high:
-        raise ConfigError(f"{field}: must be an integer from {low} to {high}, got {value!r}")
+        raise ConfigError(f"{field}: must be an int >= {low} and <= {high}, got {value!r}")
     return value
 
 
@@ -91,27 +101,38 @@ def int_text(
 ) -> int:
     """An integer written as text (a tag value, a CLI argument): digits with an optional sign,
     within signed 64 bits and ``[minimum, maximum]``."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{field}: expected an integer written as text, got {text!r}")
     raw = text.strip()
     if not re.fullmatch(r"[+-]?[0-9]{1,20}", raw):
         raise ConfigError(f"{field}: expected an integer, got {text!r}")
     return integer(field, int(raw), minimum=minimum, maximum=maximum)
 
 
-def float_text(field: str, text: str, *, above: float | None = 0) -> float:
-    """A finite number written as text (a tag value, a CLI argument), ``> above``."""
+def float_text(
+    field: str, text: str, *, above: float | None = 0, maximum: float | None = MAX_SECONDS
+) -> float:
+    """A finite number written as text (a tag value, a CLI argument), ``> above`` and
+    ``<= maximum`` (by default: a number of seconds, see :func:`duration`)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{field}: expected a number written as text, got {text!r}")
     try:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{field}: expected a number, got {text!r}") from None
-    return number(field, value, above=above)
+    return number(field, value, above=above, maximum=maximum)
 
 
-def _range_words(minimum: float | None, above: float | None, off: float | None) -> str:
+def _range_words(
+    minimum: float | None, above: float | None, maximum: float | None, off: float | None
+) -> str:
     words = []
     if minimum is not None:
         words.append(f">= {minimum:g}")
     if above is not None:
         words.append(f"> {above:g}")
+    if maximum is not None:
+        words.append(f"<= {maximum:g}")
     text = " and ".join(words) or "finite"
     return text + (f" (or {off:g} for off)" if off is not None else "")
 
@@ -122,12 +143,10 @@ def is_run_id(value: object) -> bool:
 
 
 def run_id(value: Any, field: str = "run_id") -> str:
-    """``value`` if it is a canonical lowercase UUID (see :func:`is_run_id`), else an error."""
+    """``value`` if it is a canonical lowercase UUID (see :func:`is_run_id`), else
+    :class:`~runcore.errors.InvalidRunIdError` (a ``ConfigError``) naming ``field``."""
     if not is_run_id(value):
-        raise ConfigError(
-            f"{field}: {value!r} is not a run id; run ids are lowercase UUIDs such as "
-            "'3f2a9c1e-0b7d-4e55-9a21-6c8f0d4b7e12'"
-        )
+        raise InvalidRunIdError(value, field)
     return str(value)
 
 
@@ -149,9 +168,16 @@ def text(value: Any, field: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        shown = value.encode("utf-8", "backslashreplace").decode("ascii", "replace")
-        raise ConfigError(f"{field}: not valid UTF-8 text ({shown!r}); use UTF-8") from None
+        raise ConfigError(f"{field}: not valid UTF-8 text ({_shown(value)}); use UTF-8") from None
     return value
+
+
+def _shown(value: str) -> str:
+    """``value`` for an error message: undecodable bytes as the bytes they were."""
+    try:
+        return repr(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate that never was a byte (e.g. from "\ud800")
+        return ascii(value)
 
 
 def utf8_tree(value: Any, field: str) -> None:
@@ -160,9 +186,11 @@ def utf8_tree(value: Any, field: str) -> None:
         text(value, field)
     elif isinstance(value, dict):
         for key, item in value.items():
-            name = f"{field}.{key}" if isinstance(key, str) and _printable(key) else field
+            name = field
+            if isinstance(key, str) and _printable(key):
+                name = f"{field}.{key}" if field else key
             if isinstance(key, str):
-                text(key, f"{field} (a key)")
+                text(key, f"{field or 'config'} (a key)")
             utf8_tree(item, name)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):

@@ -298,15 +298,17 @@ def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import time
 
+    from runcore import _validate
     from runcore.daemon import Daemon
 
+    interval = _validate.interval("--interval", args.interval)
     # The handler only appends: setting a threading.Event from a signal handler can deadlock
     # (the main thread may hold the Event's lock when the signal lands).
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
     with _instance(args) as inst:
-        daemon = Daemon(inst, dequeue_interval=args.interval)
+        daemon = Daemon(inst, dequeue_interval=interval)
         out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
         out.flush()
         with daemon:  # leaving it re-raises a StorageError that stopped the duties: exit 2
@@ -548,8 +550,31 @@ def _add_worker_commands(sub: Any) -> None:
     warm.set_defaults(func=cmd_worker_warm)
 
 
+def check_argv(argv: Sequence[str]) -> None:
+    """Refuse command-line arguments that are not valid UTF-8 (Python carries undecodable
+    bytes as lone surrogates): :class:`~runcore.errors.ConfigError` naming the argument."""
+    from runcore import _validate
+
+    previous = ""
+    for index, arg in enumerate(argv, start=1):
+        field = f"command-line argument {index}"
+        flag = arg.partition("=")[0]
+        if arg.startswith("-") and flag.isascii():
+            field += f" ({flag})"
+        elif previous.startswith("-") and previous.isascii():
+            field += f" (the value of {previous})"
+        _validate.text(arg, field)
+        previous = arg
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_argv(argv)
+    except RuncoreError as exc:
+        sys.stderr.write(f"runcore: error: {type(exc).__name__}: {exc}\n")
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     stream = out or sys.stdout

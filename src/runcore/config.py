@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import attrs
 
+from runcore import _validate
 from runcore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -140,7 +141,11 @@ class NonIsolatedRunsConfig:
 
 @attrs.frozen
 class RunMonitoringConfig:
-    """``run_monitoring``: stuck and dead run detection by the daemon."""
+    """``run_monitoring``: stuck and dead run detection by the daemon.
+
+    Every value is a finite number of seconds, > 0 and at most ``1e9``;
+    ``max_runtime_seconds`` may also be null (no limit, the default).
+    """
 
     enabled: bool = True
     start_timeout_seconds: float = 180.0
@@ -149,14 +154,14 @@ class RunMonitoringConfig:
     poll_interval_seconds: float = 5.0
 
     def __attrs_post_init__(self) -> None:
-        for name in ("start_timeout_seconds", "cancel_timeout_seconds", "poll_interval_seconds"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"run_monitoring.{name} must be > 0, got {getattr(self, name)}")
-        if self.max_runtime_seconds is not None and self.max_runtime_seconds <= 0:
-            raise ConfigError(
-                "run_monitoring.max_runtime_seconds must be > 0 (or null for no limit), got "
-                f"{self.max_runtime_seconds}"
-            )
+        for name in ("start_timeout_seconds", "cancel_timeout_seconds"):
+            _validate.duration(f"run_monitoring.{name}", getattr(self, name))
+        _validate.interval("run_monitoring.poll_interval_seconds", self.poll_interval_seconds)
+        if self.max_runtime_seconds is not None:
+            try:
+                _validate.duration("run_monitoring.max_runtime_seconds", self.max_runtime_seconds)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (or null for no limit)") from None
 
 
 @attrs.frozen
@@ -169,10 +174,8 @@ class RunRetriesConfig:
     delay_seconds: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ConfigError(f"run_retries.max_retries must be >= 0, got {self.max_retries}")
-        if self.delay_seconds < 0:
-            raise ConfigError(f"run_retries.delay_seconds must be >= 0, got {self.delay_seconds}")
+        _validate.integer("run_retries.max_retries", self.max_retries, minimum=0)
+        _validate.delay("run_retries.delay_seconds", self.delay_seconds)
 
 
 @attrs.frozen
@@ -214,12 +217,16 @@ def _converter() -> cattrs.Converter:
     def structure_int(value: Any, _: type) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _ConfigTypeError(f"expected an integer, got {value!r}")
+        if not _validate.INT64_MIN <= value <= _validate.INT64_MAX:
+            raise _ConfigTypeError(f"expected an integer within signed 64 bits, got {value!r}")
         return value
 
     def structure_float(value: Any, _: type) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _ConfigTypeError(f"expected a number, got {value!r}")
-        return float(value)
+        # Ranges are the config classes' own (they name the field); here: a finite number.
+        try:
+            return _validate.number("value", value)
+        except ConfigError as exc:
+            raise _ConfigTypeError(str(exc).removeprefix("value: ")) from None
 
     def structure_str(value: Any, _: type) -> str:
         if not isinstance(value, str):
@@ -322,6 +329,7 @@ def parse(data: Any, cls: type[T], *, where: str = "") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    _validate.utf8_tree(dict(data), where)
     try:
         return _converter().structure(dict(data), cls)
     except ConfigError:
@@ -397,10 +405,17 @@ def load_instance_config(
         )
     path = os.fspath(source)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read the instance config file {path!r}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the instance config file {path!r} is not valid UTF-8 (byte {exc.start}: "
+            f"{raw[exc.start : exc.start + 1]!r}); save it as UTF-8"
+        ) from None
     import yaml
 
     try:

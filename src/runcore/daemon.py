@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
+from runcore import _validate
 from runcore.errors import InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.storage.base import DaemonHeartbeat
@@ -106,8 +107,12 @@ class Daemon:
         poll = cfg.run_monitoring.poll_interval_seconds
         monitor_interval = poll if monitor_interval is None else monitor_interval
         retry_interval = poll if retry_interval is None else retry_interval
-        if min(dequeue_interval, heartbeat_interval, monitor_interval, retry_interval) <= 0:
-            raise ValueError("daemon intervals must be > 0 seconds")
+        dequeue_interval = _validate.interval("Daemon(dequeue_interval=...)", dequeue_interval)
+        heartbeat_interval = _validate.interval(
+            "Daemon(heartbeat_interval=...)", heartbeat_interval
+        )
+        monitor_interval = _validate.interval("Daemon(monitor_interval=...)", monitor_interval)
+        retry_interval = _validate.interval("Daemon(retry_interval=...)", retry_interval)
         self.instance = instance
         self.dequeue_interval = dequeue_interval
         self.monitor_interval = monitor_interval
@@ -274,6 +279,7 @@ class Daemon:
         Re-raises the :class:`~runcore.errors.StorageError` that stopped the duties, if the
         storage stopped being the one opened (see :attr:`fatal`).
         """
+        timeout = _validate.delay("Daemon.stop(timeout=...)", timeout)
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import os
 import sys
 import threading
@@ -20,7 +19,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
-from runcore.errors import CodeLocationError, DefinitionError, UnknownJobError
+from runcore import _validate
+from runcore.errors import CodeLocationError, ConfigError, DefinitionError, UnknownJobError
 from runcore.runs import check_user_tags
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def _check_name(kind: str, name: str) -> str:
 class RetryPolicy:
     """How often a failing step is tried again, and how long to wait between tries.
 
-    The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)`` seconds, plus a
-    random extra of up to ``jitter`` seconds.
+    The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)`` seconds (at most
+    ``1e9``), plus a random extra of up to ``jitter`` seconds. ``delay``, ``backoff`` and
+    ``jitter`` are finite numbers from 0 to ``1e9``.
     """
 
     max_retries: int = 1
@@ -72,20 +73,24 @@ class RetryPolicy:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise DefinitionError(f"RetryPolicy.max_retries must be an int >= 0, got {retries!r}")
         for name in ("delay", "backoff", "jitter"):
+            # The rule is _validate.delay's; a bad policy is a definition error, though.
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            try:
+                _validate.delay(f"RetryPolicy.{name}", value)
+            except ConfigError:
                 raise DefinitionError(
-                    f"RetryPolicy.{name} must be a finite number >= 0, got {value!r}"
-                )
+                    f"RetryPolicy.{name} must be a finite number >= 0 and <= "
+                    f"{_validate.MAX_SECONDS:g}, got {value!r}"
+                ) from None
 
     def wait_before(self, retry_number: int) -> float:
-        """Seconds to wait before retry ``retry_number`` (1-based), jitter excluded."""
-        return float(self.delay * self.backoff ** (retry_number - 1))
+        """Seconds to wait before retry ``retry_number`` (1-based), jitter excluded; at most
+        ``1e9`` (a backoff that grows past it stops there)."""
+        try:
+            wait = float(self.delay * self.backoff ** (retry_number - 1))
+        except OverflowError:
+            return _validate.MAX_SECONDS
+        return min(wait, _validate.MAX_SECONDS)
 
 
 @attrs.frozen(kw_only=True, eq=False)

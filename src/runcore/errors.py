@@ -6,7 +6,8 @@ The tree::
     ├── DefinitionError            an op or job is defined wrongly (cycle, unknown upstream, ...)
     ├── CodeLocationError          a code location cannot be found or fails to import
     ├── UnknownJobError            a job name that the definitions or location do not hold
-    ├── ConfigError                malformed instance or component configuration
+    ├── ConfigError                malformed configuration or input (names the field)
+    │   └── InvalidRunIdError      not a run id at all (also a RunNotFoundError)
     ├── RunNotFoundError           no run with the given id
     ├── DuplicateRunError          a run id that is already stored
     ├── IllegalTransitionError     a run status change that the status machine forbids
@@ -57,6 +58,20 @@ class RunNotFoundError(RuncoreError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run with id {run_id!r}")
         self.run_id = run_id
+
+
+class InvalidRunIdError(ConfigError, RunNotFoundError):
+    """A run id that is not a canonical lowercase UUID: malformed input (a :class:`ConfigError`
+    naming the field) and, since no run can have it, a :class:`RunNotFoundError` too."""
+
+    def __init__(self, run_id: object, field: str = "run_id") -> None:
+        Exception.__init__(
+            self,
+            f"{field}: {run_id!r} is not a run id; run ids are lowercase UUIDs such as "
+            "'3f2a9c1e-0b7d-4e55-9a21-6c8f0d4b7e12'",
+        )
+        self.run_id = run_id if isinstance(run_id, str) else repr(run_id)
+        self.field = field
 
 
 class DuplicateRunError(RuncoreError):

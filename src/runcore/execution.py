@@ -593,7 +593,9 @@ def execute_job_in_process(
         build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
     kwargs: dict[str, Any] = {}
     if run_id is not None:
-        kwargs["run_id"] = run_id
+        from runcore import _validate
+
+        kwargs["run_id"] = _validate.run_id(run_id)
     run = Run(
         job_name=job.name,
         tags={**job.tags, **validate_tags(tags)},

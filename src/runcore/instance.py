@@ -438,7 +438,10 @@ class Instance:
         return self.run_coordinator.submit_run(run)
 
     def get_run(self, run_id: str) -> Run:
-        """The run with this id; :class:`~runcore.errors.RunNotFoundError` if there is none."""
+        """The run with this id; :class:`~runcore.errors.RunNotFoundError` if there is none
+        (:class:`~runcore.errors.InvalidRunIdError`, one of those, if ``run_id`` is not a run
+        id at all)."""
+        _validate.run_id(run_id)
         self.ensure_started()
         run = self.storage.get_run(run_id)
         if run is None:
@@ -454,6 +457,10 @@ class Instance:
         after_storage_id: int | None = None,
     ) -> list[RunRecord]:
         """Stored runs matching ``filters``, newest first (see :class:`RunsFilter`)."""
+        if limit is not None:
+            _validate.integer("limit", limit, minimum=0)
+        if after_storage_id is not None:
+            _validate.integer("after_storage_id", after_storage_id)
         self.ensure_started()
         return self.storage.get_run_records(
             filters, limit, ascending=ascending, after_storage_id=after_storage_id
@@ -471,6 +478,9 @@ class Instance:
         event_types: Sequence[EventType] | None = None,
     ) -> list[Event]:
         """A run's events in order. Raises :class:`RunNotFoundError` for an unknown run."""
+        _validate.run_id(run_id)
+        if after_storage_id is not None:
+            _validate.integer("after_storage_id", after_storage_id)
         self.ensure_started()
         records = self.storage.get_event_records(
             run_id, after_storage_id=after_storage_id, event_types=event_types
@@ -480,7 +490,13 @@ class Instance:
         return [r.event for r in records]
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> Run:
-        """Block until the run ends; returns it. :class:`RunTimeoutError` after ``timeout`` s."""
+        """Block until the run ends; returns it. :class:`RunTimeoutError` after ``timeout`` s.
+
+        ``timeout``: seconds, finite and > 0 (at most 1e9), or None to wait without end.
+        """
+        _validate.run_id(run_id)
+        if timeout is not None:
+            timeout = _validate.duration("wait_for_run(timeout=...)", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0005
         while True:
@@ -495,6 +511,7 @@ class Instance:
 
     def cancel_run(self, run_id: str) -> bool:
         """Cancel a run; False if it had already ended. See :class:`RunCoordinator`."""
+        _validate.run_id(run_id)
         self.ensure_started()
         return self.run_coordinator.cancel_run(run_id)
 
@@ -507,6 +524,7 @@ class Instance:
         from runcore.coordinators.queued import QueuedRunCoordinator, QueueExplanation
         from runcore.daemon import daemon_statuses
 
+        _validate.run_id(run_id)
         self.ensure_started()
         coordinator = self.run_coordinator
         if not isinstance(coordinator, QueuedRunCoordinator):
@@ -537,8 +555,7 @@ class Instance:
     def set_pool_limit(self, pool: str, limit: int) -> None:
         """Give ``pool`` ``limit`` slots (an int >= 0)."""
         _check_pool(pool)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ConfigError(f"pool {pool!r}: the limit must be an int >= 0, got {limit!r}")
+        _validate.integer(f"pool {pool!r}: the limit", limit, minimum=0)
         self.ensure_started()
         self.storage.set_pool_limit(pool, limit)
 

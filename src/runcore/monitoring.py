@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from runcore import _validate
+from runcore.errors import ConfigError
 from runcore.launchers.base import HealthStatus, WorkerHealth
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
@@ -64,11 +66,14 @@ class MonitorPass:
 
 
 def max_runtime_of(run: Run, default: float | None) -> float | None:
-    """The run's maximum runtime in seconds: its tag, else the configured default."""
+    """The run's maximum runtime in seconds: its tag, else the configured default.
+
+    The tag is checked when the run is submitted; one that is malformed anyway (NaN, infinite,
+    not > 0: a row written by something else) counts as absent."""
     raw = run.tags.get(MAX_RUNTIME_TAG)
     if raw is not None:
-        with contextlib.suppress(ValueError):
-            return float(raw)
+        with contextlib.suppress(ConfigError):
+            return _validate.float_text(f"tag {MAX_RUNTIME_TAG}", raw)
     return default
 
 
@@ -93,8 +98,11 @@ class RunMonitor:
         self.config = config
         self.clock = clock
         #: Seconds a STARTING run may go without a worker record for its attempt.
-        self.launch_grace = (
-            2 * config.poll_interval_seconds if launch_grace is None else launch_grace
+        self.launch_grace = _validate.duration(
+            "RunMonitor(launch_grace=...)",
+            min(2 * config.poll_interval_seconds, _validate.MAX_SECONDS)
+            if launch_grace is None
+            else launch_grace,
         )
         #: Whether an abandoned launch goes back to the queue (a queuing coordinator).
         self.requeue = requeue

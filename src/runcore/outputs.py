@@ -7,7 +7,9 @@ and RPC messages are JSON. Two stores ship:
   runs on threads of an in-memory instance; nothing leaves the process.
 * :class:`FileOutputStore` pickles each output to ``<base_dir>/<run_id>/<step_key>.pkl``
   (written to a temporary name, then renamed, so a reader never sees half a file). Used when
-  steps run in other processes, and for re-execution from a parent run's outputs.
+  steps run in other processes, and for re-execution from a parent run's outputs. Run ids must
+  be run ids (lowercase UUIDs) and step keys plain names, and every path is resolved
+  (symbolic links included) and refused unless it lies under ``base_dir``.
 
 A custom store subclasses :class:`OutputStore` (three methods). It must be safe to call from
 several threads, and ``get`` must see any ``put`` that returned before it was called.
@@ -73,13 +75,30 @@ class InMemoryOutputStore(OutputStore):
 
 
 class FileOutputStore(OutputStore):
-    """Outputs pickled to files under ``base_dir`` (one directory per run)."""
+    """Outputs pickled to files under ``base_dir`` (one directory per run).
+
+    Nothing is written or read outside ``base_dir``: a run id that is not a run id, or a step
+    key that is not a plain name, is a :class:`~runcore.errors.ConfigError`; a path that
+    resolves outside ``base_dir`` (through a symbolic link) an :class:`OutputStoreError`.
+    """
 
     def __init__(self, base_dir: str | os.PathLike[str]) -> None:
         self.base_dir = os.fspath(base_dir)
 
     def _path(self, run_id: str, step_key: str) -> str:
-        return os.path.join(self.base_dir, run_id, f"{step_key}.pkl")
+        from runcore import _validate
+
+        _validate.run_id(run_id)
+        _validate.path_name(step_key, "step key")
+        root = os.path.realpath(self.base_dir)
+        path = os.path.realpath(os.path.join(root, run_id, f"{step_key}.pkl"))
+        if os.path.commonpath([root, path]) != root or path == root:
+            raise OutputStoreError(
+                f"the output of step {step_key!r} of run {run_id} would be at {path}, outside "
+                f"the output store's directory {root}; refused (is a symbolic link under it "
+                "pointing elsewhere?)"
+            )
+        return path
 
     def put(self, run_id: str, step_key: str, value: Any) -> None:
         import pickle

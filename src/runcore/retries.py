@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from runcore.errors import DuplicateRunError, OutputStoreError, RuncoreError
+from runcore import _validate
+from runcore.errors import ConfigError, DuplicateRunError, OutputStoreError, RuncoreError
 from runcore.events import EventType
 from runcore.runs import (
     MAX_RETRIES_TAG,
@@ -62,6 +63,13 @@ class RetryPass:
     skipped: tuple[tuple[str, str], ...] = ()  # (failed run id, why not retried)
 
 
+def _attempt_of(run: Run) -> int:
+    """Which retry ``run`` is (0: the original run), from runcore's own tag;
+    :class:`ConfigError` if the stored tag is malformed."""
+    raw = run.tags.get(RETRY_NUMBER_TAG)
+    return 0 if raw is None else _validate.int_text(f"tag {RETRY_NUMBER_TAG}", raw, minimum=0)
+
+
 class RunRetrier:
     """Creates and submits retries of failed runs (see the module docstring).
 
@@ -81,7 +89,9 @@ class RunRetrier:
         self.config = config
         self.clock = clock
         self._cursor: float | None = None
-        self.lookback_seconds = lookback_seconds
+        self.lookback_seconds = _validate.duration(
+            "RunRetrier(lookback_seconds=...)", lookback_seconds
+        )
 
     def run_once(self) -> RetryPass:
         """Retry every run that failed since the last pass, by policy."""
@@ -117,13 +127,14 @@ class RunRetrier:
             return f"it is corrupt in storage ({run.corrupt})"
         raw = run.tags.get(MAX_RETRIES_TAG)
         try:
-            allowed = int(raw) if raw is not None else self.config.max_retries
-        except ValueError:
-            return f"its {MAX_RETRIES_TAG} tag {raw!r} is not an integer"
-        try:
-            attempt = int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0)
-        except ValueError:
-            return f"its {RETRY_NUMBER_TAG} tag is not an integer"
+            allowed = (
+                _validate.int_text(f"tag {MAX_RETRIES_TAG}", raw, minimum=0)
+                if raw is not None
+                else self.config.max_retries
+            )
+            attempt = _attempt_of(run)
+        except ConfigError as exc:
+            return f"its tags cannot be trusted: {exc}"
         if attempt >= allowed:
             return f"it is attempt {attempt} of {allowed} retries allowed"
         if run.failure_kind is FailureKind.USER_CODE and not self.config.retry_on_op_failure:
@@ -173,7 +184,7 @@ class RunRetrier:
             }
             step_keys = [k for k in ran if k not in succeeded] or ran
             self._carry_outputs(run, retry_id, job, step_keys)
-        attempt = int(run.tags.get(RETRY_NUMBER_TAG, "0") or 0) + 1
+        attempt = _attempt_of(run) + 1
         # The user's tags and control tags only: runcore's bookkeeping is written afresh.
         tags = {
             k: v

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from runcore import _validate
 from runcore.codeserver import tokens
 from runcore.config import HOME_ENV
 from runcore.errors import ConfigError, RuncoreError
@@ -201,7 +202,7 @@ class CodeServerClient:
 
     def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0) -> None:
         self.address = address
-        self.timeout = timeout
+        self.timeout = _validate.duration("CodeServerClient(timeout=...)", timeout)
         self._token = token or None
         self._file_token: str | None = None  # read from the token file, kept until refused
         self._lock = threading.Lock()

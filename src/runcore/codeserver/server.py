@@ -60,6 +60,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 import attrs
 import grpc
 
+from runcore import _validate
+from runcore._validate import MAX_SECONDS
 from runcore.codeserver import tokens
 from runcore.codeserver.client import (
     DRAINING_MESSAGE,
@@ -280,8 +282,10 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self.max_workers = max_workers
         self.run_mode = run_mode
         self.instance_config = instance_config
-        self.log_interval = log_interval
-        self.process_grace = process_grace
+        self.log_interval = _validate.number(
+            "code server log_interval", log_interval, above=0, maximum=MAX_SECONDS, off=0
+        )
+        self.process_grace = _validate.delay("code server process_grace", process_grace)
         self.token_check = _TokenCheck(token) if token else None
         self.server_id = uuid.uuid4().hex
         self._log_stream = log_stream or sys.stdout

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from runcore import _validate
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
 from runcore.storage.base import WorkerRecord
@@ -82,12 +83,8 @@ class CodeServerRunLauncher(RunLauncher):
         self.addresses = list(dict.fromkeys(_check_address(a) for a in addresses))
         if token is not None and not isinstance(token, str):
             raise ConfigError("CodeServerRunLauncher token must be a string")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise ConfigError(
-                f"CodeServerRunLauncher timeout must be a number of seconds > 0, got {timeout!r}"
-            )
         self.token = token or None
-        self.timeout = float(timeout)
+        self.timeout = _validate.duration("CodeServerRunLauncher(timeout=...)", timeout)
         self._lock = threading.Lock()
         self._clients: dict[str, CodeServerClient] = {}
         self._holders: collections.OrderedDict[str, str] = collections.OrderedDict()

@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING
 
 import attrs
 
-from runcore import _faults
+from runcore import _faults, _validate
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
 from runcore.launchers.processes import PROCESS, process_handle, process_health, signal_worker
@@ -144,13 +144,11 @@ class SubprocessRunLauncher(RunLauncher):
             raise ConfigError(
                 f"SubprocessRunLauncher warm_workers must be an int >= 0, got {warm_workers!r}"
             )
-        if not isinstance(grace_period, int | float) or grace_period < 0:
-            raise ConfigError(
-                f"SubprocessRunLauncher grace_period must be a number >= 0, got {grace_period!r}"
-            )
         self.warm_workers = warm_workers
-        self.grace_period = float(grace_period)
-        self.poll_interval = poll_interval
+        self.grace_period = _validate.delay("SubprocessRunLauncher(grace_period=...)", grace_period)
+        self.poll_interval = _validate.interval(
+            "SubprocessRunLauncher(poll_interval=...)", poll_interval
+        )
         self.env = dict(env or {})
         self._preload: list[str] = list(preload)
         self._running: dict[str, _Worker] = {}

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from runcore import _serde
+from runcore import _serde, _validate
 from runcore._retry import retry_sqlite_locked
 from runcore.errors import (
     DuplicateRunError,
@@ -265,7 +265,7 @@ class SqliteStorage(InstanceStorage, QueueReader):
         auto_migrate: bool = False,
     ) -> None:
         self.path = os.fspath(path)
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = _validate.duration("SqliteStorage(busy_timeout=...)", busy_timeout)
         self.auto_migrate = auto_migrate
         self._idle: deque[sqlite3.Connection] = deque()
         self._start_lock = threading.Lock()
