@@ -22,7 +22,8 @@ retries included, to end; then it checks from storage:
 * **runs lost**: runs not in a terminal status;
 * **slots leaked**: pool slots held at the end, or (sampled during the chaos) held by a run
   that had already ended;
-* **double starts**: runs with more than one RUN_STARTING or RUN_START event, or a step with
+* **double starts**: runs with more than one RUN_START event, more RUN_STARTING events than
+  launch attempts (one, plus one per attempt monitoring gave up and requeued), or a step with
   more than one STEP_START (no op here has a retry policy);
 * **missed retries**: failed runs the policy retries (``retry_number < max_retries`` and no
   ``Failure(allow_retry=False)``) with no child run; **duplicate retries**: runs with more than
@@ -93,6 +94,7 @@ class Settings:
     kill_window: float  # the kill lands within this many seconds of the run being seen STARTED
     daemon_kill_every: tuple[float, float]  # seconds between daemon kills (uniform)
     orphan_kill_probability: float  # chance that a dead daemon's running worker is killed
+    stranded_probability: float  # chance that a new daemon dies mid-launch (a fault point)
     fail_probability: float  # chance that a run has an op that fails on cue
     drain_timeout: float
     keep: bool
@@ -118,6 +120,8 @@ class Tally:
     kill_skips: Counter[str] = field(default_factory=Counter)
     daemon_kills: int = 0
     daemons_started: int = 0
+    faults_armed: Counter[str] = field(default_factory=Counter)  # daemons started to die mid-launch
+    fault_deaths: int = 0  # ... that did (SIGKILLed themselves at the fault point)
     orphans_chosen: int = 0
     lease_samples: int = 0
     sampled_leaks: set[tuple[str, str, str]] = field(default_factory=set)
@@ -164,12 +168,17 @@ class Daemons:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
 
-    def start(self) -> subprocess.Popen[bytes]:
-        """Start one more daemon."""
+    def start(self, fault: str | None = None) -> subprocess.Popen[bytes]:
+        """Start one more daemon; with ``fault``, one that SIGKILLs itself at that point of
+        its first launch (see ``runcore._faults``): a run stranded in STARTING."""
         with self._lock:
             number = self.tally.daemons_started = self.tally.daemons_started + 1
+            if fault is not None:
+                self.tally.faults_armed[fault] += 1
         log = (self.log_dir / f"daemon-{number}.log").open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if fault is not None:
+            env["RUNCORE_FAULT"] = fault
         cmd = [sys.executable, "-m", "runcore", "--config", str(self.config_path)]
         proc = subprocess.Popen(
             [*cmd, "daemon", "--interval", "0.05"],
@@ -182,6 +191,14 @@ class Daemons:
         with self._lock:
             self.procs.append(proc)
         return proc
+
+    def reap_fault_deaths(self) -> int:
+        """Forget daemons that died by themselves (at a fault point); how many."""
+        with self._lock:
+            dead = [p for p in self.procs if p.poll() is not None]
+            self.procs = [p for p in self.procs if p.poll() is None]
+            self.tally.fault_deaths += len(dead)
+        return len(dead)
 
     def pids(self) -> set[int]:
         with self._lock:
@@ -365,11 +382,23 @@ class DaemonKiller(threading.Thread):
 
     def run(self) -> None:
         low, high = self.settings.daemon_kill_every
-        while not self.stop_event.wait(self.rng.uniform(low, high)):
+        next_kill = time.monotonic() + self.rng.uniform(low, high)
+        while not self.stop_event.wait(0.1):
             try:
-                self._once()
+                # A daemon that died at its fault point is replaced at once (two keep serving).
+                for _ in range(self.daemons.reap_fault_deaths()):
+                    self.daemons.start(self.fault())
+                if time.monotonic() >= next_kill:
+                    self._once()
+                    next_kill = time.monotonic() + self.rng.uniform(low, high)
             except Exception as exc:
                 self.tally.thread_errors.append(f"daemon killer: {type(exc).__name__}: {exc}")
+
+    def fault(self) -> str | None:
+        """The fault point a new daemon is to die at, if any (stranding a run in STARTING)."""
+        if self.rng.random() >= self.settings.stranded_probability:
+            return None
+        return self.rng.choice(["after_starting", "after_spawn"])
 
     def _once(self) -> None:
         parents: dict[str, int] = {}  # in-progress run -> the parent pid of its worker
@@ -391,7 +420,7 @@ class DaemonKiller(threading.Thread):
         for run_id in chosen:
             self.killer.schedule(run_id, now + self.rng.uniform(0.0, 0.15))
         self.tally.orphans_chosen += len(chosen)
-        self.daemons.start()
+        self.daemons.start(self.fault())
 
 
 def submit_all(
@@ -507,6 +536,9 @@ class Outcome:
     latency_by_detector: dict[str, list[float]]
     daemon_kills: int
     daemons_started: int
+    faults_armed: Counter[str]
+    fault_deaths: int
+    requeued_launches: int
     daemon_tracebacks: int
     lease_samples: int
     notes: list[str]
@@ -549,17 +581,29 @@ def start_events(
     storage: rc.InstanceStorage, runs: Sequence[rc.Run]
 ) -> tuple[list[str], dict[str, rc.Event]]:
     """Runs started twice (described), and each failed run's first RUN_FAILURE event."""
-    starts = [rc.EventType.RUN_STARTING, rc.EventType.RUN_START, rc.EventType.STEP_START]
+    starts = [
+        rc.EventType.RUN_STARTING,
+        rc.EventType.RUN_START,
+        rc.EventType.STEP_START,
+        rc.EventType.RUN_ENQUEUED,
+    ]
     double: list[str] = []
     first_failure: dict[str, rc.Event] = {}
     for run in runs:
         counts: Counter[tuple[str, str]] = Counter()
+        requeues = 0
         for record in storage.get_event_records(run.run_id, event_types=starts):
-            counts[(record.event.event_type.value, record.event.step_key or "")] += 1
+            event = record.event
+            if event.event_type is rc.EventType.RUN_ENQUEUED:
+                # A launch attempt given up by monitoring: one more RUN_STARTING is allowed.
+                requeues += "recorded no worker" in event.message
+                continue
+            counts[(event.event_type.value, event.step_key or "")] += 1
+        allowed = {rc.EventType.RUN_STARTING.value: 1 + requeues}
         twice = [
             f"{kind}{'/' + step if step else ''} x{n}"
             for (kind, step), n in counts.items()
-            if n > 1
+            if n > allowed.get(kind, 1)
         ]
         if twice:
             double.append(f"{run.run_id}: {', '.join(twice)}")
@@ -709,6 +753,10 @@ def render(outcome: Outcome) -> str:
         lines.append(f"| kills not made: {why} | {count} |")
     lines += [
         f"| daemons killed / started | {outcome.daemon_kills} / {outcome.daemons_started} |",
+        "| daemons started to die mid-launch (after_starting / after_spawn) / that did | "
+        f"{outcome.faults_armed['after_starting']} / {outcome.faults_armed['after_spawn']} / "
+        f"{outcome.fault_deaths} |",
+        f"| stranded launches given up by monitoring and requeued | {outcome.requeued_launches} |",
         f"| tracebacks in daemon logs | {outcome.daemon_tracebacks} |",
         f"| pool lease samples taken during the chaos | {outcome.lease_samples} |",
         "",
@@ -746,7 +794,12 @@ def render(outcome: Outcome) -> str:
         f"{low:g}-{high:g} s one (at random among those hosting running workers) is killed "
         "with SIGKILL, each running worker it had started is killed within 0.15 s with "
         f"probability {s.orphan_kill_probability:g} (at least one), and a new daemon is "
-        "started.",
+        "started. With probability "
+        f"{s.stranded_probability:g} a new daemon is one that SIGKILLs itself in the middle "
+        "of its first launch (`RUNCORE_FAULT=after_starting`: the run moved to STARTING, the "
+        "launcher not called; or `after_spawn`: the worker process started, not recorded), "
+        "and is replaced at once: the run it leaves in STARTING must be requeued (or started "
+        "by its orphan worker), never lost or started twice.",
         f"- Jobs of `benchmarks/chaos_jobs.py` (2-5 steps of 10-60 ms), submitted at "
         f"{s.rate:g}/s while fewer than {s.max_queued} runs are queued; "
         f"{s.fail_probability:.0%} have an op that fails on cue (once, always, or with "
@@ -762,8 +815,9 @@ def render(outcome: Outcome) -> str:
         f"(bounded by {s.drain_timeout:g} s).",
         "- *slots leaked*: pool leases held at the end, plus leases seen (sampled every "
         "0.25 s) held by a run whose status, read before the leases, was terminal.",
-        "- *double starts*: runs with more than one RUN_STARTING or RUN_START event, or a step "
-        "with more than one STEP_START.",
+        "- *double starts*: runs with more than one RUN_START event, more RUN_STARTING events "
+        "than launch attempts (one, plus one per attempt monitoring gave up and requeued), or "
+        "a step with more than one STEP_START.",
         "- *missed / duplicate / unwanted retries*: a FAILURE run the policy retries with no "
         "child run; a run with more than one child; a child of a run the policy does not retry.",
         "- *killed runs not failed*: runs whose worker was killed before they ended that did "
@@ -847,6 +901,10 @@ def run_chaos(settings: Settings) -> Outcome:
             stop.set()
             killer.join(10)
             daemon_killer.join(30)
+        # The chaos is over: daemons that died at their fault point since are replaced by
+        # plain ones, so that two daemons serve the drain.
+        for _ in range(daemons.reap_fault_deaths()):
+            daemons.start()
         drained = drain(Checker(storage), settings.drain_timeout)
         facts = analyse(storage, tally)
         runs = facts.runs
@@ -875,6 +933,14 @@ def run_chaos(settings: Settings) -> Outcome:
             latency_by_detector=facts.by_detector,
             daemon_kills=tally.daemon_kills,
             daemons_started=tally.daemons_started,
+            faults_armed=tally.faults_armed,
+            fault_deaths=tally.fault_deaths,
+            requeued_launches=sum(
+                1
+                for r in runs
+                for e in instance.get_events(r.run_id, event_types=[rc.EventType.RUN_ENQUEUED])
+                if "recorded no worker" in e.message
+            ),
             daemon_tracebacks=0,
             lease_samples=tally.lease_samples,
             notes=[],
@@ -925,6 +991,7 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         kill_window=0.25,
         daemon_kill_every=(1.0, 2.5) if args.quick else (3.0, 8.0),
         orphan_kill_probability=0.75,
+        stranded_probability=0.5,
         fail_probability=0.15,
         drain_timeout=args.drain_timeout,
         keep=args.keep,
