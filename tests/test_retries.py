@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.retries import RunRetrier, retry_run_id
+from runcore.daemon.retries import RunRetrier, retry_run_id
 
 calls: dict[str, int] = {}
 fail_until: dict[str, int] = {}

@@ -15,8 +15,8 @@ import pytest
 
 import runcore as rc
 from runcore import cli
+from runcore.daemon.monitoring import max_runtime_of
 from runcore.launchers.subprocess import SubprocessRunLauncher
-from runcore.monitoring import max_runtime_of
 from runcore.runs import MAX_RUNTIME_TAG, PRIORITY_TAG
 
 RUN_ID = "0f1e2d3c-0000-4000-8000-0000000000a1"

@@ -521,13 +521,14 @@ class Instance:
         ``str()`` of the answer is a readable report. Under a coordinator that does not queue,
         the explanation says so.
         """
-        from runcore.coordinators.queued import QueuedRunCoordinator, QueueExplanation
+        from runcore.coordinators.base import QueuingCoordinator
+        from runcore.coordinators.queued import QueueExplanation
         from runcore.daemon import daemon_statuses
 
         _validate.run_id(run_id)
         self.ensure_started()
         coordinator = self.run_coordinator
-        if not isinstance(coordinator, QueuedRunCoordinator):
+        if not isinstance(coordinator, QueuingCoordinator):
             run = self.get_run(run_id)
             return QueueExplanation(
                 run_id,

@@ -1,7 +1,7 @@
 """Coordinators: when a submitted run may start."""
 
 from runcore.coordinators.admission import Decision, Hold, Limits, TagLimit, admit
-from runcore.coordinators.base import CoordinatorContext, RunCoordinator
+from runcore.coordinators.base import CoordinatorContext, QueuingCoordinator, RunCoordinator
 from runcore.coordinators.default import DefaultRunCoordinator
 from runcore.coordinators.queued import DequeueResult, QueuedRunCoordinator, QueueExplanation
 
@@ -14,6 +14,7 @@ __all__ = [
     "Limits",
     "QueueExplanation",
     "QueuedRunCoordinator",
+    "QueuingCoordinator",
     "RunCoordinator",
     "TagLimit",
     "admit",

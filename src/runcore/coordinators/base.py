@@ -28,6 +28,7 @@ from runcore.storage.base import WorkerRecord, move_run
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
+    from runcore.coordinators.queued import DequeueResult, QueueExplanation
     from runcore.launchers.base import RunLauncher
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
@@ -122,6 +123,24 @@ class RunCoordinator(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free resources (none by default)."""
+
+
+class QueuingCoordinator(RunCoordinator):
+    """A coordinator that queues runs: ``submit_run`` leaves them QUEUED, and a daemon's
+    dequeue duty starts them with :meth:`dequeue_pass`. The daemon and
+    ``Instance.explain_queued`` look for this interface, never for a concrete class.
+
+    An abandoned launch (a STARTING run whose launcher recorded no worker) goes back to the
+    queue under a queuing coordinator, and fails otherwise.
+    """
+
+    @abstractmethod
+    def dequeue_pass(self) -> DequeueResult:
+        """Start the queued runs the limits allow now, in queue order; what it did."""
+
+    @abstractmethod
+    def explain(self, run_id: str) -> QueueExplanation:
+        """Why ``run_id`` has not started: each limit that holds it, with who holds it."""
 
 
 def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> None:

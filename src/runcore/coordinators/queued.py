@@ -25,7 +25,7 @@ from runcore.coordinators.admission import (
     admit,
     queue_order,
 )
-from runcore.coordinators.base import RunCoordinator, launch
+from runcore.coordinators.base import QueuingCoordinator, launch
 from runcore.errors import ConfigError
 from runcore.events import Event, EventType
 from runcore.runs import (
@@ -141,7 +141,7 @@ class QueueExplanation:
         return "\n".join([head, *(f"- {r}" for r in self.reasons)])
 
 
-class QueuedRunCoordinator(RunCoordinator):
+class QueuedRunCoordinator(QueuingCoordinator):
     """Puts submitted runs in QUEUED; :meth:`dequeue_pass` starts them within the limits.
 
     ``max_launch_per_pass`` caps the runs one pass starts (None: no cap).

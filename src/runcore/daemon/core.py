@@ -2,7 +2,8 @@
 
 Duties: **dequeue** (start queued runs when the limits allow; only when the instance's
 coordinator queues), **monitor** (run monitoring: stuck, dead and overlong runs, leaked slots;
-see :mod:`runcore.monitoring`), **retries** (run retries by policy; see :mod:`runcore.retries`),
+see :mod:`runcore.daemon.monitoring`), **retries** (run retries by policy; see
+:mod:`runcore.daemon.retries`), each a :class:`~runcore.daemon.base.Duty` on a thread of its own,
 and a **heartbeat** in storage, so ``runcore daemon status`` and ``Instance.explain_queued``
 can tell whether a daemon is alive.
 
@@ -23,20 +24,24 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from runcore import _validate
-from runcore.errors import InstanceClosedError, StorageError
+from runcore.coordinators.base import QueuingCoordinator
+from runcore.daemon.base import Duty
+from runcore.errors import ConfigError, InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.storage.base import DaemonHeartbeat
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import DequeueResult
+    from runcore.daemon.monitoring import MonitorPass
+    from runcore.daemon.retries import RetryPass
     from runcore.instance import Instance
-    from runcore.monitoring import MonitorPass, RunMonitor
-    from runcore.retries import RetryPass, RunRetrier
     from runcore.storage.base import InstanceStorage
 
 log = logging.getLogger("runcore.daemon")
 
 DAEMON_TYPE = "runcore-daemon"
+#: The ``daemon_type`` of a duty's own heartbeat (``daemon_id`` ``<daemon id>/<duty name>``).
+DUTY_TYPE = "runcore-daemon-duty"
 
 
 @attrs.frozen
@@ -55,6 +60,40 @@ class DaemonStatus:
     heartbeat: DaemonHeartbeat
     alive: bool
     age_seconds: float
+
+
+@attrs.frozen
+class DutyStatus:
+    """A duty's latest heartbeat: which daemon, which duty, and how long ago."""
+
+    daemon_id: str
+    duty: str
+    heartbeat: DaemonHeartbeat
+    alive: bool
+    age_seconds: float
+
+
+def duty_statuses(storage: InstanceStorage, *, now: float | None = None) -> list[DutyStatus]:
+    """Every duty heartbeat, by daemon then duty; alive if younger than three times the
+    larger of the duty's interval and its daemon's heartbeat interval, as recorded."""
+    current = time.time() if now is None else now
+    out = []
+    for beat in storage.get_daemon_heartbeats():
+        if beat.daemon_type != DUTY_TYPE:
+            continue
+        age = current - beat.timestamp
+        limit = 3 * max(float(beat.info.get("interval", 5.0)), float(beat.info.get("every", 5.0)))
+        alive = age <= limit and not beat.info.get("stopped", False)
+        out.append(
+            DutyStatus(
+                daemon_id=str(beat.info.get("daemon", "")),
+                duty=str(beat.info.get("duty", "")),
+                heartbeat=beat,
+                alive=alive,
+                age_seconds=age,
+            )
+        )
+    return sorted(out, key=lambda s: (s.daemon_id, s.duty))
 
 
 def daemon_statuses(
@@ -80,14 +119,17 @@ def daemon_statuses(
 class Daemon:
     """Background duties over ``instance``; use as a context manager or ``start``/``stop``.
 
-    Duties: **dequeue** (when the coordinator queues), **monitor** (``run_monitoring``, on
-    by default) and **retries** (``run_retries``, off by default); their intervals default to
-    the config's ``poll_interval_seconds`` (dequeue: ``dequeue_interval``).
+    Duties (:class:`~runcore.daemon.base.Duty`): **dequeue** (when the coordinator is a
+    :class:`~runcore.coordinators.base.QueuingCoordinator`), **monitor** (``run_monitoring``,
+    on by default) and **retries** (``run_retries``, off by default); their intervals default
+    to the config's ``poll_interval_seconds`` (dequeue: ``dequeue_interval``). Add your own
+    with :meth:`add_duty` before :meth:`start`.
 
-    Threads: ``start()`` starts one thread per enabled duty (``runcore-daemon-dequeue``,
-    ``-monitor``, ``-retries``) and one for heartbeats (``runcore-daemon-heartbeat``), all
-    daemonic; ``stop()`` (or leaving the ``with`` block) signals them and joins them. The
-    instance stays open: its owner closes it.
+    Threads: ``start()`` starts one thread per duty (``runcore-daemon-<name>``), so a slow
+    duty delays only itself, and one for heartbeats (``runcore-daemon-heartbeat``), all
+    daemonic; ``stop()`` (or leaving the ``with`` block) signals them and joins them. Each
+    duty also heartbeats under its own name (``<daemon id>/<duty>``, at most once per
+    heartbeat interval). The instance stays open: its owner closes it.
     """
 
     def __init__(
@@ -107,21 +149,15 @@ class Daemon:
         poll = cfg.run_monitoring.poll_interval_seconds
         monitor_interval = poll if monitor_interval is None else monitor_interval
         retry_interval = poll if retry_interval is None else retry_interval
-        dequeue_interval = _validate.interval("Daemon(dequeue_interval=...)", dequeue_interval)
-        heartbeat_interval = _validate.interval(
+        self.dequeue_interval = _validate.interval("Daemon(dequeue_interval=...)", dequeue_interval)
+        self.heartbeat_interval = _validate.interval(
             "Daemon(heartbeat_interval=...)", heartbeat_interval
         )
-        monitor_interval = _validate.interval("Daemon(monitor_interval=...)", monitor_interval)
-        retry_interval = _validate.interval("Daemon(retry_interval=...)", retry_interval)
+        self.monitor_interval = _validate.interval("Daemon(monitor_interval=...)", monitor_interval)
+        self.retry_interval = _validate.interval("Daemon(retry_interval=...)", retry_interval)
         self.instance = instance
-        self.dequeue_interval = dequeue_interval
-        self.monitor_interval = monitor_interval
-        self.retry_interval = retry_interval
         self.monitoring = cfg.run_monitoring
         self.retrying = cfg.run_retries
-        self._monitor: RunMonitor | None = None
-        self._retrier: RunRetrier | None = None
-        self.heartbeat_interval = heartbeat_interval
         self.clock = clock
         if daemon_id is None:
             import uuid
@@ -130,6 +166,9 @@ class Daemon:
         self.daemon_id = daemon_id
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._duties: list[Duty] | None = None
+        self._extra: list[Duty] = []
+        self._duty_beats: dict[str, float] = {}  # duty name -> when its heartbeat was written
         self.errors: list[BaseException] = []
         self._last_error: str | None = None
         #: Set when the storage stopped being the one opened (file deleted, replaced or
@@ -144,58 +183,82 @@ class Daemon:
     @property
     def dequeues(self) -> bool:
         """Whether the instance's coordinator queues runs (so the dequeue duty is on)."""
-        from runcore.coordinators.queued import QueuedRunCoordinator
+        return isinstance(self.instance.run_coordinator, QueuingCoordinator)
 
-        return isinstance(self.instance.run_coordinator, QueuedRunCoordinator)
+    def add_duty(self, duty: Duty) -> None:
+        """Run ``duty`` too (before :meth:`start`); its name must be new to this daemon."""
+        if not isinstance(duty, Duty):
+            raise ConfigError(f"Daemon.add_duty: expected a Duty, got {duty!r}")
+        _validate.interval(f"duty {duty.name!r}: interval", duty.interval)
+        if duty.name in self.duties:
+            raise ConfigError(f"Daemon.add_duty: this daemon already has a duty {duty.name!r}")
+        if self.is_running:
+            raise ConfigError("Daemon.add_duty: add duties before start()")
+        self._extra.append(duty)
+        if self._duties is not None:
+            self._duties.append(duty)
+
+    def get_duties(self) -> list[Duty]:
+        """The duties this daemon performs, built on first use (the instance is started)."""
+        if self._duties is None:
+            self.instance.ensure_started()
+            self._duties = [*self._builtin_duties(), *self._extra]
+        return list(self._duties)
+
+    def _builtin_duties(self) -> list[Duty]:
+        from runcore.daemon.dequeue import DequeueDuty
+        from runcore.daemon.monitoring import RunMonitor
+        from runcore.daemon.retries import RunRetrier
+
+        duties: list[Duty] = []
+        coordinator = self.instance.run_coordinator
+        if isinstance(coordinator, QueuingCoordinator):
+            duties.append(DequeueDuty(coordinator, self.dequeue_interval))
+        if self.monitoring.enabled:
+            duties.append(
+                RunMonitor(
+                    self.instance.storage,
+                    self.instance.launcher,
+                    self.monitoring,
+                    self.clock,
+                    launch_grace=2 * self.monitor_interval,
+                    requeue=self.dequeues,
+                    interval=self.monitor_interval,
+                )
+            )
+        if self.retrying.enabled:
+            duties.append(
+                RunRetrier(self.instance, self.retrying, self.clock, interval=self.retry_interval)
+            )
+        return duties
+
+    def _duty(self, name: str) -> Duty | None:
+        return next((d for d in self.get_duties() if d.name == name), None)
 
     def dequeue_once(self) -> DequeueResult | None:
         """One dequeue pass (None when the coordinator does not queue)."""
-        from runcore.coordinators.queued import QueuedRunCoordinator
-
-        coordinator = self.instance.run_coordinator
-        if not isinstance(coordinator, QueuedRunCoordinator):
-            return None
-        self.instance.ensure_started()
-        return coordinator.dequeue_pass()
+        duty = self._duty("dequeue")
+        return None if duty is None else duty.run_once(self.clock())  # type: ignore[return-value]
 
     def monitor_once(self) -> MonitorPass | None:
         """One monitoring pass (None when ``run_monitoring.enabled`` is false)."""
-        if not self.monitoring.enabled:
-            return None
-        self.instance.ensure_started()
-        if self._monitor is None:
-            from runcore.monitoring import RunMonitor
-
-            self._monitor = RunMonitor(
-                self.instance.storage,
-                self.instance.launcher,
-                self.monitoring,
-                self.clock,
-                launch_grace=2 * self.monitor_interval,
-                requeue=self.dequeues,
-            )
-        return self._monitor.run_once()
+        duty = self._duty("monitor")
+        return None if duty is None else duty.run_once(self.clock())  # type: ignore[return-value]
 
     def retry_once(self) -> RetryPass | None:
         """One run-retry pass (None when ``run_retries.enabled`` is false)."""
-        if not self.retrying.enabled:
-            return None
-        self.instance.ensure_started()
-        if self._retrier is None:
-            from runcore.retries import RunRetrier
-
-            self._retrier = RunRetrier(self.instance, self.retrying, self.clock)
-        return self._retrier.run_once()
+        duty = self._duty("retries")
+        return None if duty is None else duty.run_once(self.clock())  # type: ignore[return-value]
 
     @property
     def duties(self) -> list[str]:
-        """The duties this daemon performs."""
+        """The names of the duties this daemon performs."""
         enabled = [
             ("dequeue", self.dequeues),
             ("monitor", self.monitoring.enabled),
             ("retries", self.retrying.enabled),
         ]
-        return [name for name, on in enabled if on]
+        return [name for name, on in enabled if on] + [d.name for d in self._extra]
 
     def heartbeat(self, *, stopped: bool = False) -> None:
         """Record that this daemon is alive (or, with ``stopped``, that it has stopped)."""
@@ -216,19 +279,47 @@ class Daemon:
             )
         )
 
+    def _duty_heartbeat(
+        self, duty: Duty, seconds: float, error: str | None, *, force: bool = False
+    ) -> None:
+        """The duty's own heartbeat, at most once per heartbeat interval (``force``: now)."""
+        now = self.clock()
+        if not force and now - self._duty_beats.get(duty.name, -1e18) < self.heartbeat_interval:
+            return
+        self._duty_beats[duty.name] = now
+        self.instance.storage.add_daemon_heartbeat(
+            DaemonHeartbeat(
+                daemon_id=f"{self.daemon_id}/{duty.name}",
+                daemon_type=DUTY_TYPE,
+                timestamp=now,
+                info={
+                    "daemon": self.daemon_id,
+                    "duty": duty.name,
+                    "interval": duty.interval,
+                    "every": self.heartbeat_interval,
+                    "last_pass_seconds": round(seconds, 6),
+                    "last_error": error,
+                },
+            )
+        )
+
     def run_once(self) -> DaemonPass:
-        """Exactly one pass of each enabled duty, synchronously, then a heartbeat.
+        """Exactly one pass of each duty, synchronously, then a heartbeat.
 
         Raises :class:`~runcore.errors.StorageError` first if the storage is no longer the one
         opened (see :meth:`~runcore.storage.base.InstanceStorage.check_identity`).
         """
         self.instance.ensure_started()
         self.instance.storage.check_identity()
-        result = DaemonPass(
-            dequeue=self.dequeue_once(), monitor=self.monitor_once(), retries=self.retry_once()
-        )
+        results: dict[str, Any] = {}
+        for duty in self.get_duties():
+            results[duty.name] = duty.run_once(self.clock())
         self.heartbeat()
-        return result
+        return DaemonPass(
+            dequeue=results.get("dequeue"),
+            monitor=results.get("monitor"),
+            retries=results.get("retries"),
+        )
 
     # --- threads ----------------------------------------------------------------------------
 
@@ -245,31 +336,18 @@ class Daemon:
         self._stop.clear()
         self._threads = [
             threading.Thread(
-                target=self._loop,
-                args=("heartbeat", self.heartbeat, self.heartbeat_interval),
-                name="runcore-daemon-heartbeat",
-                daemon=True,
+                target=self._heartbeat_loop, name="runcore-daemon-heartbeat", daemon=True
             )
         ]
-        if self.dequeues:
+        for duty in self.get_duties():
             self._threads.append(
                 threading.Thread(
-                    target=self._dequeue_loop, name="runcore-daemon-dequeue", daemon=True
+                    target=self._loop,
+                    args=(duty,),
+                    name=f"runcore-daemon-{duty.name}",
+                    daemon=True,
                 )
             )
-        for duty, fn, interval in (
-            ("monitor", self.monitor_once, self.monitor_interval),
-            ("retries", self.retry_once, self.retry_interval),
-        ):
-            if duty in self.duties:
-                self._threads.append(
-                    threading.Thread(
-                        target=self._loop,
-                        args=(duty, fn, interval),
-                        name=f"runcore-daemon-{duty}",
-                        daemon=True,
-                    )
-                )
         for thread in self._threads:
             thread.start()
 
@@ -315,31 +393,35 @@ class Daemon:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _record(self, duty: str, exc: BaseException) -> None:
+    def _record(self, duty: str, exc: BaseException) -> str:
         self.errors.append(exc)
         del self.errors[:-20]
         self._last_error = f"{duty}: {type(exc).__name__}: {exc}"
         log.exception("runcore daemon duty %s failed; it goes on", duty)
+        return self._last_error
 
-    def _loop(self, duty: str, fn: Callable[[], Any], interval: float) -> None:
+    def _heartbeat_loop(self) -> None:
         while not self._stop.is_set() and self._storage_ok():
             try:
-                fn()
+                self.heartbeat()
             except InstanceClosedError:
                 return
             except Exception as exc:
-                self._record(duty, exc)
-            self._stop.wait(interval)
+                self._record("heartbeat", exc)
+            self._stop.wait(self.heartbeat_interval)
 
-    def _dequeue_loop(self) -> None:
+    def _loop(self, duty: Duty) -> None:
         while not self._stop.is_set() and self._storage_ok():
             busy = False
+            error: str | None = None
+            started = time.monotonic()
             try:
-                result = self.dequeue_once()
-                busy = result is not None and bool(result.launched or result.lost_races)
+                busy = duty.busy(duty.run_once(self.clock()))
             except InstanceClosedError:
                 return
             except Exception as exc:
-                self._record("dequeue", exc)
-            # A pass that started runs may have left more startable ones: go again at once.
-            self._stop.wait(0 if busy else self.dequeue_interval)
+                error = self._record(duty.name, exc)
+            with contextlib.suppress(Exception):  # a heartbeat never stops a duty
+                self._duty_heartbeat(duty, time.monotonic() - started, error)
+            # A pass that left work (a dequeue that started runs): go again at once.
+            self._stop.wait(0 if busy else duty.interval)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore import _validate
+from runcore.daemon.base import Duty
 from runcore.errors import ConfigError
 from runcore.launchers.base import HealthStatus, WorkerHealth
 from runcore.runs import (
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from runcore.storage.base import InstanceStorage
 
 
-log = logging.getLogger("runcore.monitoring")
+log = logging.getLogger("runcore.daemon.monitoring")
 
 
 @attrs.frozen
@@ -77,11 +78,13 @@ def max_runtime_of(run: Run, default: float | None) -> float | None:
     return default
 
 
-class RunMonitor:
-    """One monitoring pass over the in-progress runs (see the module docstring).
+class RunMonitor(Duty):
+    """The monitoring duty: one pass over the in-progress runs (see the module docstring).
 
     Threads: none; the daemon calls :meth:`run_once` from its monitoring thread.
     """
+
+    name = "monitor"
 
     def __init__(
         self,
@@ -92,7 +95,12 @@ class RunMonitor:
         *,
         launch_grace: float | None = None,
         requeue: bool = False,
+        interval: float | None = None,
     ) -> None:
+        self.interval = _validate.interval(
+            "RunMonitor(interval=...)",
+            config.poll_interval_seconds if interval is None else interval,
+        )
         self.storage = storage
         self.launcher = launcher
         self.config = config
@@ -107,9 +115,9 @@ class RunMonitor:
         #: Whether an abandoned launch goes back to the queue (a queuing coordinator).
         self.requeue = requeue
 
-    def run_once(self) -> MonitorPass:
-        """Check every in-progress run once; returns what was done."""
-        now = self.clock()
+    def run_once(self, now: float | None = None) -> MonitorPass:
+        """Check every in-progress run once, at ``now`` (default: the clock); what was done."""
+        now = self.clock() if now is None else now
         found: dict[str, list[str]] = {
             "start": [],
             "dead": [],

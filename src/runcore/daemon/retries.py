@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore import _validate
+from runcore.daemon.base import Duty
 from runcore.errors import ConfigError, DuplicateRunError, OutputStoreError, RuncoreError
 from runcore.events import EventType
 from runcore.runs import (
@@ -70,12 +71,15 @@ def _attempt_of(run: Run) -> int:
     return 0 if raw is None else _validate.int_text(f"tag {RETRY_NUMBER_TAG}", raw, minimum=0)
 
 
-class RunRetrier:
-    """Creates and submits retries of failed runs (see the module docstring).
+class RunRetrier(Duty):
+    """The run-retries duty: creates and submits retries of failed runs (see the module
+    docstring).
 
     It takes the instance (it is a driver, like the daemon, not a component of it).
     Threads: none; the daemon calls :meth:`run_once` from its retry thread.
     """
+
+    name = "retries"
 
     def __init__(
         self,
@@ -84,7 +88,9 @@ class RunRetrier:
         clock: Callable[[], float],
         *,
         lookback_seconds: float = 24 * 3600.0,
+        interval: float = 5.0,
     ) -> None:
+        self.interval = _validate.interval("RunRetrier(interval=...)", interval)
         self.instance = instance
         self.config = config
         self.clock = clock
@@ -93,9 +99,10 @@ class RunRetrier:
             "RunRetrier(lookback_seconds=...)", lookback_seconds
         )
 
-    def run_once(self) -> RetryPass:
-        """Retry every run that failed since the last pass, by policy."""
-        now = self.clock()
+    def run_once(self, now: float | None = None) -> RetryPass:
+        """Retry every run that failed since the last pass, by policy (at ``now``, default:
+        the clock)."""
+        now = self.clock() if now is None else now
         since = (now - self.lookback_seconds) if self._cursor is None else self._cursor
         failed = self.instance.storage.get_run_records(
             RunsFilter(statuses=[RunStatus.FAILURE], updated_after=since - 1.0), ascending=True
@@ -159,7 +166,7 @@ class RunRetrier:
             except RuncoreError as exc:
                 import logging
 
-                logging.getLogger("runcore.retries").warning(
+                logging.getLogger("runcore.daemon.retries").warning(
                     "cannot retry run %s: %s", run.run_id, exc
                 )
                 return None
