@@ -144,7 +144,9 @@ class RunMonitoringConfig:
     """``run_monitoring``: stuck and dead run detection by the daemon.
 
     Every value is a finite number of seconds, > 0 and at most ``1e9``;
-    ``max_runtime_seconds`` may also be null (no limit, the default).
+    ``max_runtime_seconds`` and ``worker_heartbeat_timeout_seconds`` may also be null (off).
+    Run workers heartbeat into storage every ``worker_heartbeat_interval_seconds``; a worker
+    silent for longer than ``worker_heartbeat_timeout_seconds`` is dead, on whatever host.
     """
 
     enabled: bool = True
@@ -152,16 +154,31 @@ class RunMonitoringConfig:
     cancel_timeout_seconds: float = 180.0
     max_runtime_seconds: float | None = None
     poll_interval_seconds: float = 5.0
+    worker_heartbeat_interval_seconds: float = 10.0
+    worker_heartbeat_timeout_seconds: float | None = 120.0
 
     def __attrs_post_init__(self) -> None:
         for name in ("start_timeout_seconds", "cancel_timeout_seconds"):
             _validate.duration(f"run_monitoring.{name}", getattr(self, name))
         _validate.interval("run_monitoring.poll_interval_seconds", self.poll_interval_seconds)
-        if self.max_runtime_seconds is not None:
+        _validate.interval(
+            "run_monitoring.worker_heartbeat_interval_seconds",
+            self.worker_heartbeat_interval_seconds,
+        )
+        for name in ("max_runtime_seconds", "worker_heartbeat_timeout_seconds"):
+            if getattr(self, name) is None:
+                continue
             try:
-                _validate.duration("run_monitoring.max_runtime_seconds", self.max_runtime_seconds)
+                _validate.duration(f"run_monitoring.{name}", getattr(self, name))
             except ConfigError as exc:
-                raise ConfigError(f"{exc} (or null for no limit)") from None
+                raise ConfigError(f"{exc} (or null for none)") from None
+        timeout = self.worker_heartbeat_timeout_seconds
+        if timeout is not None and timeout <= self.worker_heartbeat_interval_seconds:
+            raise ConfigError(
+                "run_monitoring.worker_heartbeat_timeout_seconds must be longer than "
+                f"worker_heartbeat_interval_seconds ({self.worker_heartbeat_interval_seconds:g}"
+                f" s), got {timeout:g}: a worker would be dead between two heartbeats"
+            )
 
 
 @attrs.frozen

@@ -483,8 +483,13 @@ def execute_run(
     executor: Executor | None = None,
     cancel: threading.Event | None = None,
     pools: StepPools | None = None,
+    heartbeat_interval: float | None = None,
 ) -> tuple[Run, RunExecution | None]:
     """Execute ``run`` (STARTING) to a terminal status; returns the final run.
+
+    With ``heartbeat_interval``, the run's worker heartbeats into storage while the run is
+    STARTED (see :mod:`runcore._heartbeats`): how run monitoring tells, from any host, that
+    the worker lives.
 
     A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
     engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
@@ -506,6 +511,11 @@ def execute_run(
         )
         return (canceled or storage.get_run(run.run_id) or run), None
     execution: RunExecution | None = None
+    beating = heartbeat_interval is not None and started.attempt_id is not None
+    if beating:
+        from runcore import _heartbeats
+
+        _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
     try:
         plan = build_plan(
             job, started.step_keys_to_execute, allow_external=started.parent_run_id is not None
@@ -532,6 +542,9 @@ def execute_run(
         if not isinstance(exc, Exception):
             raise
         return (final or storage.get_run(run.run_id) or started), execution
+    finally:
+        if beating:
+            _heartbeats.unregister(storage, run.run_id)
     return _finish(execution), execution
 
 

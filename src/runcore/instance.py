@@ -252,6 +252,9 @@ class Instance:
                 output_store=self.output_store,
                 instance_config=self.config_for_workers(),
                 pools=self.step_pools,
+                heartbeat_interval=(
+                    self.config or _config.InstanceConfig()
+                ).run_monitoring.worker_heartbeat_interval_seconds,
             )
         )
         cfg = self.config or _config.InstanceConfig()

@@ -80,6 +80,8 @@ class WorkerResources:
     output_store: OutputStore
     pools: StepPools | None
     jobs: JobRegistry
+    #: Seconds between the run's heartbeats (``run_monitoring.worker_heartbeat_interval_seconds``).
+    heartbeat_interval: float | None = None
 
 
 def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
@@ -101,7 +103,13 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
 
     cfg, base_dir = parse_instance(config)
     storage, outputs = build_storage_and_outputs(cfg, base_dir)
-    return WorkerResources(storage, outputs, step_pools_for(cfg), JobRegistry())
+    return WorkerResources(
+        storage,
+        outputs,
+        step_pools_for(cfg),
+        JobRegistry(),
+        cfg.run_monitoring.worker_heartbeat_interval_seconds,
+    )
 
 
 def _install_cancel_handler(cancel: threading.Event) -> None:
@@ -215,6 +223,7 @@ def execute_run_in_worker(
         output_store=resources.output_store,
         cancel=cancel,
         pools=resources.pools,
+        heartbeat_interval=resources.heartbeat_interval,
     )
     return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
 

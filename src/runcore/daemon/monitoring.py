@@ -9,8 +9,9 @@ Each pass looks at every in-progress run and, by the daemon's clock:
   cannot start the run any more.
 * STARTING past ``start_timeout_seconds``: the launcher is told to terminate it, and it fails
   (``failure_kind`` ``start_timeout``).
-* STARTING or STARTED whose worker the launcher reports DEAD: it fails with the worker's
-  reason (``worker_died``).
+* STARTING or STARTED whose worker the launcher reports DEAD, or STARTED whose worker has
+  heartbeat into storage before but not for ``worker_heartbeat_timeout_seconds`` (how a
+  worker on another host is judged): it fails with the reason (``worker_died``).
 * STARTED past its maximum runtime (tag ``runcore/max_runtime``, else
   ``max_runtime_seconds``): terminated, and failed (``max_runtime``).
 * CANCELING past ``cancel_timeout_seconds``: marked CANCELED, and the launcher is told to
@@ -165,6 +166,9 @@ class RunMonitor(Duty):
                 continue
             to_check.append(run)
         healths = self._healths(to_check)
+        for run_id, silence in self._silent_workers(to_check, now).items():
+            if healths.get(run_id, WorkerHealth.unknown()).status is not HealthStatus.DEAD:
+                healths[run_id] = silence
         for run in to_check:
             if self._dead_worker(run, healths.get(run.run_id)):
                 found["dead"].append(run.run_id)
@@ -252,6 +256,28 @@ class RunMonitor(Duty):
             log.exception("run monitoring: the launcher's health check failed")
             return {}
 
+    def _silent_workers(self, runs: list[Run], now: float) -> dict[str, WorkerHealth]:
+        """STARTED runs whose worker has heartbeat before but not within the timeout: dead,
+        wherever they run (the only sign of life a worker on another host gives)."""
+        timeout = self.config.worker_heartbeat_timeout_seconds
+        started = [run for run in runs if run.status is RunStatus.STARTED]
+        if timeout is None or not started:
+            return {}
+        records = self.storage.get_worker_records([run.run_id for run in started])
+        out: dict[str, WorkerHealth] = {}
+        for run in started:
+            record = records.get(run.run_id)
+            if record is None or record.attempt_id != run.attempt_id:
+                continue
+            last = record.heartbeat_at
+            if last is not None and now - last > timeout:
+                out[run.run_id] = WorkerHealth.dead(
+                    f"its {record.kind} worker on host {record.host!r} sent no heartbeat for "
+                    f"{now - last:.0f} s (run_monitoring.worker_heartbeat_timeout_seconds: "
+                    f"{timeout:g})"
+                )
+        return out
+
     def _dead_worker(self, run: Run, health: WorkerHealth | None) -> bool:
         if health is None or health.status is not HealthStatus.DEAD:
             return False
@@ -267,6 +293,8 @@ class RunMonitor(Duty):
             kind=FailureKind.WORKER_DIED,
             attempt_id=run.attempt_id,
         )
+        if moved is not None:
+            self._terminate(run)  # a silent worker may live on, cut off: stop it if reachable
         return moved is not None
 
     def _max_runtime(self, run: Run, ran: float, limit: float) -> bool:

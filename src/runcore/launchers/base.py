@@ -50,6 +50,8 @@ class LaunchContext:
     output_store: OutputStore
     instance_config: Mapping[str, Any] = attrs.field(factory=dict)
     pools: StepPools | None = None
+    #: Seconds between a run worker's heartbeats (None: runs here do not heartbeat).
+    heartbeat_interval: float | None = None
 
 
 class HealthStatus(enum.Enum):
