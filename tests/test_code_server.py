@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -470,7 +471,7 @@ def test_shutdown_drains_then_stops(env: Env, inst_closer: list[rc.Instance]) ->
     until(lambda: step_started(inst, run.run_id), "the step to start")
     assert client.shutdown(10) == 1
     with pytest.raises(CodeServerError, match="draining") as refused:
-        client.execute_run("any-run")
+        client.execute_run(str(uuid.uuid4()))
     assert refused.value.code == "UNAVAILABLE"
     assert server.process.wait(timeout=WAIT) == 0  # a clean drain
     assert inst.get_run(run.run_id).status is rc.RunStatus.SUCCESS
@@ -555,9 +556,14 @@ def test_a_location_that_fails_to_import_stops_the_server(env: Env) -> None:
 def test_execute_run_errors_are_grpc_status_codes(env: Env) -> None:
     server = env.server()
     client = env.client(server)
-    with pytest.raises(CodeServerError, match="no run with id 'nope'") as unknown:
-        client.execute_run("nope")
+    nope = str(uuid.uuid4())
+    with pytest.raises(CodeServerError, match=f"no run with id '{nope}'") as unknown:
+        client.execute_run(nope)
     assert unknown.value.code == "NOT_FOUND"
+    for call in (client.execute_run, client.cancel_run, client.get_run_state):
+        with pytest.raises(CodeServerError, match="is not a run id") as malformed:
+            call("../../etc/passwd")
+        assert malformed.value.code == "INVALID_ARGUMENT"
 
     with rc.Instance.from_config({"storage": env.storage}) as inst:
         storage = inst.storage
@@ -571,8 +577,8 @@ def test_execute_run_errors_are_grpc_status_codes(env: Env) -> None:
         with pytest.raises(CodeServerError, match="NOT_STARTED, not STARTING") as early:
             client.execute_run(fresh.run_id)
         assert early.value.code == "FAILED_PRECONDITION"
-    assert client.cancel_run("nope") is False
-    assert client.get_run_state("nope").state is RemoteRunState.UNKNOWN
+    assert client.cancel_run(nope) is False
+    assert client.get_run_state(nope).state is RemoteRunState.UNKNOWN
 
 
 def test_a_non_loopback_bind_without_token_is_refused(env: Env) -> None:

@@ -270,8 +270,11 @@ def run_execute_command(
     run_id: str, config: str, err: TextIO, attempt_id: str | None = None
 ) -> int:
     """``runcore worker execute-run``."""
+    from runcore import _validate
+
     _die_with_parent()
     try:
+        _validate.run_id(run_id, "runcore worker execute-run RUN_ID")
         resources = load_resources(config)
         resources.storage.start()
     except RuncoreError as exc:

@@ -46,6 +46,7 @@ import contextlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -115,6 +116,17 @@ def is_loopback(host: str) -> bool:
 def _abort(context: Any, code: Any, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("grpc's context.abort returned")  # it raises; this satisfies typing
+
+
+def _checked_run_id(context: Any, run_id: str) -> str:
+    """``run_id`` if it is a run id (a lowercase UUID); else the call fails INVALID_ARGUMENT."""
+    if not _validate.is_run_id(run_id):
+        _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"run_id {run_id[:80]!r} is not a run id; run ids are lowercase UUIDs",
+        )
+    return run_id
 
 
 @attrs.define(eq=False)
@@ -360,7 +372,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     def GetRunState(self, request: pb2.GetRunStateRequest, context: Any) -> pb2.GetRunStateReply:
         with self._lock:
-            held = self._held.get(request.run_id)
+            held = self._held.get(_checked_run_id(context, request.run_id))
             if held is None:
                 return pb2.GetRunStateReply(
                     state=pb2.RUN_STATE_UNKNOWN, pid=0, server_id=self.server_id
@@ -373,7 +385,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         return pb2.GetRunStateReply(state=_PROTO_STATE[state], pid=pid, server_id=self.server_id)
 
     def ExecuteRun(self, request: pb2.ExecuteRunRequest, context: Any) -> pb2.ExecuteRunReply:
-        run_id = request.run_id
+        run_id = _checked_run_id(context, request.run_id)
         if not run_id:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "ExecuteRun needs a run_id")
         self._check_accepting(context, run_id)
@@ -445,7 +457,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             )
 
     def CancelRun(self, request: pb2.CancelRunRequest, context: Any) -> pb2.CancelRunReply:
-        state = self.cancel(request.run_id)
+        state = self.cancel(_checked_run_id(context, request.run_id))
         return pb2.CancelRunReply(
             found=state is not None, state=_PROTO_STATE[state or RemoteRunState.UNKNOWN]
         )
@@ -453,7 +465,15 @@ class CodeServer(pb2_grpc.CodeServerServicer):
     def Shutdown(self, request: pb2.ShutdownRequest, context: Any) -> pb2.ShutdownReply:
         with self._lock:
             held = len(self._held)
-        self.request_stop(max(0.0, request.timeout_seconds))
+        timeout = request.timeout_seconds
+        if not math.isfinite(timeout) or timeout < 0 or timeout > MAX_SECONDS:
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"timeout_seconds must be a finite number of seconds >= 0 and <= {MAX_SECONDS:g}, "
+                f"got {timeout!r}",
+            )
+        self.request_stop(timeout)
         return pb2.ShutdownReply(in_flight_runs=held)
 
     # --- cancel -----------------------------------------------------------------------------
