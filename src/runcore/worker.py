@@ -215,6 +215,7 @@ def execute_run_in_worker(
         output_store=resources.output_store,
         cancel=cancel,
         pools=resources.pools,
+        capture="process",
     )
     return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
 

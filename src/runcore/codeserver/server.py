@@ -532,6 +532,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                     output_store=self.resources.output_store,
                     cancel=held.cancel,
                     pools=self.resources.pools,
+                    capture="thread",
                 )
         except BaseException as exc:
             # execute_run ends every run it started (and re-raises SystemExit and the like

@@ -124,6 +124,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                 output_store=context.output_store,
                 cancel=cancel,
                 pools=context.pools,
+                capture="thread",
             )
         except Exception as exc:
             # execute_run ends every run it started; this is the last guard, for a failure of
