@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from runcore.definitions import absolute_location
 from runcore.errors import RuncoreError
 
 if TYPE_CHECKING:
@@ -52,16 +53,6 @@ def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
             raise UsageError(f"--tag takes KEY=VALUE, got {item!r}")
         tags[key] = value
     return tags
-
-
-def absolute_location(location: str) -> str:
-    """A file code location made absolute, so that workers elsewhere can load it."""
-    target, sep, attr = location.rpartition(":")
-    if sep and (target.endswith(".py") or "/" in target):
-        return f"{os.path.abspath(target)}:{attr}"
-    if location.endswith(".py"):
-        return os.path.abspath(location)
-    return location
 
 
 def config_source(explicit: str | None) -> str | dict[str, Any]:

@@ -19,6 +19,7 @@ import attrs
 from runcore.coordinators.admission import (
     ActiveRun,
     Decision,
+    Hold,
     Limits,
     QueuedRun,
     TagLimit,
@@ -125,20 +126,35 @@ class DequeueResult:
 
 @attrs.frozen
 class QueueExplanation:
-    """Why a run is (or is not) still queued."""
+    """Why a run is (or is not) still queued.
+
+    ``position`` counts from 1 in the order admission considers runs (priority, then
+    submission). ``holds`` are the limits that hold the run, the first one first, each with
+    the runs in progress that use it and the runs queued ahead that would take it first;
+    ``reasons`` says the same (and more: notes, whether a daemon is alive) as sentences.
+    """
 
     run_id: str
     status: RunStatus
     position: int | None
     queue_length: int
     reasons: tuple[str, ...]
+    holds: tuple[Hold, ...] = ()
 
     def __str__(self) -> str:
         if self.status is not RunStatus.QUEUED:
             head = f"run {self.run_id} is {self.status.value}, not queued"
         else:
-            head = f"run {self.run_id} is queued, position {self.position} of {self.queue_length}"
-        return "\n".join([head, *(f"- {r}" for r in self.reasons)])
+            ahead = (self.position or 1) - 1
+            head = (
+                f"run {self.run_id} is queued, position {self.position} of "
+                f"{self.queue_length} ({ahead} queued ahead of it)"
+            )
+        lines = [head]
+        for index, reason in enumerate(self.reasons):
+            first = index == 0 and self.holds
+            lines.append(f"- {'held first by ' if first else ''}{reason}")
+        return "\n".join(lines)
 
 
 class QueuedRunCoordinator(RunCoordinator):
@@ -330,14 +346,15 @@ class QueuedRunCoordinator(RunCoordinator):
         position = next((i + 1 for i, q in enumerate(ordered) if q.run_id == run_id), None)
         if run.status is not RunStatus.QUEUED or position is None:
             return QueueExplanation(run_id, run.status, None, len(ordered), ())
-        reasons = [str(h) for h in decision.held.get(run_id, ())]
+        holds = tuple(decision.held.get(run_id, ()))
+        reasons = [str(h) for h in holds]
         if not reasons:
             reasons.append(
                 "nothing holds it: the next dequeue pass starts it (is a daemon running? "
                 "`runcore daemon status`)"
             )
         reasons.extend(_notes(run, limits))
-        return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons))
+        return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons), holds)
 
 
 def _notes(run: Run, limits: Limits) -> list[str]:
