@@ -496,8 +496,6 @@ def _import_file(path: str) -> Any:
 def absolute_location(location: str) -> str:
     """``location`` with a file path made absolute against the current working directory (so a
     daemon or worker anywhere finds the file); a module location is returned as it is."""
-    if not isinstance(location, str):
-        return location
     target, attr = _split_location(location.strip())
     if not (target.endswith(".py") or os.sep in target or "/" in target):
         return location

@@ -374,7 +374,7 @@ class Instance:
                 "worker would start more runs, without end. Put the code that submits runs "
                 "under `if __name__ == '__main__':` in that module"
             )
-        if code_location is not None:
+        if isinstance(code_location, str):
             code_location = absolute_location(code_location)
         job_obj = self._job_for(job, code_location)
         location = code_location or infer_code_location(job_obj)
