@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from runcore import _validate
+from runcore._log import log_event
 from runcore.errors import InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.storage.base import DaemonHeartbeat
@@ -75,6 +76,20 @@ def daemon_statuses(
         alive = age <= limit and not beat.info.get("stopped", False)
         out.append(DaemonStatus(heartbeat=beat, alive=alive, age_seconds=age))
     return sorted(out, key=lambda s: s.age_seconds)
+
+
+def _log_monitor(result: MonitorPass) -> None:
+    for event, run_ids in (
+        ("monitor_start_timeout", result.start_timeouts),
+        ("monitor_dead_worker", result.dead_workers),
+        ("monitor_max_runtime", result.max_runtimes),
+        ("monitor_forced_cancel", result.forced_cancels),
+        ("monitor_abandoned_launch", result.abandoned_launches),
+    ):
+        for run_id in run_ids:
+            log_event(log, event, logging.WARNING, run_id=run_id)
+    if result.slots_reclaimed:
+        log_event(log, "monitor_slots_reclaimed", logging.WARNING, slots=result.slots_reclaimed)
 
 
 class Daemon:
@@ -131,6 +146,8 @@ class Daemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
+        self._finished_since: float | None = None
+        self._finished_seen: dict[str, None] = {}
         self._last_error: str | None = None
         #: Set when the storage stopped being the one opened (file deleted, replaced or
         #: unreadable): the duties stop and :meth:`stop` re-raises it.
@@ -156,7 +173,7 @@ class Daemon:
         if not isinstance(coordinator, QueuedRunCoordinator):
             return None
         self.instance.ensure_started()
-        return coordinator.dequeue_pass()
+        return coordinator.dequeue_pass()  # logs each admission and launch
 
     def monitor_once(self) -> MonitorPass | None:
         """One monitoring pass (None when ``run_monitoring.enabled`` is false)."""
@@ -174,7 +191,9 @@ class Daemon:
                 launch_grace=2 * self.monitor_interval,
                 requeue=self.dequeues,
             )
-        return self._monitor.run_once()
+        result = self._monitor.run_once()
+        _log_monitor(result)
+        return result
 
     def retry_once(self) -> RetryPass | None:
         """One run-retry pass (None when ``run_retries.enabled`` is false)."""
@@ -185,7 +204,57 @@ class Daemon:
             from runcore.retries import RunRetrier
 
             self._retrier = RunRetrier(self.instance, self.retrying, self.clock)
-        return self._retrier.run_once()
+        result = self._retrier.run_once()
+        for run_id in result.submitted:
+            log_event(log, "run_retry_submitted", run_id=run_id)
+        for failed, why in result.skipped:
+            log_event(log, "run_retry_skipped", run_id=failed, reason=why)
+        return result
+
+    def finishes_once(self) -> list[str]:
+        """Log each run that ended since the last call (one ``run_finished`` line each);
+        returns their ids. Does nothing (and reads nothing) unless INFO logging is on."""
+        if not log.isEnabledFor(logging.INFO):
+            return []
+        from runcore.runs import RunsFilter, RunStatus
+
+        self.instance.ensure_started()
+        now = time.time()
+        since = self._finished_since if self._finished_since is not None else now
+        records = self.instance.storage.get_run_records(
+            RunsFilter(
+                statuses=[RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CANCELED],
+                updated_after=since - 1.0,  # clocks of writers differ a little
+            ),
+            limit=1000,
+            ascending=True,
+        )
+        done = []
+        for record in records:
+            run = record.run
+            if run.run_id in self._finished_seen:
+                continue
+            self._finished_seen[run.run_id] = None
+            done.append(run.run_id)
+            took = (
+                round(run.ended_at - run.started_at, 3)
+                if run.ended_at is not None and run.started_at is not None
+                else None
+            )
+            log_event(
+                log,
+                "run_finished",
+                logging.INFO if run.status is RunStatus.SUCCESS else logging.WARNING,
+                run_id=run.run_id,
+                job=run.job_name,
+                status=run.status.value,
+                duration_s=took,
+                reason=run.failure_reason if run.status is not RunStatus.SUCCESS else None,
+            )
+        while len(self._finished_seen) > 10_000:
+            del self._finished_seen[next(iter(self._finished_seen))]
+        self._finished_since = now
+        return done
 
     @property
     def duties(self) -> list[str]:
@@ -255,6 +324,16 @@ class Daemon:
             self._threads.append(
                 threading.Thread(
                     target=self._dequeue_loop, name="runcore-daemon-dequeue", daemon=True
+                )
+            )
+        if log.isEnabledFor(logging.INFO):
+            self.finishes_once()  # from now on
+            self._threads.append(
+                threading.Thread(
+                    target=self._loop,
+                    args=("finishes", self.finishes_once, self.dequeue_interval),
+                    name="runcore-daemon-finishes",
+                    daemon=True,
                 )
             )
         for duty, fn, interval in (

@@ -10,12 +10,14 @@ compare-and-set finds the run no longer QUEUED.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
+from runcore._log import log_event
 from runcore.coordinators.admission import (
     ActiveRun,
     Decision,
@@ -37,6 +39,8 @@ from runcore.runs import (
     priority_of,
 )
 from runcore.storage.base import QueuedRunRow, QueueReader, move_run
+
+_log = logging.getLogger("runcore.coordinator")
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -280,11 +284,7 @@ class QueuedRunCoordinator(RunCoordinator):
         """Start every queued run the limits allow now. Safe to run from several processes."""
         decision, queued, limits = self.decide()
         if limits.max_concurrent_runs == 0 and not self._warned_zero:
-            import logging
-
-            logging.getLogger("runcore.coordinator").warning(
-                "concurrency.runs.max_concurrent_runs is 0: no queued run will ever start"
-            )
+            _log.warning("concurrency.runs.max_concurrent_runs is 0: no queued run will ever start")
             self._warned_zero = True
         launched: list[str] = []
         lost = failed = 0
@@ -325,10 +325,33 @@ class QueuedRunCoordinator(RunCoordinator):
         )
         if starting is None:
             return None
+        log_event(
+            _log,
+            "run_admitted",
+            run_id=run_id,
+            job=starting.job_name,
+            priority=starting.priority or None,
+            pools=",".join(pool for pool, _ in claims) or None,
+        )
         try:
             launch(storage, self.context.launcher, starting)
-        except Exception:
+        except Exception as exc:
+            log_event(
+                _log,
+                "run_launch_failed",
+                logging.WARNING,
+                run_id=run_id,
+                job=starting.job_name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return False
+        log_event(
+            _log,
+            "run_launched",
+            run_id=run_id,
+            job=starting.job_name,
+            launcher=type(self.context.launcher).__name__,
+        )
         return True
 
     # --- explanations -----------------------------------------------------------------------
