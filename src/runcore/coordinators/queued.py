@@ -148,8 +148,10 @@ class QueueExplanation:
     def __str__(self) -> str:
         if self.status is not RunStatus.QUEUED:
             head = f"run {self.run_id} is {self.status.value}, not queued"
+        elif self.position is None:
+            head = f"run {self.run_id} is queued"
         else:
-            ahead = (self.position or 1) - 1
+            ahead = self.position - 1
             head = (
                 f"run {self.run_id} is queued, position {self.position} of "
                 f"{self.queue_length} ({ahead} queued ahead of it)"
