@@ -168,6 +168,17 @@ def _int_flag(minimum: int, maximum: int | None = None) -> Any:
     return parse
 
 
+def _seconds_or_off_flag(text: str) -> float:
+    """An argparse ``type`` for a number of seconds where 0 means "off": finite and >= 0."""
+    from runcore import _validate
+
+    try:
+        value = _validate.float_text("value", text, above=None)
+        return _validate.number("value", value, minimum=0)
+    except RuncoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("value: ")) from None
+
+
 def _seconds_flag(text: str) -> float:
     """An argparse ``type`` for a number of seconds: finite and > 0."""
     from runcore import _validate
@@ -251,11 +262,11 @@ def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
 
     con = _terminal.console(out)
     con.print(_terminal.runs_table(runs, all_tags=args.all_tags))
-    corrupt = [r for r in runs if getattr(r, "corrupt", None)]
+    corrupt = [r.run_id for r in runs if getattr(r, "corrupt", None)]
     if corrupt:
-        con.print(
-            f"CORRUPT: {len(corrupt)} stored run(s) could not be read back; "
-            "`runcore runs show RUN` says why"
+        out.write(
+            f"CORRUPT: {len(corrupt)} stored run(s) could not be read back "
+            f"(`runcore runs show RUN` says why): {', '.join(corrupt)}\n"
         )
     return 0
 
@@ -745,7 +756,7 @@ def _add_code_server_command(sub: Any) -> None:
     )
     server.add_argument(
         "--log-interval",
-        type=_seconds_flag,
+        type=_seconds_or_off_flag,
         default=10.0,
         help="seconds between utilization log lines",
     )
