@@ -43,8 +43,12 @@ def test_tag_limit_with_value_and_without() -> None:
     ]
     decision = admit(queued, [], limits, explain=True)
     assert decision.launch == ("a", "c", "d", "e")
-    assert str(decision.held["b"][0]) == "tag limit sensor=s1: 1 of 1 in use by a"
-    assert str(decision.held["f"][0]) == "tag limit backfill (any value): 2 of 2 in use by d, e"
+    assert str(decision.held["b"][0]) == (
+        "tag limit sensor=s1: 1 of 1 taken; queued ahead of it (they start first): a"
+    )
+    assert str(decision.held["f"][0]) == (
+        "tag limit backfill (any value): 2 of 2 taken; queued ahead of it (they start first): d, e"
+    )
 
 
 def test_per_unique_value_limit() -> None:
@@ -61,7 +65,8 @@ def test_per_unique_value_limit() -> None:
     assert decision.launch == ("a", "c", "d")
     assert (
         str(decision.held["b"][0])
-        == "tag limit team=data (per unique value): 2 of 2 in use by x, a"
+        == "tag limit team=data (per unique value): 2 of 2 taken; running: x; "
+        "queued ahead of it (they start first): a"
     )
 
 
@@ -96,7 +101,9 @@ def test_run_granularity_takes_a_slot_in_each_pool() -> None:
     decision = admit(queued, [], limits, explain=True)
     assert decision.launch == ("a", "b", "d")
     assert decision.pool_claims == {"a": ("api", "db"), "b": ("db",)}
-    assert "pool api: 1 of 1 in use by a" in str(decision.held["c"][0])
+    assert "pool api: 1 of 1 taken; queued ahead of it (they start first): a" in str(
+        decision.held["c"][0]
+    )
 
 
 def test_default_pool_limit_applies_to_pools_without_one() -> None:

@@ -93,7 +93,9 @@ def test_config_file_is_used(project: Path) -> None:
     other = project / "other.yaml"
     other.write_text("storage:\n  sqlite: {path: elsewhere.db}\n")
     listed = runcore(project, "--config", str(other), "runs", "list")
-    assert listed.stdout.strip() == "no runs"
+    assert listed.returncode == 2  # read-only: no database is created for a wrong config
+    assert f"no runcore database at {project / 'elsewhere.db'}" in listed.stderr
+    assert not (project / "elsewhere.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -109,11 +111,7 @@ def test_config_file_is_used(project: Path) -> None:
             "--tag takes KEY=VALUE",
         ),
         (("runs", "list", "--status", "DONE"), "statuses are: NOT_STARTED"),
-        (("runs", "show", "no-such-run"), "'no-such-run' is not a run id"),
-        (
-            ("runs", "show", "0f1e2d3c-0000-4000-8000-000000000000"),
-            "no run with id '0f1e2d3c-0000-4000-8000-000000000000'",
-        ),
+        (("runs", "show", "no-such-run"), "MissingDatabaseError: no runcore database at"),
         (("--config", "absent.yaml", "runs", "list"), "cannot read the instance config file"),
     ],
 )
@@ -157,6 +155,10 @@ concurrency:
 
 def test_daemon_process_starts_queued_runs_and_reports_status(project: Path) -> None:
     (project / "runcore.yaml").write_text(QUEUED_CONFIG)
+    no_database = runcore(project, "daemon", "status")
+    assert no_database.returncode == 2  # read-only: it does not create the database
+    assert "no runcore database at" in no_database.stderr
+    submit_from_another_process(project)
     no_daemon = runcore(project, "daemon", "status")
     assert no_daemon.returncode == 1
     assert "no daemon has ever run" in no_daemon.stdout
@@ -210,7 +212,7 @@ def test_runs_why_and_pool_commands(project: Path) -> None:
     run_id = submit_from_another_process(project)
     why = runcore(project, "runs", "why", run_id)
     assert why.returncode == 0, why.stderr
-    assert f"run {run_id} is queued, position 1 of 1" in why.stdout
+    assert f"run {run_id} is queued, position 1 of 1 (0 queued ahead of it)" in why.stdout
     assert "no daemon is alive" in why.stdout
 
     assert runcore(project, "instance", "concurrency", "set", "db", "2").returncode == 0
@@ -221,7 +223,7 @@ def test_runs_why_and_pool_commands(project: Path) -> None:
     assert runcore(project, "instance", "concurrency", "delete", "db").returncode == 0
     assert "no limit" in runcore(project, "instance", "concurrency", "get", "db").stdout
     bad = runcore(project, "instance", "concurrency", "set", "db", "-1")
-    assert bad.returncode == 2 and "int >= 0" in bad.stderr
+    assert bad.returncode == 2 and "argument limit: must be an int >= 0" in bad.stderr
 
 
 def test_runs_cancel(project: Path) -> None:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from runcore.definitions import absolute_location
 from runcore.errors import RuncoreError
 
 if TYPE_CHECKING:
@@ -54,16 +56,6 @@ def _parse_tags(items: Sequence[str] | None) -> dict[str, str]:
     return tags
 
 
-def absolute_location(location: str) -> str:
-    """A file code location made absolute, so that workers elsewhere can load it."""
-    target, sep, attr = location.rpartition(":")
-    if sep and (target.endswith(".py") or "/" in target):
-        return f"{os.path.abspath(target)}:{attr}"
-    if location.endswith(".py"):
-        return os.path.abspath(location)
-    return location
-
-
 def config_source(explicit: str | None) -> str | dict[str, Any]:
     """Which instance config the command uses (see the module docstring)."""
     if explicit:
@@ -76,18 +68,79 @@ def config_source(explicit: str | None) -> str | dict[str, Any]:
     return DEFAULT_CONFIG
 
 
-def _instance(args: argparse.Namespace) -> Instance:
+class MissingDatabaseError(UsageError):
+    """A read-only command pointed at a SQLite file that does not exist."""
+
+
+class AmbiguousRunIdError(UsageError):
+    """A run id prefix that matches more than one run."""
+
+
+def _instance(args: argparse.Namespace, *, read_only: bool = False) -> Instance:
+    """The command's instance. ``read_only`` commands never create a database: a SQLite file
+    that does not exist is an error naming it (a typo must not look like an empty instance)."""
     from runcore.instance import Instance
 
-    return Instance.from_config(config_source(args.config))
+    source = config_source(args.config)
+    inst = Instance.from_config(source)
+    if read_only:
+        path = getattr(inst.storage, "path", None)
+        if isinstance(path, str) and not os.path.exists(path):
+            where = (
+                f"config {source!r}"
+                if isinstance(source, str)
+                else "the default config (no --config, no $RUNCORE_CONFIG, no ./runcore.yaml)"
+            )
+            raise MissingDatabaseError(
+                f"no runcore database at {os.path.abspath(path)} (the storage of {where}); "
+                "this command only reads, so it does not create one. Run it from the directory "
+                "that holds .runcore/, or give --config (or $RUNCORE_CONFIG) naming the "
+                "instance; a new instance's database is created by the first command that "
+                "writes, e.g. `runcore job execute LOCATION JOB`"
+            )
+    return inst
 
 
-def _fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    import datetime
+_PREFIX_CHARS = frozenset("0123456789abcdef-")
+MIN_PREFIX = 4
 
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+def resolve_run_id(inst: Instance, text: str) -> str:
+    """The run id ``text`` names: a whole run id, or a unique prefix of at least
+    :data:`MIN_PREFIX` characters (like git's short ids)."""
+    from runcore import _validate
+    from runcore.errors import RunNotFoundError
+
+    wanted = text.strip().lower()
+    if _validate.is_run_id(wanted):
+        return wanted
+    if len(wanted) < MIN_PREFIX or not set(wanted) <= _PREFIX_CHARS:
+        raise UsageError(
+            f"RUN_ID: {text!r} is not a run id or a prefix of one; give the id, or at least "
+            f"{MIN_PREFIX} of its first characters as `runcore runs list` shows them"
+        )
+    inst.ensure_started()
+    matches = [run_id for run_id in inst.storage.get_run_ids() if run_id.startswith(wanted)]
+    if not matches:
+        raise RunNotFoundError(wanted)
+    if len(matches) > 1:
+        lines = []
+        for run_id in sorted(matches)[:20]:
+            run = inst.storage.get_run(run_id)
+            lines.append(
+                f"  {run_id}  {run.job_name if run else '?'}  {run.status.value if run else '?'}"
+            )
+        more = f"\n  ... and {len(matches) - 20} more" if len(matches) > 20 else ""
+        raise AmbiguousRunIdError(
+            f"RUN_ID: the prefix {wanted!r} matches {len(matches)} runs; give more characters:\n"
+            + "\n".join(lines)
+            + more
+        )
+    return matches[0]
+
+
+def _json(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value, indent=2) + "\n")
 
 
 def _duration(start: float | None, end: float | None) -> str:
@@ -97,6 +150,45 @@ def _duration(start: float | None, end: float | None) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
+# --- number flags -------------------------------------------------------------------------------
+
+
+def _int_flag(minimum: int, maximum: int | None = None) -> Any:
+    """An argparse ``type`` for an integer flag in ``[minimum, maximum]``: a bad value exits 2
+    with ``argument --flag: ...``."""
+    from runcore import _validate
+
+    def parse(text: str) -> int:
+        try:
+            return _validate.int_text("value", text, minimum=minimum, maximum=maximum)
+        except RuncoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("value: ")) from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seconds_or_off_flag(text: str) -> float:
+    """An argparse ``type`` for a number of seconds where 0 means "off": finite and >= 0."""
+    from runcore import _validate
+
+    try:
+        value = _validate.float_text("value", text, above=None)
+        return _validate.number("value", value, minimum=0)
+    except RuncoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("value: ")) from None
+
+
+def _seconds_flag(text: str) -> float:
+    """An argparse ``type`` for a number of seconds: finite and > 0."""
+    from runcore import _validate
+
+    try:
+        return _validate.float_text("value", text, above=0)
+    except RuncoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("value: ")) from None
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -104,6 +196,19 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.definitions import load_code_location
 
     defs = load_code_location(args.location)
+    if args.json:
+        _json(
+            out,
+            [
+                {
+                    "name": name,
+                    "ops": list(defs.get_job(name).ops),
+                    "description": defs.get_job(name).description,
+                }
+                for name in defs.job_names
+            ],
+        )
+        return 0
     for name in defs.job_names:
         job = defs.get_job(name)
         out.write(f"{name}\t{len(job.ops)} ops\t{job.description or ''}\n")
@@ -111,36 +216,27 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore._follow import follow_run
     from runcore.definitions import load_code_location
-    from runcore.errors import RunTimeoutError
     from runcore.runs import RunStatus
 
     tags = _parse_tags(args.tag)
     location = absolute_location(args.location)
     job = load_code_location(location).get_job(args.job)
-    with _instance(args) as inst:
-        run = inst.submit_run(job, tags=tags, code_location=location)
-        out.write(f"run {run.run_id} of {job.name} submitted\n")
-        if run.status is RunStatus.QUEUED:
-            from runcore.daemon import daemon_statuses
+    inst = _instance(args)
+    inst.ensure_started()
+    run = inst.submit_run(job, tags=tags, code_location=location)
+    out.write(f"run {run.run_id} of {job.name} submitted\n")
+    if run.status is RunStatus.QUEUED:
+        from runcore.daemon import daemon_statuses
 
-            if not any(s.alive for s in daemon_statuses(inst.storage)):
-                out.write(
-                    "the run is queued and no daemon is alive to start it: run `runcore daemon` "
-                    "(or pass --timeout to stop waiting)\n"
-                )
-            out.flush()
-        try:
-            done = inst.wait_for_run(run.run_id, timeout=args.timeout)
-        except RunTimeoutError:
-            inst.cancel_run(run.run_id)
-            raise
-    out.write(
-        f"run {done.run_id} {done.status.value} in {_duration(done.started_at, done.ended_at)}\n"
-    )
-    if done.failure_reason:
-        out.write(f"reason: {done.failure_reason}\n")
-    return 0 if done.status.value == "SUCCESS" else 1
+        if not any(s.alive for s in daemon_statuses(inst.storage)):
+            out.write(
+                "the run is queued and no daemon is alive to start it: run `runcore daemon` "
+                "(or pass --timeout to stop waiting)\n"
+            )
+    out.flush()
+    return follow_run(inst, run, job, out, plain=args.plain, timeout=args.timeout)
 
 
 def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
@@ -150,81 +246,130 @@ def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
         statuses = [RunStatus(s.upper()) for s in args.status] if args.status else None
     except ValueError as exc:
         names = ", ".join(s.value for s in RunStatus)
-        raise UsageError(f"{exc}; statuses are: {names}") from None
+        raise UsageError(f"--status: {exc}; statuses are: {names}") from None
     filters = RunsFilter(job_name=args.job, statuses=statuses, tags=_parse_tags(args.tag) or None)
-    with _instance(args) as inst:
+    with _instance(args, read_only=True) as inst:
         runs = inst.get_runs(filters, limit=args.limit)
     if args.json:
         from runcore import _serde
 
-        out.write(json.dumps([_serde.to_jsonable(r) for r in runs], indent=2) + "\n")
+        _json(out, [_serde.to_jsonable(r) for r in runs])
         return 0
     if not runs:
         out.write("no runs\n")
         return 0
-    out.write(f"{'RUN ID':36}  {'JOB':20}  {'STATUS':10}  {'CREATED':19}  {'TOOK':>7}  TAGS\n")
-    for run in runs:
-        tags = ",".join(f"{k}={v}" for k, v in sorted(run.tags.items()))
-        if run.corrupt is not None:  # shown, never hidden; `runs show` says what is wrong
-            tags = "CORRUPT (see runs show)"
-        status = run.status.value + ("!" if run.corrupt is not None else "")
+    from runcore import _terminal
+
+    con = _terminal.console(out)
+    con.print(_terminal.runs_table(runs, all_tags=args.all_tags))
+    corrupt = [r.run_id for r in runs if getattr(r, "corrupt", None)]
+    if corrupt:
         out.write(
-            f"{run.run_id:36}  {run.job_name[:20]:20}  {status:10}  "
-            f"{_fmt_time(run.created_at):19}  {_duration(run.started_at, run.ended_at):>7}  "
-            f"{tags}\n"
+            f"CORRUPT: {len(corrupt)} stored run(s) could not be read back "
+            f"(`runcore runs show RUN` says why): {', '.join(corrupt)}\n"
         )
     return 0
 
 
 def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
-        run = inst.get_run(args.run_id)
-        events = inst.get_events(args.run_id)
+    with _instance(args, read_only=True) as inst:
+        run_id = resolve_run_id(inst, args.run_id)
+        run = inst.get_run(run_id)
+        events = inst.get_events(run_id)
     if args.json:
         from runcore import _serde
 
-        out.write(
-            json.dumps(
-                {"run": _serde.to_jsonable(run), "events": [_serde.to_jsonable(e) for e in events]},
-                indent=2,
-            )
-            + "\n"
+        _json(
+            out,
+            {"run": _serde.to_jsonable(run), "events": [_serde.to_jsonable(e) for e in events]},
         )
         return 0
+    from runcore import _terminal
+
     out.write(f"run {run.run_id}  job {run.job_name}  {run.status.value}\n")
     if run.corrupt is not None:
         out.write(
             f"CORRUPT: {run.corrupt}. runcore's duties skip this run and never change it; "
             "delete or repair its row\n"
         )
+    out.write(
+        f"created {_terminal.when(run.created_at)}  started {_terminal.when(run.started_at)}  "
+        f"took {_terminal.duration(run.started_at, run.ended_at)}\n"
+    )
+    tags = _terminal.shown_tags(run.tags, all_tags=args.all_tags)
+    if tags:
+        out.write(f"tags: {tags}\n")
     if run.failure_reason:
         out.write(f"reason: {run.failure_reason}\n")
     for event in events:
-        import datetime
-
-        when = datetime.datetime.fromtimestamp(event.timestamp).strftime("%H:%M:%S.%f")[:-3]
-        step = event.step_key or "-"
-        detail = event.message
-        if event.data:
-            detail += " " + " ".join(f"{k}={v}" for k, v in event.data.items())
-        out.write(f"{when}  {event.event_type.value:18}  {step:20}  {detail.strip()}\n")
+        out.write(_terminal.event_line(event) + "\n")
     return 0
 
 
+def cmd_runs_logs(args: argparse.Namespace, out: TextIO) -> int:
+    import time
+
+    from runcore import _serde, _terminal
+
+    with _instance(args, read_only=True) as inst:
+        run_id = resolve_run_id(inst, args.run_id)
+        inst.get_run(run_id)
+        cursor: int | None = None
+        while True:
+            ended = inst.get_run(run_id).status.is_terminal  # read before the events
+            records = inst.storage.get_event_records(run_id, after_storage_id=cursor)
+            for record in records:
+                cursor = record.storage_id
+                if args.json:
+                    line = json.dumps(
+                        {"storage_id": record.storage_id, **_serde.to_jsonable(record.event)}
+                    )
+                else:
+                    line = _terminal.event_line(record.event)
+                out.write(line + "\n")
+            out.flush()
+            if not args.follow or (ended and not records):
+                return 0
+            if not records:
+                time.sleep(0.2)
+
+
 def cmd_runs_cancel(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
-        if not inst.cancel_run(args.run_id):
-            out.write(
-                f"run {args.run_id} had already ended {inst.get_run(args.run_id).status.value}\n"
-            )
+    with _instance(args, read_only=True) as inst:
+        run_id = resolve_run_id(inst, args.run_id)
+        if not inst.cancel_run(run_id):
+            out.write(f"run {run_id} had already ended {inst.get_run(run_id).status.value}\n")
             return 1
-        out.write(f"run {args.run_id}: {inst.get_run(args.run_id).status.value}\n")
+        out.write(f"run {run_id}: {inst.get_run(run_id).status.value}\n")
     return 0
 
 
 def cmd_runs_why(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
-        out.write(str(inst.explain_queued(args.run_id)) + "\n")
+    with _instance(args, read_only=True) as inst:
+        answer = inst.explain_queued(resolve_run_id(inst, args.run_id))
+    if args.json:
+        _json(
+            out,
+            {
+                "run_id": answer.run_id,
+                "status": answer.status.value,
+                "position": answer.position,
+                "queue_length": answer.queue_length,
+                "holds": [
+                    {
+                        "limit": h.limit,
+                        "used": h.used,
+                        "allowed": h.allowed,
+                        "running": list(h.holders),
+                        "queued_ahead": list(h.ahead),
+                    }
+                    for h in answer.holds
+                ],
+                "reasons": list(answer.reasons),
+            },
+        )
+        return 0
+    out.write(str(answer) + "\n")
     return 0
 
 
@@ -251,10 +396,17 @@ def cmd_concurrency_set(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_concurrency_get(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
+    with _instance(args, read_only=True) as inst:
         limit = inst.get_pool_limit(args.pool)
         held = inst.storage.get_pool_leases(args.pool)
         default = inst.config.concurrency.pools.default_limit if inst.config else None
+    holders = [lease.run_id + (f"/{lease.step_key}" if lease.step_key else "") for lease in held]
+    if args.json:
+        _json(
+            out,
+            {"pool": args.pool, "limit": limit, "default_limit": default, "held_by": holders},
+        )
+        return 0
     shown = (
         f"limit {limit}"
         if limit is not None
@@ -263,32 +415,40 @@ def cmd_concurrency_get(args: argparse.Namespace, out: TextIO) -> int:
         )
     )
     out.write(f"pool {args.pool}: {shown}; {len(held)} slots held\n")
-    for lease in held:
-        who = lease.run_id + (f"/{lease.step_key}" if lease.step_key else "")
+    for who in holders:
         out.write(f"  {who}\n")
     return 0
 
 
 def cmd_concurrency_list(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
+    with _instance(args, read_only=True) as inst:
         limits = inst.storage.get_pool_limits()
         leases = inst.storage.get_pool_leases()
     held: dict[str, int] = {}
     for lease in leases:
         held[lease.pool] = held.get(lease.pool, 0) + 1
     names = sorted(set(limits) | set(held))
+    if args.json:
+        _json(out, [{"pool": n, "limit": limits.get(n), "held": held.get(n, 0)} for n in names])
+        return 0
     if not names:
         out.write("no pools\n")
         return 0
-    out.write(f"{'POOL':24}  {'LIMIT':>5}  {'HELD':>5}\n")
-    for name in names:
-        limit = str(limits[name]) if name in limits else "-"
-        out.write(f"{name:24}  {limit:>5}  {held.get(name, 0):>5}\n")
+    from runcore import _terminal
+
+    rows = [(n, str(limits[n]) if n in limits else "-", str(held.get(n, 0))) for n in names]
+    _terminal.console(out).print(_terminal.simple_table(("POOL", "LIMIT", "HELD"), rows))
     return 0
 
 
 def cmd_concurrency_delete(args: argparse.Namespace, out: TextIO) -> int:
-    with _instance(args) as inst:
+    with _instance(args, read_only=True) as inst:
+        if inst.get_pool_limit(args.pool) is None:
+            known = sorted(inst.storage.get_pool_limits())
+            raise UsageError(
+                f"POOL: pool {args.pool!r} has no limit to delete (pools with a limit: "
+                f"{', '.join(known) or 'none'}); `runcore instance concurrency list` shows them"
+            )
         inst.delete_pool_limit(args.pool)
     out.write(f"pool {args.pool}: limit removed\n")
     return 0
@@ -307,22 +467,54 @@ def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
-    with _instance(args) as inst:
-        daemon = Daemon(inst, dequeue_interval=interval)
-        out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
-        out.flush()
-        with daemon:  # leaving it re-raises a StorageError that stopped the duties: exit 2
-            while not stop and not daemon.stopped_by_error:
-                time.sleep(0.1)
-        out.write("runcore daemon stopped\n")
+    handler = _daemon_log_handler(out)
+    runcore_log = logging.getLogger("runcore")
+    runcore_log.addHandler(handler)
+    old_level = runcore_log.level
+    runcore_log.setLevel(logging.INFO)
+    try:
+        with _instance(args) as inst:
+            daemon = Daemon(inst, dequeue_interval=interval)
+            out.write(f"runcore daemon {daemon.daemon_id} started (stop with Ctrl-C or SIGTERM)\n")
+            out.flush()
+            with daemon:  # leaving it re-raises a StorageError that stopped the duties: exit 2
+                while not stop and not daemon.stopped_by_error:
+                    time.sleep(0.1)
+            out.write("runcore daemon stopped\n")
+    finally:
+        runcore_log.removeHandler(handler)
+        runcore_log.setLevel(old_level)
     return 0
+
+
+def _daemon_log_handler(out: TextIO) -> logging.Handler:
+    """One line per record on ``out``: time, level, logger, then the structured message."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    return handler
 
 
 def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.daemon import daemon_statuses
 
-    with _instance(args) as inst:
+    with _instance(args, read_only=True) as inst:
         statuses = daemon_statuses(inst.storage)
+    if args.json:
+        _json(
+            out,
+            [
+                {
+                    "daemon_id": s.heartbeat.daemon_id,
+                    "alive": s.alive,
+                    "age_seconds": round(s.age_seconds, 3),
+                    "info": s.heartbeat.info,
+                }
+                for s in statuses
+            ],
+        )
+        return 0 if any(s.alive for s in statuses) else 1
     if not statuses:
         out.write("no daemon has ever run against this instance\n")
         return 1
@@ -405,6 +597,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 # --- wiring -------------------------------------------------------------------------------------
 
 
+_RUN_ID_HELP = "a run id, or a unique prefix of one (at least 4 characters)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runcore", description="Run and inspect data-pipeline jobs with runcore."
@@ -433,13 +628,24 @@ def _add_job_commands(sub: Any) -> None:
     job_sub = job.add_subparsers(dest="job_command", required=True)
     job_list = job_sub.add_parser("list", help="list the jobs of a code location")
     job_list.add_argument("location", help="'pkg.module:defs' or 'path/file.py:defs'")
+    job_list.add_argument("--json", action="store_true", help="print JSON")
     job_list.set_defaults(func=cmd_job_list)
-    job_exec = job_sub.add_parser("execute", help="run a job and wait for it")
+    job_exec = job_sub.add_parser(
+        "execute", help="run a job and follow it live (Ctrl-C cancels, twice forces)"
+    )
     job_exec.add_argument("location", help="'pkg.module:defs' or 'path/file.py:defs'")
     job_exec.add_argument("job", help="the job's name")
     job_exec.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a run tag")
     job_exec.add_argument(
-        "--timeout", type=float, default=None, help="seconds to wait; the run is canceled after"
+        "--timeout",
+        type=_seconds_flag,
+        default=None,
+        help="seconds to wait; the run is canceled after",
+    )
+    job_exec.add_argument(
+        "--plain",
+        action="store_true",
+        help="one line per event, no live display (the default when not on a terminal)",
     )
     job_exec.set_defaults(func=cmd_job_execute)
 
@@ -451,19 +657,37 @@ def _add_runs_commands(sub: Any) -> None:
     runs_list.add_argument("--job", help="only runs of this job")
     runs_list.add_argument("--status", action="append", help="only runs in this status")
     runs_list.add_argument("--tag", action="append", metavar="KEY=VALUE", help="only with tag")
-    runs_list.add_argument("--limit", type=int, default=20, help="at most N runs (default 20)")
+    runs_list.add_argument(
+        "--limit", type=_int_flag(1), default=20, help="at most N runs (default 20)"
+    )
+    runs_list.add_argument(
+        "--all-tags", action="store_true", help="also show runcore's own runcore/ tags"
+    )
     runs_list.add_argument("--json", action="store_true", help="print JSON")
     runs_list.set_defaults(func=cmd_runs_list)
     runs_show = runs_sub.add_parser("show", help="a run and its events")
-    runs_show.add_argument("run_id")
+    runs_show.add_argument("run_id", help=_RUN_ID_HELP)
+    runs_show.add_argument(
+        "--all-tags", action="store_true", help="also show runcore's own runcore/ tags"
+    )
     runs_show.add_argument("--json", action="store_true", help="print JSON")
     runs_show.set_defaults(func=cmd_runs_show)
+    runs_logs = runs_sub.add_parser(
+        "logs", help="a run's events and captured stdout/stderr, optionally as they come"
+    )
+    runs_logs.add_argument("run_id", help=_RUN_ID_HELP)
+    runs_logs.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until the run ends"
+    )
+    runs_logs.add_argument("--json", action="store_true", help="print JSON, one event a line")
+    runs_logs.set_defaults(func=cmd_runs_logs)
 
     runs_cancel = runs_sub.add_parser("cancel", help="cancel a run, wherever it is")
-    runs_cancel.add_argument("run_id")
+    runs_cancel.add_argument("run_id", help=_RUN_ID_HELP)
     runs_cancel.set_defaults(func=cmd_runs_cancel)
     runs_why = runs_sub.add_parser("why", help="why a queued run has not started")
-    runs_why.add_argument("run_id")
+    runs_why.add_argument("run_id", help=_RUN_ID_HELP)
+    runs_why.add_argument("--json", action="store_true", help="print JSON")
     runs_why.set_defaults(func=cmd_runs_why)
 
 
@@ -474,12 +698,14 @@ def _add_instance_commands(sub: Any) -> None:
     conc_sub = concurrency.add_subparsers(dest="concurrency_command", required=True)
     conc_set = conc_sub.add_parser("set", help="set a pool's limit")
     conc_set.add_argument("pool")
-    conc_set.add_argument("limit", type=int)
+    conc_set.add_argument("limit", type=_int_flag(0), help="slots: an integer >= 0")
     conc_set.set_defaults(func=cmd_concurrency_set)
     conc_get = conc_sub.add_parser("get", help="a pool's limit and holders")
     conc_get.add_argument("pool")
+    conc_get.add_argument("--json", action="store_true", help="print JSON")
     conc_get.set_defaults(func=cmd_concurrency_get)
     conc_list = conc_sub.add_parser("list", help="every pool with a limit or a held slot")
+    conc_list.add_argument("--json", action="store_true", help="print JSON")
     conc_list.set_defaults(func=cmd_concurrency_list)
     conc_del = conc_sub.add_parser("delete", help="remove a pool's limit")
     conc_del.add_argument("pool")
@@ -494,6 +720,7 @@ def _add_daemon_commands(sub: Any) -> None:
     daemon.set_defaults(func=cmd_daemon_run)
     daemon_sub = daemon.add_subparsers(dest="daemon_command")
     daemon_status = daemon_sub.add_parser("status", help="whether a daemon is alive")
+    daemon_status.add_argument("--json", action="store_true", help="print JSON")
     daemon_status.set_defaults(func=cmd_daemon_status)
 
 
@@ -503,10 +730,12 @@ def _add_code_server_command(sub: Any) -> None:
     )
     server.add_argument("--location", required=True, help="'pkg.module:defs' or 'file.py:defs'")
     server.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    server.add_argument("--port", type=int, default=4266, help="port (0: any free port)")
+    server.add_argument(
+        "--port", type=_int_flag(0, 65535), default=4266, help="port (0: any free port)"
+    )
     server.add_argument(
         "--max-workers",
-        type=int,
+        type=_int_flag(1),
         default=None,
         help="runs executing at once (default: $RUNCORE_GRPC_MAX_WORKERS or cpu count x 5)",
     )
@@ -526,7 +755,10 @@ def _add_code_server_command(sub: Any) -> None:
         "generated into $RUNCORE_HOME/code-servers/HOST_PORT.token, mode 0600)",
     )
     server.add_argument(
-        "--log-interval", type=float, default=10.0, help="seconds between utilization log lines"
+        "--log-interval",
+        type=_seconds_or_off_flag,
+        default=10.0,
+        help="seconds between utilization log lines",
     )
     server.set_defaults(func=cmd_code_server)
 
@@ -545,7 +777,10 @@ def _add_worker_commands(sub: Any) -> None:
     warm.add_argument("--instance", required=True, help="instance config: JSON or a file")
     warm.add_argument("--preload", action="append", help="a code location to import ahead")
     warm.add_argument(
-        "--ready-fd", type=int, default=None, help="a file descriptor to write 'ready' to"
+        "--ready-fd",
+        type=_int_flag(0),
+        default=None,
+        help="a file descriptor to write 'ready' to",
     )
     warm.set_defaults(func=cmd_worker_warm)
 

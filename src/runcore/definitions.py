@@ -493,6 +493,16 @@ def _import_file(path: str) -> Any:
         return module
 
 
+def absolute_location(location: str) -> str:
+    """``location`` with a file path made absolute against the current working directory (so a
+    daemon or worker anywhere finds the file); a module location is returned as it is."""
+    target, attr = _split_location(location.strip())
+    if not (target.endswith(".py") or os.sep in target or "/" in target):
+        return location
+    full = os.path.abspath(os.path.expanduser(target))
+    return f"{full}:{attr}" if attr is not None else full
+
+
 _importing = 0
 
 
@@ -512,7 +522,10 @@ def load_code_location(location: str) -> Definitions:
         raise CodeLocationError(
             f"a code location must be 'pkg.module:attr' or 'file.py:attr', got {location!r}"
         )
-    target, attr = _split_location(location.strip())
+    # A relative file path is resolved against this process's working directory, once: the
+    # jobs remember the absolute location, so runs of them load anywhere.
+    location = absolute_location(location.strip())
+    target, attr = _split_location(location)
     global _importing  # noqa: PLW0603 - a process-wide fact: is a location being imported?
     _importing += 1
     try:

@@ -8,11 +8,13 @@ retries, output) and is shared by every executor, in this process or in a child.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -26,6 +28,7 @@ from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
+    from runcore.capture import FdCapture, OutputSink
     from runcore.executors.base import Executor
     from runcore.instance import Instance
     from runcore.result import ExecuteInProcessResult
@@ -63,8 +66,10 @@ class StepRunner:
         emit: Callable[[Event], None],
         cancel: threading.Event,
         parent_run_id: str | None = None,
+        output: OutputSink | None = None,
     ) -> None:
         self.run = run
+        self.output = output  # where ops' sys.stdout/sys.stderr go (runs on threads)
         self.plan = plan
         self.output_store = output_store
         self.emit = emit
@@ -163,6 +168,14 @@ class StepRunner:
         return True
 
     def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
+        if self.output is not None:
+            from runcore.capture import capture_streams
+
+            with capture_streams(self.output, step.key):
+                return self._call_here(step, kwargs, attempt)
+        return self._call_here(step, kwargs, attempt)
+
+    def _call_here(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
         if threading.current_thread() is threading.main_thread():
             global _main_thread_in_op  # noqa: PLW0603 - read by the worker's SIGTERM handler
             _main_thread_in_op = True
@@ -186,8 +199,15 @@ class StepRunner:
                 cancel=self.cancel,
                 attempt=attempt,
             )
-            return op_def.fn(ctx, **kwargs)
-        return op_def.fn(**kwargs)
+            result = op_def.fn(ctx, **kwargs)
+        else:
+            result = op_def.fn(**kwargs)
+        if inspect.iscoroutine(result):
+            # An ``async def`` op: its step runs on an event loop of its own, in this thread.
+            import asyncio
+
+            return asyncio.run(result)
+        return result
 
     def _call_with_retries(self, step: Step, kwargs: Mapping[str, Any]) -> Any:
         """Call the op; on an ``Exception`` retry as its ``RetryPolicy`` says.
@@ -266,9 +286,15 @@ class RunExecution:
         output_store: OutputStore,
         cancel: threading.Event | None = None,
         pools: StepPools | None = None,
+        output: OutputSink | None = None,
+        process_output: FdCapture | None = None,
     ) -> None:
         self.run = run
         self.plan = plan
+        # Output captured for the whole process is put down to the step running, when only
+        # one runs (with several, a line cannot be told apart).
+        self._process_output = process_output
+        self._running_steps: set[str] = set()
         self.storage = storage
         self.output_store = output_store
         self.cancel = cancel or threading.Event()
@@ -286,10 +312,25 @@ class RunExecution:
             emit=self.emit,
             cancel=self.cancel,
             parent_run_id=run.parent_run_id,
+            output=output,
         )
+
+    def _note_step(self, event: Event) -> None:
+        if self._process_output is None or event.step_key is None:
+            return
+        if event.event_type is EventType.STEP_START:
+            self._running_steps.add(event.step_key)
+        elif event.event_type in _STEP_ENDS or event.event_type is EventType.STEP_SKIPPED:
+            self._running_steps.discard(event.step_key)
+        else:
+            return
+        self._process_output.drain()  # lines already written belong to the step before
+        only = next(iter(self._running_steps)) if len(self._running_steps) == 1 else None
+        self._process_output.sink.default_step = only
 
     def emit(self, event: Event) -> None:
         """Store one event of this run (a step's end frees its pool slot in the same write)."""
+        self._note_step(event)
         if event.step_key in self._holding and event.event_type in _STEP_ENDS:
             self._release(event.step_key, [event])
         else:
@@ -297,6 +338,8 @@ class RunExecution:
 
     def emit_many(self, events: Sequence[Event]) -> None:
         """Store several events of this run in one write."""
+        for event in events:
+            self._note_step(event)
         if not self._holding:
             self.storage.store_events(events)
             return
@@ -484,6 +527,8 @@ def execute_run(
     cancel: threading.Event | None = None,
     pools: StepPools | None = None,
     heartbeat_interval: float | None = None,
+    capture: Literal["process", "thread"] | None = None,
+    capture_max_bytes: int | None = None,
 ) -> tuple[Run, RunExecution | None]:
     """Execute ``run`` (STARTING) to a terminal status; returns the final run.
 
@@ -493,9 +538,11 @@ def execute_run(
 
     A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
     engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
-    """
-    from runcore.executors.in_process import InProcessExecutor
 
+    ``capture`` stores what the run writes to stdout and stderr as LOG events (see
+    :mod:`runcore.capture`): ``"process"`` in a worker process that executes this run alone,
+    ``"thread"`` for a run on a thread of a shared process; ``capture_max_bytes`` bounds it.
+    """
     # Only for the attempt this worker was started for (a given-up attempt cannot start).
     started = storage.transition(
         run.run_id, [RunStatus.STARTING], RunStatus.STARTED, attempt_id=run.attempt_id
@@ -510,12 +557,119 @@ def execute_run(
             "the run was canceled before it started",
         )
         return (canceled or storage.get_run(run.run_id) or run), None
-    execution: RunExecution | None = None
     beating = heartbeat_interval is not None and started.attempt_id is not None
-    if beating:
-        from runcore import _heartbeats
+    if not beating:
+        return _execute_captured(
+            run,
+            started,
+            job,
+            storage,
+            output_store,
+            executor,
+            cancel,
+            pools,
+            capture,
+            capture_max_bytes,
+        )
+    from runcore import _heartbeats
 
-        _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
+    _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
+    try:
+        return _execute_captured(
+            run,
+            started,
+            job,
+            storage,
+            output_store,
+            executor,
+            cancel,
+            pools,
+            capture,
+            capture_max_bytes,
+        )
+    finally:
+        _heartbeats.unregister(storage, run.run_id)
+
+
+def _execute_captured(  # noqa: PLR0917 - the parts of execute_run, passed on
+    run: Run,
+    started: Run,
+    job: Job,
+    storage: InstanceStorage,
+    output_store: OutputStore,
+    executor: Executor | None,
+    cancel: threading.Event | None,
+    pools: StepPools | None,
+    capture: Literal["process", "thread"] | None,
+    capture_max_bytes: int | None,
+) -> tuple[Run, RunExecution | None]:
+    """Execute a STARTED run with its output captured as ``capture`` says."""
+    if capture is None:
+        return _execute_started(
+            run,
+            started,
+            job,
+            storage=storage,
+            output_store=output_store,
+            executor=executor,
+            cancel=cancel,
+            pools=pools,
+        )
+    from runcore.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
+
+    sink = OutputSink(
+        run.run_id,
+        storage.store_events,
+        max_bytes=DEFAULT_MAX_BYTES if capture_max_bytes is None else capture_max_bytes,
+    )
+    fds = FdCapture(sink) if capture == "process" else None
+    if fds is not None:
+        fds.start()
+    try:
+        return _execute_started(
+            run,
+            started,
+            job,
+            storage=storage,
+            output_store=output_store,
+            executor=executor,
+            cancel=cancel,
+            pools=pools,
+            sink=sink,
+            fds=fds,
+        )
+    finally:
+        if fds is not None:
+            fds.stop()
+        else:
+            sink.close()
+
+
+def _execute_started(
+    run: Run,
+    started: Run,
+    job: Job,
+    *,
+    storage: InstanceStorage,
+    output_store: OutputStore,
+    executor: Executor | None,
+    cancel: threading.Event | None,
+    pools: StepPools | None,
+    sink: OutputSink | None = None,
+    fds: FdCapture | None = None,
+) -> tuple[Run, RunExecution | None]:
+    from runcore.executors.in_process import InProcessExecutor
+
+    def flush_output() -> None:
+        # The run's output is stored before its final status, so a reader that stops at the
+        # final status has seen all of it.
+        with contextlib.suppress(Exception):
+            if fds is not None:
+                fds.flush()
+            elif sink is not None:
+                sink.flush(partial=True)
+
+    execution: RunExecution | None = None
     try:
         plan = build_plan(
             job, started.step_keys_to_execute, allow_external=started.parent_run_id is not None
@@ -527,9 +681,12 @@ def execute_run(
             output_store=output_store,
             cancel=cancel,
             pools=pools,
+            output=sink if fds is None else None,
+            process_output=fds,
         )
         (executor or job.executor or InProcessExecutor()).execute(execution)
     except BaseException as exc:
+        flush_output()
         final = move_run(
             storage,
             run.run_id,
@@ -542,9 +699,7 @@ def execute_run(
         if not isinstance(exc, Exception):
             raise
         return (final or storage.get_run(run.run_id) or started), execution
-    finally:
-        if beating:
-            _heartbeats.unregister(storage, run.run_id)
+    flush_output()
     return _finish(execution), execution
 
 

@@ -22,6 +22,7 @@ from runcore.coordinators.default import DefaultRunCoordinator
 from runcore.definitions import (
     Definitions,
     Job,
+    absolute_location,
     importing_code_location,
     infer_code_location,
     load_code_location,
@@ -376,6 +377,8 @@ class Instance:
                 "worker would start more runs, without end. Put the code that submits runs "
                 "under `if __name__ == '__main__':` in that module"
             )
+        if isinstance(code_location, str):
+            code_location = absolute_location(code_location)
         job_obj = self._job_for(job, code_location)
         location = code_location or infer_code_location(job_obj)
         self.jobs.register(job_obj, location)

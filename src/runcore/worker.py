@@ -224,6 +224,7 @@ def execute_run_in_worker(
         cancel=cancel,
         pools=resources.pools,
         heartbeat_interval=resources.heartbeat_interval,
+        capture="process",
     )
     return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
 

@@ -553,6 +553,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                     cancel=held.cancel,
                     pools=self.resources.pools,
                     heartbeat_interval=self.resources.heartbeat_interval,
+                    capture="thread",
                 )
         except BaseException as exc:
             # execute_run ends every run it started (and re-raises SystemExit and the like

@@ -106,24 +106,36 @@ class ActiveRun:
         return self.tags.get(ISOLATION_TAG) == "non_isolated"
 
 
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 @attrs.frozen
 class Hold:
-    """One reason a run cannot start now: the limit's name, its use, and who holds it."""
+    """One reason a run cannot start now: the limit's name, its use, and who holds it.
+
+    ``holders`` are in progress (runs, or ``run/step`` holding a pool slot); ``ahead`` are
+    runs still queued that come first in the queue and would take the limit's last places in
+    this pass (so they hold it too, though they have not started).
+    """
 
     limit: str
     used: int
     allowed: int
     holders: tuple[str, ...] = ()
+    ahead: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         if self.allowed == 0:
-            text = f"{self.limit}: the limit is 0, so nothing it covers can start"
-        else:
+            return f"{self.limit}: the limit is 0, so nothing it covers can start"
+        if not self.ahead:
             text = f"{self.limit}: {self.used} of {self.allowed} in use"
+            return text + (f" by {_some(self.holders)}" if self.holders else "")
+        text = f"{self.limit}: {self.used} of {self.allowed} taken"
         if self.holders:
-            shown = ", ".join(self.holders[:5])
-            more = f" and {len(self.holders) - 5} more" if len(self.holders) > 5 else ""
-            text += f" by {shown}{more}"
+            text += f"; running: {_some(self.holders)}"
+        text += f"; queued ahead of it (they start first): {_some(self.ahead)}"
         return text
 
 
@@ -148,17 +160,22 @@ def _order_key(run: QueuedRun) -> tuple[int, int]:
 
 
 class _Counter:
-    """Usage of one limit: how many, and by whom (for explanations)."""
+    """Usage of one limit: how many, and by whom (for explanations): in progress, or
+    admitted ahead in this pass (``ahead``)."""
 
-    __slots__ = ("count", "holders")
+    __slots__ = ("ahead", "count", "holders")
 
     def __init__(self) -> None:
         self.count = 0
         self.holders: list[str] = []
+        self.ahead: list[str] = []
 
-    def add(self, who: str) -> None:
+    def add(self, who: str, *, ahead: bool = False) -> None:
         self.count += 1
-        self.holders.append(who)
+        (self.ahead if ahead else self.holders).append(who)
+
+    def hold(self, limit: str, allowed: int) -> Hold:
+        return Hold(limit, self.count, allowed, tuple(self.holders), tuple(self.ahead))
 
 
 class _Ledger:
@@ -189,21 +206,26 @@ class _Ledger:
                     out.append((index, bucket))
         return out
 
-    def count(self, run_id: str, non_isolated: bool, buckets: Sequence[tuple[int, str]]) -> None:
-        """Record a run as in progress (already running, or admitted in this pass)."""
-        self.running.add(run_id)
+    def count(
+        self,
+        run_id: str,
+        non_isolated: bool,
+        buckets: Sequence[tuple[int, str]],
+        *,
+        ahead: bool = False,
+    ) -> None:
+        """Record a run as in progress (already running, or admitted in this pass: ``ahead``)."""
+        self.running.add(run_id, ahead=ahead)
         if non_isolated:
-            self.non_isolated.add(run_id)
+            self.non_isolated.add(run_id, ahead=ahead)
         for index, bucket in buckets:
-            self.tags[index][bucket].add(run_id)
+            self.tags[index][bucket].add(run_id, ahead=ahead)
 
     def global_hold(self) -> Hold | None:
         """The hold of ``max_concurrent_runs``, if it is reached."""
         limit = self.limits.max_concurrent_runs
         if limit >= 0 and self.running.count >= limit:
-            return Hold(
-                "max_concurrent_runs", self.running.count, limit, tuple(self.running.holders)
-            )
+            return self.running.hold("max_concurrent_runs", limit)
         return None
 
     def holds(self, run: QueuedRun, buckets: Sequence[tuple[int, str]]) -> list[Hold]:
@@ -211,26 +233,12 @@ class _Ledger:
         reasons: list[Hold] = []
         limit = self.limits.max_non_isolated_runs
         if run.non_isolated and limit >= 0 and self.non_isolated.count >= limit:
-            reasons.append(
-                Hold(
-                    "non_isolated_runs.max_concurrent_runs",
-                    self.non_isolated.count,
-                    limit,
-                    tuple(self.non_isolated.holders),
-                )
-            )
+            reasons.append(self.non_isolated.hold("non_isolated_runs.max_concurrent_runs", limit))
         for index, bucket in buckets:
             tag_limit = self.limits.tag_limits[index]
             counter = self.tags[index][bucket]
             if counter.count >= tag_limit.limit:
-                reasons.append(
-                    Hold(
-                        tag_limit.describe(bucket),
-                        counter.count,
-                        tag_limit.limit,
-                        tuple(counter.holders),
-                    )
-                )
+                reasons.append(counter.hold(tag_limit.describe(bucket), tag_limit.limit))
         if self.limits.pool_granularity == "run":
             reasons.extend(self.pool_hold(p) for p in sorted(run.pools) if self.pool_full(p))
         elif run.root_pools and all(self.pool_full(p) for p in run.root_pools):
@@ -262,14 +270,9 @@ class _Ledger:
         """The hold of a full pool."""
         limit = self.limits.pool_limit(pool)
         assert limit is not None
-        counter = self.pools.get(pool)
+        counter = self.pools.get(pool) or _Counter()
         note = "" if pool in self.limits.pool_limits else " (the default limit; none set for it)"
-        return Hold(
-            f"pool {pool}{note}",
-            counter.count if counter else 0,
-            limit,
-            tuple(counter.holders) if counter else (),
-        )
+        return counter.hold(f"pool {pool}{note}", limit)
 
     def take_pools(self, run: QueuedRun) -> tuple[str, ...]:
         """At granularity ``run``, take a slot in each limited pool the run uses."""
@@ -277,7 +280,7 @@ class _Ledger:
             return ()
         take = tuple(p for p in sorted(run.pools) if self.limits.pool_limit(p) is not None)
         for pool in take:
-            self.pools[pool].add(run.run_id)
+            self.pools[pool].add(run.run_id, ahead=True)
         return take
 
 
@@ -324,7 +327,7 @@ def admit(
                 held[run.run_id] = tuple(reasons)
                 continue
         launch.append(run.run_id)
-        ledger.count(run.run_id, run.non_isolated, buckets)
+        ledger.count(run.run_id, run.non_isolated, buckets, ahead=True)
         take = ledger.take_pools(run)
         if take:
             claims[run.run_id] = take

@@ -10,15 +10,18 @@ compare-and-set finds the run no longer QUEUED.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
+from runcore._log import log_event
 from runcore.coordinators.admission import (
     ActiveRun,
     Decision,
+    Hold,
     Limits,
     QueuedRun,
     TagLimit,
@@ -36,6 +39,8 @@ from runcore.runs import (
     priority_of,
 )
 from runcore.storage.base import QueuedRunRow, QueueReader, move_run
+
+_log = logging.getLogger("runcore.coordinator")
 
 if TYPE_CHECKING:
     from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
@@ -125,20 +130,37 @@ class DequeueResult:
 
 @attrs.frozen
 class QueueExplanation:
-    """Why a run is (or is not) still queued."""
+    """Why a run is (or is not) still queued.
+
+    ``position`` counts from 1 in the order admission considers runs (priority, then
+    submission). ``holds`` are the limits that hold the run, the first one first, each with
+    the runs in progress that use it and the runs queued ahead that would take it first;
+    ``reasons`` says the same (and more: notes, whether a daemon is alive) as sentences.
+    """
 
     run_id: str
     status: RunStatus
     position: int | None
     queue_length: int
     reasons: tuple[str, ...]
+    holds: tuple[Hold, ...] = ()
 
     def __str__(self) -> str:
         if self.status is not RunStatus.QUEUED:
             head = f"run {self.run_id} is {self.status.value}, not queued"
+        elif self.position is None:
+            head = f"run {self.run_id} is queued"
         else:
-            head = f"run {self.run_id} is queued, position {self.position} of {self.queue_length}"
-        return "\n".join([head, *(f"- {r}" for r in self.reasons)])
+            ahead = self.position - 1
+            head = (
+                f"run {self.run_id} is queued, position {self.position} of "
+                f"{self.queue_length} ({ahead} queued ahead of it)"
+            )
+        lines = [head]
+        for index, reason in enumerate(self.reasons):
+            first = index == 0 and self.holds
+            lines.append(f"- {'held first by ' if first else ''}{reason}")
+        return "\n".join(lines)
 
 
 class QueuedRunCoordinator(QueuingCoordinator):
@@ -264,11 +286,7 @@ class QueuedRunCoordinator(QueuingCoordinator):
         """Start every queued run the limits allow now. Safe to run from several processes."""
         decision, queued, limits = self.decide()
         if limits.max_concurrent_runs == 0 and not self._warned_zero:
-            import logging
-
-            logging.getLogger("runcore.coordinator").warning(
-                "concurrency.runs.max_concurrent_runs is 0: no queued run will ever start"
-            )
+            _log.warning("concurrency.runs.max_concurrent_runs is 0: no queued run will ever start")
             self._warned_zero = True
         launched: list[str] = []
         lost = failed = 0
@@ -309,10 +327,33 @@ class QueuedRunCoordinator(QueuingCoordinator):
         )
         if starting is None:
             return None
+        log_event(
+            _log,
+            "run_admitted",
+            run_id=run_id,
+            job=starting.job_name,
+            priority=starting.priority or None,
+            pools=",".join(pool for pool, _ in claims) or None,
+        )
         try:
             launch(storage, self.context.launcher, starting)
-        except Exception:
+        except Exception as exc:
+            log_event(
+                _log,
+                "run_launch_failed",
+                logging.WARNING,
+                run_id=run_id,
+                job=starting.job_name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return False
+        log_event(
+            _log,
+            "run_launched",
+            run_id=run_id,
+            job=starting.job_name,
+            launcher=type(self.context.launcher).__name__,
+        )
         return True
 
     # --- explanations -----------------------------------------------------------------------
@@ -330,14 +371,15 @@ class QueuedRunCoordinator(QueuingCoordinator):
         position = next((i + 1 for i, q in enumerate(ordered) if q.run_id == run_id), None)
         if run.status is not RunStatus.QUEUED or position is None:
             return QueueExplanation(run_id, run.status, None, len(ordered), ())
-        reasons = [str(h) for h in decision.held.get(run_id, ())]
+        holds = tuple(decision.held.get(run_id, ()))
+        reasons = [str(h) for h in holds]
         if not reasons:
             reasons.append(
                 "nothing holds it: the next dequeue pass starts it (is a daemon running? "
                 "`runcore daemon status`)"
             )
         reasons.extend(_notes(run, limits))
-        return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons))
+        return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons), holds)
 
 
 def _notes(run: Run, limits: Limits) -> list[str]:

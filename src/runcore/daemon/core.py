@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 import attrs
 
 from runcore import _validate
+from runcore._log import log_event
 from runcore.coordinators.base import QueuingCoordinator
 from runcore.daemon.base import Duty
 from runcore.errors import ConfigError, InstanceClosedError, StorageError
@@ -116,6 +117,20 @@ def daemon_statuses(
     return sorted(out, key=lambda s: s.age_seconds)
 
 
+def _log_monitor(result: MonitorPass) -> None:
+    for event, run_ids in (
+        ("monitor_start_timeout", result.start_timeouts),
+        ("monitor_dead_worker", result.dead_workers),
+        ("monitor_max_runtime", result.max_runtimes),
+        ("monitor_forced_cancel", result.forced_cancels),
+        ("monitor_abandoned_launch", result.abandoned_launches),
+    ):
+        for run_id in run_ids:
+            log_event(log, event, logging.WARNING, run_id=run_id)
+    if result.slots_reclaimed:
+        log_event(log, "monitor_slots_reclaimed", logging.WARNING, slots=result.slots_reclaimed)
+
+
 class Daemon:
     """Background duties over ``instance``; use as a context manager or ``start``/``stop``.
 
@@ -170,6 +185,8 @@ class Daemon:
         self._extra: list[Duty] = []
         self._duty_beats: dict[str, float] = {}  # duty name -> when its heartbeat was written
         self.errors: list[BaseException] = []
+        self._finished_since: float | None = None
+        self._finished_seen: dict[str, None] = {}
         self._last_error: str | None = None
         #: Set when the storage stopped being the one opened (file deleted, replaced or
         #: unreadable): the duties stop and :meth:`stop` re-raises it.
@@ -243,12 +260,80 @@ class Daemon:
     def monitor_once(self) -> MonitorPass | None:
         """One monitoring pass (None when ``run_monitoring.enabled`` is false)."""
         duty = self._duty("monitor")
-        return None if duty is None else duty.run_once(self.clock())  # type: ignore[return-value]
+        if duty is None:
+            return None
+        result = duty.run_once(self.clock())
+        self._log_pass(duty, result)
+        return result  # type: ignore[return-value]
 
     def retry_once(self) -> RetryPass | None:
         """One run-retry pass (None when ``run_retries.enabled`` is false)."""
         duty = self._duty("retries")
-        return None if duty is None else duty.run_once(self.clock())  # type: ignore[return-value]
+        if duty is None:
+            return None
+        result = duty.run_once(self.clock())
+        self._log_pass(duty, result)
+        return result  # type: ignore[return-value]
+
+    @staticmethod
+    def _log_pass(duty: Duty, result: object) -> None:
+        """One structured log line per monitor action and per retry (the dequeue pass logs
+        each admission and launch itself)."""
+        from runcore.daemon.monitoring import MonitorPass
+        from runcore.daemon.retries import RetryPass
+
+        if isinstance(result, MonitorPass):
+            _log_monitor(result)
+        elif isinstance(result, RetryPass):
+            for run_id in result.submitted:
+                log_event(log, "run_retry_submitted", run_id=run_id)
+            for failed, why in result.skipped:
+                log_event(log, "run_retry_skipped", run_id=failed, reason=why)
+
+    def finishes_once(self) -> list[str]:
+        """Log each run that ended since the last call (one ``run_finished`` line each);
+        returns their ids. Does nothing (and reads nothing) unless INFO logging is on."""
+        if not log.isEnabledFor(logging.INFO):
+            return []
+        from runcore.runs import RunsFilter, RunStatus
+
+        self.instance.ensure_started()
+        now = time.time()
+        since = self._finished_since if self._finished_since is not None else now
+        records = self.instance.storage.get_run_records(
+            RunsFilter(
+                statuses=[RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CANCELED],
+                updated_after=since - 1.0,  # clocks of writers differ a little
+            ),
+            limit=1000,
+            ascending=True,
+        )
+        done = []
+        for record in records:
+            run = record.run
+            if run.run_id in self._finished_seen:
+                continue
+            self._finished_seen[run.run_id] = None
+            done.append(run.run_id)
+            took = (
+                round(run.ended_at - run.started_at, 3)
+                if run.ended_at is not None and run.started_at is not None
+                else None
+            )
+            log_event(
+                log,
+                "run_finished",
+                logging.INFO if run.status is RunStatus.SUCCESS else logging.WARNING,
+                run_id=run.run_id,
+                job=run.job_name,
+                status=run.status.value,
+                duration_s=took,
+                reason=run.failure_reason if run.status is not RunStatus.SUCCESS else None,
+            )
+        while len(self._finished_seen) > 10_000:
+            del self._finished_seen[next(iter(self._finished_seen))]
+        self._finished_since = now
+        return done
 
     @property
     def duties(self) -> list[str]:
@@ -348,6 +433,16 @@ class Daemon:
                     daemon=True,
                 )
             )
+        if log.isEnabledFor(logging.INFO):
+            self.finishes_once()  # from now on
+            self._threads.append(
+                threading.Thread(
+                    target=self._loop,
+                    args=(_FinishLog(self),),
+                    name="runcore-daemon-finishes",
+                    daemon=True,
+                )
+            )
         for thread in self._threads:
             thread.start()
 
@@ -416,12 +511,29 @@ class Daemon:
             error: str | None = None
             started = time.monotonic()
             try:
-                busy = duty.busy(duty.run_once(self.clock()))
+                result = duty.run_once(self.clock())
+                self._log_pass(duty, result)
+                busy = duty.busy(result)
             except InstanceClosedError:
                 return
             except Exception as exc:
                 error = self._record(duty.name, exc)
-            with contextlib.suppress(Exception):  # a heartbeat never stops a duty
-                self._duty_heartbeat(duty, time.monotonic() - started, error)
+            if not isinstance(duty, _FinishLog):
+                with contextlib.suppress(Exception):  # a heartbeat never stops a duty
+                    self._duty_heartbeat(duty, time.monotonic() - started, error)
             # A pass that left work (a dequeue that started runs): go again at once.
             self._stop.wait(0 if busy else duty.interval)
+
+
+class _FinishLog(Duty):
+    """Not a duty of the daemon's own: the log line of each run that ended (only with INFO
+    logging on), run on a thread like the duties."""
+
+    name = "finishes"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.interval = daemon.dequeue_interval
+
+    def run_once(self, now: float) -> list[str]:
+        return self.daemon.finishes_once()

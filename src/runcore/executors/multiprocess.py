@@ -38,6 +38,7 @@ from runcore.executors.base import CANCELED_REASON, Executor
 from runcore.outputs import FileOutputStore, OutputStore
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
     from multiprocessing.process import BaseProcess
@@ -77,10 +78,24 @@ def _worker_main(
         conn.send_bytes(b"X" + _serde.dumps(ErrorInfo.from_exception(exc)).encode())
         return
     conn.send_bytes(b"R")
+    send_lock = threading.Lock()  # the output sink sends from its own thread too
 
     def emit(event: Event) -> None:
-        conn.send_bytes(b"E" + _serde.dumps_event(event).encode())
+        data = b"E" + _serde.dumps_event(event).encode()
+        with send_lock:
+            conn.send_bytes(data)
 
+    output = None
+    if spec.get("capture_bytes") is not None:
+        # The run captures sys.stdout/sys.stderr (a run on a thread): so does this worker,
+        # sending the lines to the parent as events, within what is left of the budget.
+        from runcore.capture import OutputSink
+
+        def emit_all(events: Sequence[Event]) -> None:
+            for event in events:
+                emit(event)
+
+        output = OutputSink(run.run_id, emit_all, max_bytes=spec["capture_bytes"])
     runner = StepRunner(
         run=run,
         plan=plan,
@@ -88,17 +103,25 @@ def _worker_main(
         emit=emit,
         cancel=threading.Event(),
         parent_run_id=run.parent_run_id,
+        output=output,
     )
-    while True:
-        try:
-            message = conn.recv_bytes()
-        except EOFError:
-            return
-        if message == b"stop":
-            return
-        key = message.decode()
-        ok = runner.run_step(plan.get_step(key))
-        conn.send_bytes((b"S" if ok else b"F") + message)
+    try:
+        while True:
+            try:
+                message = conn.recv_bytes()
+            except EOFError:
+                return
+            if message == b"stop":
+                return
+            key = message.decode()
+            ok = runner.run_step(plan.get_step(key))
+            if output is not None:
+                output.flush(partial=True)
+            with send_lock:
+                conn.send_bytes((b"S" if ok else b"F") + message)
+    finally:
+        if output is not None:
+            output.close()
 
 
 class _Worker:
@@ -170,6 +193,7 @@ class MultiprocessExecutor(Executor):
                 "code_location": location,
                 "step_keys": execution.plan.step_keys,
                 "outputs_dir": outputs_dir,
+                "capture_bytes": _capture_budget(execution),
             }
         )
         job = execution.plan.job if self.start_method == "fork" else None
@@ -366,6 +390,12 @@ class MultiprocessExecutor(Executor):
             )
         )
         return execution.finish_step(key, False)
+
+
+def _capture_budget(execution: RunExecution) -> int | None:
+    """What is left of the run's captured-output budget, if it captures sys.stdout/stderr."""
+    sink = execution.runner.output
+    return None if sink is None else max(0, sink.max_bytes - sink.used)
 
 
 def _copy_external_inputs(

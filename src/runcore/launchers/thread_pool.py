@@ -125,6 +125,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                 cancel=cancel,
                 pools=context.pools,
                 heartbeat_interval=context.heartbeat_interval,
+                capture="thread",
             )
         except Exception as exc:
             # execute_run ends every run it started; this is the last guard, for a failure of
