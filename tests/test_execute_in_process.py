@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.execution import execute_run
-from runcore.outputs import InMemoryOutputStore
+from runcore.worker.execution import execute_run
+from runcore.worker.outputs import InMemoryOutputStore
 
 T = rc.EventType
 WAIT = 10.0  # generous bound for threading.Event waits; never reached when things work

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.execution import execute_run
+from runcore.worker.execution import execute_run
 
 T = rc.EventType
 WAIT = 10.0  # bound for event waits; never reached when things work

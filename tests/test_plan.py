@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.plan import build_plan, resolve_op_selection
+from runcore.worker.plan import build_plan, resolve_op_selection
 
 
 def _op(name: str, *inputs: str) -> rc.OpDefinition:

@@ -4,7 +4,6 @@ Define ops and jobs, hand them to an :class:`Instance`, and it queues, launches,
 remembers their runs. See ``docs/`` for the guide; the public names are listed in ``__all__``.
 """
 
-from runcore.context import OpContext
 from runcore.coordinators import DefaultRunCoordinator, QueuedRunCoordinator, RunCoordinator
 from runcore.daemon import Daemon
 from runcore.definitions import (
@@ -39,10 +38,11 @@ from runcore.events import ErrorInfo, Event, EventRecord, EventType
 from runcore.executors import Executor, InProcessExecutor, MultiprocessExecutor, ThreadPoolExecutor
 from runcore.instance import Instance
 from runcore.launchers import RunLauncher, ThreadPoolRunLauncher, WorkerHealth
-from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
-from runcore.result import ExecuteInProcessResult
 from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 from runcore.storage import InMemoryStorage, InstanceStorage
+from runcore.worker.context import OpContext
+from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+from runcore.worker.result import ExecuteInProcessResult
 
 __version__ = "0.1.0.dev0"
 

@@ -56,7 +56,7 @@ class _PlainView:
 
 
 def _step_keys(job: Job, run: Run) -> list[str]:
-    from runcore.plan import build_plan
+    from runcore.worker.plan import build_plan
 
     try:
         plan = build_plan(job, run.step_keys_to_execute)

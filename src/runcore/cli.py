@@ -533,13 +533,13 @@ def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_worker_execute(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.worker import run_execute_command
+    from runcore.worker.process import run_execute_command
 
     return run_execute_command(args.run_id, args.instance, sys.stderr, attempt_id=args.attempt)
 
 
 def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.worker import run_warm_command
+    from runcore.worker.process import run_warm_command
 
     return run_warm_command(
         args.instance, args.preload or (), out, sys.stderr, ready_fd=args.ready_fd

@@ -26,7 +26,7 @@ from runcore.runs import check_user_tags
 if TYPE_CHECKING:
     from runcore.executors.base import Executor
     from runcore.instance import Instance
-    from runcore.result import ExecuteInProcessResult
+    from runcore.worker.result import ExecuteInProcessResult
 
 CONTEXT_PARAM = "context"
 
@@ -211,7 +211,7 @@ def op(
 
     Parameters name upstream ops by their op name; a parameter with a default may name nothing
     and then takes its default. ``context`` (first parameter, optional) receives the step's
-    :class:`~runcore.context.OpContext`. The return value is the op's output.
+    :class:`~runcore.worker.context.OpContext`. The return value is the op's output.
     """
     if fn is not None:
         return _make_op(
@@ -268,7 +268,7 @@ class Job:
         available from the result. ``raise_on_error=False`` returns a failed result instead of
         raising :class:`~runcore.errors.RunFailedError`.
         """
-        from runcore.execution import execute_job_in_process
+        from runcore.worker.execution import execute_job_in_process
 
         return execute_job_in_process(
             self,

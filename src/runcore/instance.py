@@ -36,12 +36,9 @@ from runcore.errors import (
     UnknownJobError,
 )
 from runcore.events import Event, EventType
-from runcore.execution import StepPools
 from runcore.launchers.base import LaunchContext, RunLauncher
 from runcore.launchers.routing import IsolationRouter
 from runcore.launchers.thread_pool import ThreadPoolRunLauncher
-from runcore.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
-from runcore.plan import build_plan, resolve_op_selection
 from runcore.runs import (
     ISOLATION_TAG,
     Run,
@@ -52,6 +49,9 @@ from runcore.runs import (
 )
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
+from runcore.worker.execution import StepPools
+from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+from runcore.worker.plan import build_plan, resolve_op_selection
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import QueueExplanation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import runcore as rc
-from runcore.context import OpContext
+from runcore.worker.context import OpContext
 
 
 @rc.op

@@ -8,7 +8,7 @@
 A launcher (:class:`~runcore.launchers.code_server.CodeServerRunLauncher`) stores a run in
 STARTING and calls ``ExecuteRun(run_id)``. The server checks the run (it exists, is STARTING, its
 job is in the served location), queues it, and answers at once. One of ``max_workers`` run
-workers picks it up and executes it with :func:`runcore.execution.execute_run` on its thread
+workers picks it up and executes it with :func:`runcore.worker.execution.execute_run` on its thread
 (``--run-mode thread``), or waits on a child ``python -m runcore worker execute-run RUN_ID``
 (``--run-mode process``). Runs beyond ``max_workers`` wait in the server's queue, counted by
 ``GetUtilization`` and logged as one JSON line every ``log_interval`` seconds.
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     from runcore.config import InstanceConfig
     from runcore.definitions import Definitions, Job
     from runcore.runs import Run
-    from runcore.worker import WorkerResources
+    from runcore.worker.process import WorkerResources
 
 log = logging.getLogger("runcore.codeserver")
 
@@ -542,7 +542,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             if self.run_mode == "process":
                 self._execute_in_child(held)
             else:
-                from runcore.execution import execute_run
+                from runcore.worker.execution import execute_run
 
                 assert held.job is not None
                 execute_run(
@@ -585,7 +585,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             )
 
     def _child_env(self) -> dict[str, str]:
-        from runcore.worker import worker_env
+        from runcore.worker.process import worker_env
 
         return worker_env(die_with_parent=True)  # a server killed with -9 takes its runs along
 
@@ -843,7 +843,7 @@ def _server_token(
     token: str | None, config_token: str | None, instance: str, host: str, port: int
 ) -> tuple[str, str]:
     """The token ``serve`` uses and its source (:data:`GENERATED`: to be written to a file)."""
-    from runcore.worker import parse_instance
+    from runcore.worker.process import parse_instance
 
     cfg, _ = parse_instance(instance)
     resolved, source = resolve_token(token, cfg, host, port, config_token)
@@ -910,7 +910,7 @@ def serve(
     cannot open) and :class:`~runcore.errors.CodeLocationError`, with the traceback, when
     ``location`` does not import.
     """
-    from runcore.worker import load_resources
+    from runcore.worker.process import load_resources
 
     if run_mode not in RUN_MODES:
         raise ConfigError(f"--run-mode must be one of {', '.join(RUN_MODES)}, got {run_mode!r}")

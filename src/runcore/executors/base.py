@@ -1,7 +1,7 @@
 """The executor interface: run the steps of one run's plan.
 
 An executor decides *how* steps run (one after another, on threads, in processes). It gets a
-:class:`~runcore.execution.RunExecution` and must:
+:class:`~runcore.worker.execution.RunExecution` and must:
 
 * run each step of ``execution.plan`` only after all its upstream steps succeeded, by calling
   ``execution.runner.run_step(step)`` (here) or an equivalent in a child process whose events
@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from runcore.execution import RunExecution
+    from runcore.worker.execution import RunExecution
 
 CANCELED_REASON = "skipped: the run was canceled"
 

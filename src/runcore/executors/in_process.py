@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from runcore.executors.base import CANCELED_REASON, Executor
 
 if TYPE_CHECKING:
-    from runcore.execution import RunExecution
+    from runcore.worker.execution import RunExecution
 
 
 class InProcessExecutor(Executor):

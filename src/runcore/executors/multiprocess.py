@@ -12,9 +12,9 @@ Parent and workers speak JSON over pipes: a worker first reports that it loaded 
 the error that stopped it, which fails the run with the worker's traceback), then the parent
 sends a step key and the worker sends back the step's events and its outcome. The parent
 stores the events, so workers never open the storage. Step outputs travel through a
-:class:`~runcore.outputs.FileOutputStore` (pickled files, the one documented place user values
-are pickled); when the run was given an in-memory store, a temporary directory is used and the
-outputs are copied back at the end.
+:class:`~runcore.worker.outputs.FileOutputStore` (pickled files, the one documented place
+user values are pickled); when the run was given an in-memory store, a temporary directory
+is used and the outputs are copied back at the end.
 
 A worker that dies (killed, segfault, ``os._exit``) fails the step it was running with its
 exit code or signal, and is replaced before it is given another step.
@@ -35,7 +35,7 @@ from runcore import _serde
 from runcore.errors import CodeLocationError, DefinitionError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.executors.base import CANCELED_REASON, Executor
-from runcore.outputs import FileOutputStore, OutputStore
+from runcore.worker.outputs import FileOutputStore, OutputStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from runcore.definitions import Job
-    from runcore.execution import RunExecution
-    from runcore.plan import Step
+    from runcore.worker.execution import RunExecution
+    from runcore.worker.plan import Step
 
 
 def _wait(handles: list[Any], timeout: float) -> list[Any]:
@@ -64,8 +64,8 @@ def _worker_main(
     """A worker's loop: load the job, say so, then receive a step key, run it, send its events
     and outcome, until told to stop."""
     from runcore.definitions import load_code_location
-    from runcore.execution import StepRunner
-    from runcore.plan import build_plan
+    from runcore.worker.execution import StepRunner
+    from runcore.worker.plan import build_plan
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
     spec = json.loads(spec_json)
@@ -89,7 +89,7 @@ def _worker_main(
     if spec.get("capture_bytes") is not None:
         # The run captures sys.stdout/sys.stderr (a run on a thread): so does this worker,
         # sending the lines to the parent as events, within what is left of the budget.
-        from runcore.capture import OutputSink
+        from runcore.worker.capture import OutputSink
 
         def emit_all(events: Sequence[Event]) -> None:
             for event in events:

@@ -10,8 +10,8 @@ from runcore.executors.base import CANCELED_REASON, Executor
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from runcore.execution import RunExecution
-    from runcore.plan import Step
+    from runcore.worker.execution import RunExecution
+    from runcore.worker.plan import Step
 
 
 class ThreadPoolExecutor(Executor):

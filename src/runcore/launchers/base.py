@@ -33,10 +33,10 @@ from runcore.errors import InstanceClosedError
 
 if TYPE_CHECKING:
     from runcore.definitions import Job
-    from runcore.execution import StepPools
-    from runcore.outputs import OutputStore
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
+    from runcore.worker.execution import StepPools
+    from runcore.worker.outputs import OutputStore
 
 
 @attrs.frozen

@@ -47,7 +47,7 @@ _EXITED_KEPT = 1000  # exit codes remembered for health checks after a worker is
 
 def describe_exit(code: int | None) -> str:
     """A worker's exit status in words."""
-    from runcore.worker import EXIT_MEANINGS
+    from runcore.worker.process import EXIT_MEANINGS
 
     if code is None:
         return "is still running"
@@ -202,7 +202,7 @@ class SubprocessRunLauncher(RunLauncher):
     # --- workers ----------------------------------------------------------------------------
 
     def _worker_env(self) -> dict[str, str]:
-        from runcore.worker import worker_env
+        from runcore.worker.process import worker_env
 
         return worker_env(self.env)
 

@@ -9,11 +9,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.execution import execute_run
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
 from runcore.launchers.processes import THREAD, process_handle, process_health
 from runcore.runs import FailureKind, RunsFilter, RunStatus
 from runcore.storage.base import WorkerRecord, move_run
+from runcore.worker.execution import execute_run
 
 if TYPE_CHECKING:
     import concurrent.futures

@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from runcore.context import OpContext, StepLogger, jsonable_fields
 from runcore.definitions import Job
 from runcore.errors import Failure, OutputStoreError, RunFailedError
 from runcore.events import ErrorInfo, Event, EventType
-from runcore.outputs import InMemoryOutputStore, OutputStore
-from runcore.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
 from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import move_run
+from runcore.worker.context import OpContext, StepLogger, jsonable_fields
+from runcore.worker.outputs import InMemoryOutputStore, OutputStore
+from runcore.worker.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
 
 if TYPE_CHECKING:
-    from runcore.capture import FdCapture, OutputSink
     from runcore.executors.base import Executor
     from runcore.instance import Instance
-    from runcore.result import ExecuteInProcessResult
     from runcore.storage.base import InstanceStorage
+    from runcore.worker.capture import FdCapture, OutputSink
+    from runcore.worker.result import ExecuteInProcessResult
 
 
 class RunInterrupted(BaseException):
@@ -169,7 +169,7 @@ class StepRunner:
 
     def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
         if self.output is not None:
-            from runcore.capture import capture_streams
+            from runcore.worker.capture import capture_streams
 
             with capture_streams(self.output, step.key):
                 return self._call_here(step, kwargs, attempt)
@@ -533,14 +533,14 @@ def execute_run(
     """Execute ``run`` (STARTING) to a terminal status; returns the final run.
 
     With ``heartbeat_interval``, the run's worker heartbeats into storage while the run is
-    STARTED (see :mod:`runcore._heartbeats`): how run monitoring tells, from any host, that
+    STARTED (see :mod:`runcore.worker.heartbeats`): how run monitoring tells, from any host, that
     the worker lives.
 
     A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
     engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
 
     ``capture`` stores what the run writes to stdout and stderr as LOG events (see
-    :mod:`runcore.capture`): ``"process"`` in a worker process that executes this run alone,
+    :mod:`runcore.worker.capture`): ``"process"`` in a worker process that executes this run alone,
     ``"thread"`` for a run on a thread of a shared process; ``capture_max_bytes`` bounds it.
     """
     # Only for the attempt this worker was started for (a given-up attempt cannot start).
@@ -571,7 +571,7 @@ def execute_run(
             capture,
             capture_max_bytes,
         )
-    from runcore import _heartbeats
+    from runcore.worker import heartbeats as _heartbeats
 
     _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
     try:
@@ -615,7 +615,7 @@ def _execute_captured(  # noqa: PLR0917 - the parts of execute_run, passed on
             cancel=cancel,
             pools=pools,
         )
-    from runcore.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
+    from runcore.worker.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
 
     sink = OutputSink(
         run.run_id,
@@ -751,7 +751,7 @@ def execute_job_in_process(
 ) -> ExecuteInProcessResult:
     """Implementation of :meth:`Job.execute_in_process`."""
     from runcore.instance import Instance, validate_tags
-    from runcore.result import ExecuteInProcessResult
+    from runcore.worker.result import ExecuteInProcessResult
 
     # An owned ephemeral instance is left open: it holds no threads or files, and the
     # result reads its events from the in-memory storage later.

@@ -10,8 +10,8 @@ from runcore.events import Event, EventType
 from runcore.runs import Run, RunStatus
 
 if TYPE_CHECKING:
-    from runcore.outputs import OutputStore
     from runcore.storage.base import InstanceStorage
+    from runcore.worker.outputs import OutputStore
 
 
 class ExecuteInProcessResult:

@@ -19,7 +19,7 @@ location, executes the plan, writes events, and exits with a code that says how 
 ====  =======================================================================
 
 SIGTERM means cancel: the cancel is set, op code running on the main thread is interrupted
-(:class:`~runcore.execution.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
+(:class:`~runcore.worker.execution.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
 worker ahead of time (imports done, storage open, locations preloaded), prints ``ready``, and
 waits for ``RUN_ID ATTEMPT_ID`` on standard input.
 """
@@ -44,11 +44,11 @@ from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
     from runcore.config import InstanceConfig
-    from runcore.execution import StepPools
     from runcore.instance import JobRegistry
-    from runcore.outputs import OutputStore
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
+    from runcore.worker.execution import StepPools
+    from runcore.worker.outputs import OutputStore
 
 EXIT_SUCCESS = 0
 EXIT_FAILURE = 1
@@ -117,7 +117,7 @@ def _install_cancel_handler(cancel: threading.Event) -> None:
     Event's lock, which the main thread may hold at that instant (inside ``Event.wait``), and
     the handler, running on the main thread, would wait for it forever. It records the request,
     and a small relay thread sets the cancel."""
-    from runcore.execution import RunInterrupted, main_thread_in_op
+    from runcore.worker.execution import RunInterrupted, main_thread_in_op
 
     requested: list[int] = []
 
@@ -169,7 +169,7 @@ def execute_run_in_worker(
     moved on to another attempt (its launch was given up and retried), this worker does not
     start it. Without it, the run's current attempt is taken.
     """
-    from runcore.execution import execute_run
+    from runcore.worker.execution import execute_run
 
     storage = resources.storage
     cancel = threading.Event()
