@@ -219,6 +219,8 @@ class InstanceConfig:
     run_monitoring: RunMonitoringConfig = attrs.field(factory=RunMonitoringConfig)
     run_retries: RunRetriesConfig = attrs.field(factory=RunRetriesConfig)
     outputs: OutputsConfig = attrs.field(factory=OutputsConfig)
+    #: ``run_hooks: [{class: "pkg.mod:Hooks", config: {...}}]``: built by every run worker.
+    run_hooks: list[PluginConfig] = attrs.field(factory=list)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -463,6 +465,16 @@ def import_class(name: str, *, where: str) -> type:
     if not isinstance(cls, type):
         raise ConfigError(f"{where}.class: module {module_name!r} has no class {attr!r}")
     return cls
+
+
+def build_run_hooks(cfg: InstanceConfig) -> list[Any]:
+    """The ``run_hooks`` the config names, built (each a ``RunHooks``)."""
+    from runcore.worker.hooks import RunHooks
+
+    return [
+        build_plugin(plugin, RunHooks, where=f"run_hooks[{i}]")
+        for i, plugin in enumerate(cfg.run_hooks)
+    ]
 
 
 def build_plugin(plugin: PluginConfig, base: type, *, where: str) -> Any:

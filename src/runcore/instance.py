@@ -55,6 +55,7 @@ from runcore.worker.plan import build_plan, resolve_op_selection
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import QueueExplanation
+    from runcore.worker.hooks import RunHooks
 
 #: Set in the environment of run worker processes.
 WORKER_ENV = "RUNCORE_WORKER"
@@ -192,6 +193,8 @@ class Instance:
     output_store: OutputStore = attrs.field(factory=InMemoryOutputStore)
     config: _config.InstanceConfig | None = None
     jobs: JobRegistry = attrs.field(factory=JobRegistry)
+    #: Hooks observing runs executed in this process, added to the config's ``run_hooks``.
+    run_hooks: list[RunHooks] = attrs.field(factory=list)
     _router: IsolationRouter | None = attrs.field(default=None, init=False, repr=False)
     _started: bool = attrs.field(default=False, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -256,6 +259,7 @@ class Instance:
                 heartbeat_interval=(
                     self.config or _config.InstanceConfig()
                 ).run_monitoring.worker_heartbeat_interval_seconds,
+                hooks=(*self._config_hooks(), *self.run_hooks),
             )
         )
         cfg = self.config or _config.InstanceConfig()
@@ -267,6 +271,9 @@ class Instance:
                 non_isolated_runs=cfg.non_isolated_runs,
             )
         )
+
+    def _config_hooks(self) -> list[RunHooks]:
+        return _config.build_run_hooks(self.config) if self.config is not None else []
 
     @property
     def launcher(self) -> RunLauncher:

@@ -553,6 +553,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                     cancel=held.cancel,
                     pools=self.resources.pools,
                     heartbeat_interval=self.resources.heartbeat_interval,
+                    hooks=self.resources.hooks,
                     capture="thread",
                 )
         except BaseException as exc:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
     from runcore.worker.execution import StepPools
+    from runcore.worker.hooks import RunHooks
     from runcore.worker.outputs import OutputStore
 
 
@@ -52,6 +53,8 @@ class LaunchContext:
     pools: StepPools | None = None
     #: Seconds between a run worker's heartbeats (None: runs here do not heartbeat).
     heartbeat_interval: float | None = None
+    #: Hooks observing the runs executed in this process (see :mod:`runcore.worker.hooks`).
+    hooks: tuple[RunHooks, ...] = ()
 
 
 class HealthStatus(enum.Enum):

@@ -125,6 +125,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                 cancel=cancel,
                 pools=context.pools,
                 heartbeat_interval=context.heartbeat_interval,
+                hooks=context.hooks,
                 capture="thread",
             )
         except Exception as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import move_run
 from runcore.worker.context import OpContext, StepLogger, jsonable_fields
+from runcore.worker.hooks import HookCaller, RunHooks
 from runcore.worker.outputs import InMemoryOutputStore, OutputStore
 from runcore.worker.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
 
@@ -288,8 +290,10 @@ class RunExecution:
         pools: StepPools | None = None,
         output: OutputSink | None = None,
         process_output: FdCapture | None = None,
+        hooks: HookCaller | None = None,
     ) -> None:
         self.run = run
+        self.hooks = hooks or HookCaller()
         self.plan = plan
         # Output captured for the whole process is put down to the step running, when only
         # one runs (with several, a line cannot be told apart).
@@ -335,6 +339,8 @@ class RunExecution:
             self._release(event.step_key, [event])
         else:
             self.storage.store_event(event)
+        if self.hooks:
+            self.hooks.events(self.run, [event])
 
     def emit_many(self, events: Sequence[Event]) -> None:
         """Store several events of this run in one write."""
@@ -342,6 +348,8 @@ class RunExecution:
             self._note_step(event)
         if not self._holding:
             self.storage.store_events(events)
+            if self.hooks:
+                self.hooks.events(self.run, events)
             return
         batch: list[Event] = []
         for event in events:
@@ -351,6 +359,8 @@ class RunExecution:
                 batch = []
         if batch:
             self.storage.store_events(batch)
+        if self.hooks:
+            self.hooks.events(self.run, events)
 
     # --- op-granularity pool slots ------------------------------------------------------------
 
@@ -529,19 +539,22 @@ def execute_run(
     heartbeat_interval: float | None = None,
     capture: Literal["process", "thread"] | None = None,
     capture_max_bytes: int | None = None,
+    hooks: Sequence[RunHooks] = (),
 ) -> tuple[Run, RunExecution | None]:
     """Execute ``run`` (STARTING) to a terminal status; returns the final run.
-
-    With ``heartbeat_interval``, the run's worker heartbeats into storage while the run is
-    STARTED (see :mod:`runcore.worker.heartbeats`): how run monitoring tells, from any host, that
-    the worker lives.
 
     A run that is no longer startable (canceled meanwhile) is left as it is. Errors of the
     engine itself (not of op code) end the run FAILURE with the error; nothing is left STARTED.
 
+    With ``heartbeat_interval``, the run's worker heartbeats into storage while the run is
+    STARTED (see :mod:`runcore.worker.heartbeats`): how run monitoring tells, from any host,
+    that the worker lives.
+
     ``capture`` stores what the run writes to stdout and stderr as LOG events (see
-    :mod:`runcore.worker.capture`): ``"process"`` in a worker process that executes this run alone,
+    :mod:`runcore.worker.capture`): ``"process"`` in a worker process that executes this run
+    alone (which also stores the process's ``RESOURCE_METRICS`` before the run ends),
     ``"thread"`` for a run on a thread of a shared process; ``capture_max_bytes`` bounds it.
+    ``hooks`` observe the run (see :mod:`runcore.worker.hooks`).
     """
     # Only for the attempt this worker was started for (a given-up attempt cannot start).
     started = storage.transition(
@@ -557,87 +570,62 @@ def execute_run(
             "the run was canceled before it started",
         )
         return (canceled or storage.get_run(run.run_id) or run), None
+    options = _Options(
+        storage=storage,
+        output_store=output_store,
+        executor=executor,
+        cancel=cancel,
+        pools=pools,
+        capture=capture,
+        capture_max_bytes=capture_max_bytes,
+        hooks=HookCaller(hooks),
+    )
+    options.hooks.run_start(started)
     beating = heartbeat_interval is not None and started.attempt_id is not None
-    if not beating:
-        return _execute_captured(
-            run,
-            started,
-            job,
-            storage,
-            output_store,
-            executor,
-            cancel,
-            pools,
-            capture,
-            capture_max_bytes,
-        )
-    from runcore.worker import heartbeats as _heartbeats
+    if beating:
+        from runcore.worker import heartbeats as _heartbeats
 
-    _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
+        _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
     try:
-        return _execute_captured(
-            run,
-            started,
-            job,
-            storage,
-            output_store,
-            executor,
-            cancel,
-            pools,
-            capture,
-            capture_max_bytes,
-        )
+        final, execution = _execute_captured(started, job, options)
     finally:
-        _heartbeats.unregister(storage, run.run_id)
+        if beating:
+            _heartbeats.unregister(storage, run.run_id)
+    options.hooks.run_end(final)
+    return final, execution
 
 
-def _execute_captured(  # noqa: PLR0917 - the parts of execute_run, passed on
-    run: Run,
-    started: Run,
-    job: Job,
-    storage: InstanceStorage,
-    output_store: OutputStore,
-    executor: Executor | None,
-    cancel: threading.Event | None,
-    pools: StepPools | None,
-    capture: Literal["process", "thread"] | None,
-    capture_max_bytes: int | None,
-) -> tuple[Run, RunExecution | None]:
-    """Execute a STARTED run with its output captured as ``capture`` says."""
-    if capture is None:
-        return _execute_started(
-            run,
-            started,
-            job,
-            storage=storage,
-            output_store=output_store,
-            executor=executor,
-            cancel=cancel,
-            pools=pools,
-        )
+@attrs.frozen
+class _Options:
+    """How :func:`execute_run` executes a started run."""
+
+    storage: InstanceStorage
+    output_store: OutputStore
+    executor: Executor | None
+    cancel: threading.Event | None
+    pools: StepPools | None
+    capture: Literal["process", "thread"] | None
+    capture_max_bytes: int | None
+    hooks: HookCaller
+
+
+def _execute_captured(started: Run, job: Job, options: _Options) -> tuple[Run, RunExecution | None]:
+    """Execute a STARTED run with its output captured as ``options.capture`` says."""
+    if options.capture is None:
+        return _execute_started(started, job, options)
     from runcore.worker.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
 
+    limit = options.capture_max_bytes
     sink = OutputSink(
-        run.run_id,
-        storage.store_events,
-        max_bytes=DEFAULT_MAX_BYTES if capture_max_bytes is None else capture_max_bytes,
+        started.run_id,
+        options.storage.store_events,
+        max_bytes=DEFAULT_MAX_BYTES if limit is None else limit,
     )
-    fds = FdCapture(sink) if capture == "process" else None
+    fds = FdCapture(sink) if options.capture == "process" else None
     if fds is not None:
         fds.start()
     try:
-        return _execute_started(
-            run,
-            started,
-            job,
-            storage=storage,
-            output_store=output_store,
-            executor=executor,
-            cancel=cancel,
-            pools=pools,
-            sink=sink,
-            fds=fds,
-        )
+        return _execute_started(started, job, options, sink=sink, fds=fds)
     finally:
         if fds is not None:
             fds.stop()
@@ -646,28 +634,32 @@ def _execute_captured(  # noqa: PLR0917 - the parts of execute_run, passed on
 
 
 def _execute_started(
-    run: Run,
     started: Run,
     job: Job,
+    options: _Options,
     *,
-    storage: InstanceStorage,
-    output_store: OutputStore,
-    executor: Executor | None,
-    cancel: threading.Event | None,
-    pools: StepPools | None,
     sink: OutputSink | None = None,
     fds: FdCapture | None = None,
 ) -> tuple[Run, RunExecution | None]:
     from runcore.executors.in_process import InProcessExecutor
 
-    def flush_output() -> None:
-        # The run's output is stored before its final status, so a reader that stops at the
-        # final status has seen all of it.
+    storage = options.storage
+    begun = time.monotonic()
+
+    def before_the_end() -> None:
+        # The run's output (and, in a worker process of its own, its resource metrics) is
+        # stored before its final status, so a reader that stops at the final status has
+        # seen all of it.
         with contextlib.suppress(Exception):
             if fds is not None:
                 fds.flush()
             elif sink is not None:
                 sink.flush(partial=True)
+        if options.capture == "process":
+            with contextlib.suppress(Exception):
+                event = resource_metrics_event(started.run_id, time.monotonic() - begun)
+                storage.store_event(event)
+                options.hooks.events(started, [event])
 
     execution: RunExecution | None = None
     try:
@@ -678,18 +670,19 @@ def _execute_started(
             run=started,
             plan=plan,
             storage=storage,
-            output_store=output_store,
-            cancel=cancel,
-            pools=pools,
+            output_store=options.output_store,
+            cancel=options.cancel,
+            pools=options.pools,
             output=sink if fds is None else None,
             process_output=fds,
+            hooks=options.hooks,
         )
-        (executor or job.executor or InProcessExecutor()).execute(execution)
+        (options.executor or job.executor or InProcessExecutor()).execute(execution)
     except BaseException as exc:
-        flush_output()
+        before_the_end()
         final = move_run(
             storage,
-            run.run_id,
+            started.run_id,
             [RunStatus.STARTED, RunStatus.CANCELING],
             RunStatus.FAILURE,
             f"the run's execution failed: {type(exc).__name__}: {exc}",
@@ -698,9 +691,33 @@ def _execute_started(
         )
         if not isinstance(exc, Exception):
             raise
-        return (final or storage.get_run(run.run_id) or started), execution
-    flush_output()
+        return (final or storage.get_run(started.run_id) or started), execution
+    before_the_end()
     return _finish(execution), execution
+
+
+def resource_metrics_event(run_id: str, wall_seconds: float) -> Event:
+    """A ``RESOURCE_METRICS`` event of this process (a worker process executing one run):
+    its peak resident memory and CPU time so far, and the run's wall time."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # Linux reports ru_maxrss in KiB (macOS in bytes).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return Event(
+        run_id=run_id,
+        event_type=EventType.RESOURCE_METRICS,
+        message="the worker process's peak memory and CPU time",
+        data={
+            "scope": "process",
+            "peak_rss_bytes": int(usage.ru_maxrss) * scale,
+            "children_peak_rss_bytes": int(children.ru_maxrss) * scale,
+            "cpu_user_seconds": round(usage.ru_utime + children.ru_utime, 6),
+            "cpu_system_seconds": round(usage.ru_stime + children.ru_stime, 6),
+            "wall_seconds": round(wall_seconds, 6),
+        },
+    )
 
 
 def _finish(execution: RunExecution) -> Run:
@@ -783,6 +800,7 @@ def execute_job_in_process(
         output_store=outputs,
         executor=executor,
         pools=None if instance is None else instance.step_pools,
+        hooks=() if instance is None else (*inst._config_hooks(), *inst.run_hooks),
     )
     result = ExecuteInProcessResult(
         run=final,

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
     from runcore.worker.execution import StepPools
+    from runcore.worker.hooks import RunHooks
     from runcore.worker.outputs import OutputStore
 
 EXIT_SUCCESS = 0
@@ -82,6 +83,8 @@ class WorkerResources:
     jobs: JobRegistry
     #: Seconds between the run's heartbeats (``run_monitoring.worker_heartbeat_interval_seconds``).
     heartbeat_interval: float | None = None
+    #: The instance's ``run_hooks``.
+    hooks: tuple[RunHooks, ...] = ()
 
 
 def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
@@ -99,6 +102,7 @@ def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
 
 def load_resources(config: str | dict[str, Any]) -> WorkerResources:
     """Build the worker's storage, output store, pool settings and job registry."""
+    from runcore.config import build_run_hooks
     from runcore.instance import JobRegistry, build_storage_and_outputs, step_pools_for
 
     cfg, base_dir = parse_instance(config)
@@ -109,6 +113,7 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
         step_pools_for(cfg),
         JobRegistry(),
         cfg.run_monitoring.worker_heartbeat_interval_seconds,
+        tuple(build_run_hooks(cfg)),
     )
 
 
@@ -224,6 +229,7 @@ def execute_run_in_worker(
         cancel=cancel,
         pools=resources.pools,
         heartbeat_interval=resources.heartbeat_interval,
+        hooks=resources.hooks,
         capture="process",
     )
     return _EXIT_BY_STATUS.get(final.status, EXIT_FAILURE)
