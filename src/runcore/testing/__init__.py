@@ -10,22 +10,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LauncherContract", "RecordingLauncher", "StorageContract"]
+if TYPE_CHECKING:
+    from runcore.testing.clock import VirtualClock
+    from runcore.testing.coordinator_contract import CoordinatorContract
+    from runcore.testing.executor_contract import ExecutorContract
+    from runcore.testing.launcher_contract import LauncherContract
+    from runcore.testing.output_store_contract import OutputStoreContract
+    from runcore.testing.recording import RecordingLauncher
+    from runcore.testing.storage_contract import StorageContract
+
+__all__ = [
+    "CoordinatorContract",
+    "ExecutorContract",
+    "LauncherContract",
+    "OutputStoreContract",
+    "RecordingLauncher",
+    "StorageContract",
+    "VirtualClock",
+]
+
+_WHERE = {
+    "CoordinatorContract": "runcore.testing.coordinator_contract",
+    "ExecutorContract": "runcore.testing.executor_contract",
+    "LauncherContract": "runcore.testing.launcher_contract",
+    "OutputStoreContract": "runcore.testing.output_store_contract",
+    "RecordingLauncher": "runcore.testing.recording",
+    "StorageContract": "runcore.testing.storage_contract",
+    "VirtualClock": "runcore.testing.clock",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "LauncherContract":
-        from runcore.testing.launcher_contract import LauncherContract
+    """Import each name on first use: the contract suites import pytest."""
+    module = _WHERE.get(name)
+    if module is not None:
+        import importlib
 
-        return LauncherContract
-    if name == "RecordingLauncher":
-        from runcore.testing.recording import RecordingLauncher
-
-        return RecordingLauncher
-    if name == "StorageContract":
-        from runcore.testing.storage_contract import StorageContract
-
-        return StorageContract
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'runcore.testing' has no attribute {name!r}")
