@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = '''
+USER_TESTS = """
 import runcore as rc
 
 
@@ -56,7 +56,7 @@ def test_clock_steps_a_daemon_past_the_start_timeout(
 
 def test_instances_are_separate(runcore_instance):
     assert runcore_instance.get_run_records() == []
-'''
+"""
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
@@ -76,7 +76,7 @@ def test_a_users_test_module_gets_the_fixtures_without_a_conftest(
 
 def test_the_fixtures_close_the_instance_after_the_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_user='''
+        test_user="""
         import pytest
         import runcore as rc
 
@@ -90,7 +90,7 @@ def test_the_fixtures_close_the_instance_after_the_test(pytester: pytest.Pyteste
         def test_closed_after():
             with pytest.raises(rc.InstanceClosedError):
                 kept[0].get_run_records()
-        '''
+        """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=2)
@@ -98,7 +98,7 @@ def test_the_fixtures_close_the_instance_after_the_test(pytester: pytest.Pyteste
 
 def test_a_user_overrides_the_instance_config(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_user='''
+        test_user="""
         import pytest
         import runcore as rc
 
@@ -126,7 +126,7 @@ def test_a_user_overrides_the_instance_config(pytester: pytest.Pytester) -> None
             assert run.status is rc.RunStatus.QUEUED
             rc.Daemon(runcore_instance).run_once()
             assert runcore_recording_launcher.launched_ids == [run.run_id]
-        '''
+        """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1)
@@ -134,10 +134,10 @@ def test_a_user_overrides_the_instance_config(pytester: pytest.Pytester) -> None
 
 def test_the_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_user='''
+        test_user="""
         def test_needs_it(runcore_clock):
             pass
-        '''
+        """
     )
     result = pytester.runpytest("-p", "no:runcore", "-p", "no:cacheprovider", "-q")
     result.assert_outcomes(errors=1)

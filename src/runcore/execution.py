@@ -121,10 +121,12 @@ class StepRunner:
     def run_step(self, step: Step) -> bool:
         """Execute ``step`` in this thread; returns whether it succeeded.
 
+        Emits STEP_START, then LOG and STEP_UP_FOR_RETRY events as they come, then STEP_OUTPUT
+        and STEP_SUCCESS, or STEP_FAILURE with the error. Never raises for op errors.
+
         Claims no pool slot: an executor calls :meth:`RunExecution.run_step_here` instead
         (or, for a step it runs in another process, :meth:`RunExecution.try_claim` first and
-        this method there). Emits STEP_START, then LOG and STEP_UP_FOR_RETRY events as they come, then STEP_OUTPUT
-        and STEP_SUCCESS, or STEP_FAILURE with the error. Never raises for op errors.
+        this method there).
         """
         started = time.perf_counter()
         self._step_event(step, EventType.STEP_START)

@@ -183,9 +183,7 @@ class CoordinatorContract:
         else:
             assert launcher.launched_ids == [run.run_id]
 
-    def test_a_submitted_run_is_launched_once(
-        self, make_instance: Callable[..., Instance]
-    ) -> None:
+    def test_a_submitted_run_is_launched_once(self, make_instance: Callable[..., Instance]) -> None:
         instance = make_instance()
         run = self._launched(instance)
         assert run.status in _LAUNCHED
@@ -269,9 +267,7 @@ class CoordinatorContract:
 
     # --- concurrency ------------------------------------------------------------------------
 
-    def test_a_run_is_never_launched_twice(
-        self, make_instance: Callable[..., Instance]
-    ) -> None:
+    def test_a_run_is_never_launched_twice(self, make_instance: Callable[..., Instance]) -> None:
         """Several coordinators (each on its own storage handle, as in several processes)
         submit the same runs and pass over the queue at the same time."""
         instances = [make_instance() for _ in range(4)]

@@ -29,6 +29,7 @@ launcher does, and checks what :mod:`runcore.executors.base` asks of an executor
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -266,9 +267,7 @@ class ExecutorContract:
             gate_timeout=str(WAIT / 2),
         )
         cancel = threading.Event()
-        thread, outcome = self._in_background(
-            executor, storage, output_store, run, cancel=cancel
-        )
+        thread, outcome = self._in_background(executor, storage, output_store, run, cancel=cancel)
         _until(started.exists, "the first step to start")
         cancel.set()
         final, execution = self._join(thread, outcome)
@@ -295,13 +294,13 @@ class ExecutorContract:
             executor, storage, output_store, run, pools=StepPools(default_limit=None)
         )
         assert final.status is RunStatus.SUCCESS, final.failure_reason
-        spans = []
+        spans: list[tuple[float, float, str]] = []
         for path in trace.iterdir():
-            begin, end = path.read_text(encoding="utf-8").split()
-            spans.append((float(begin), float(end), path.stem))
+            start_text, end_text = path.read_text(encoding="utf-8").split()
+            spans.append((float(start_text), float(end_text), path.stem))
         assert len(spans) == 3
         spans.sort()
-        for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+        for (_, end, first), (begin, _, second) in itertools.pairwise(spans):
             assert begin >= end, (
                 f"steps {first!r} and {second!r} of pool {POOL!r} (limit 1) ran at the same time"
             )

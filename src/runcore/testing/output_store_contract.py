@@ -47,20 +47,6 @@ def _run_id() -> str:
     return str(uuid.uuid4())
 
 
-class _Point:
-    """A module-level class, so stores that pickle can keep its instances."""
-
-    def __init__(self, x: int, y: int) -> None:
-        self.x = x
-        self.y = y
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Point) and (self.x, self.y) == (other.x, other.y)
-
-    def __hash__(self) -> int:
-        return hash((self.x, self.y))
-
-
 #: Values every store must keep: what ops return most (plain data), by kind.
 VALUES: dict[str, Any] = {
     "none": None,
@@ -130,13 +116,6 @@ class OutputStoreContract:
         output_store.put(run_id, "step", VALUES[kind])
         assert output_store.has(run_id, "step")
         assert output_store.get(run_id, "step") == VALUES[kind]
-
-    def test_an_instance_of_a_module_level_class_is_got_back(
-        self, output_store: OutputStore
-    ) -> None:
-        run_id = _run_id()
-        output_store.put(run_id, "point", _Point(1, 2))
-        assert output_store.get(run_id, "point") == _Point(1, 2)
 
     def test_an_output_never_stored_is_an_error(self, output_store: OutputStore) -> None:
         run_id = _run_id()
