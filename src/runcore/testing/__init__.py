@@ -1,11 +1,25 @@
-"""Test helpers for runcore users: public contract suites and test doubles.
+"""Test helpers for runcore users: public contract suites, test doubles and a pytest plugin.
 
-* ``StorageContract``: subclass it in a pytest module and provide a ``storage`` fixture to
-  prove a custom :class:`~runcore.storage.InstanceStorage` keeps runcore's contract.
-* ``LauncherContract``: the same for a custom :class:`~runcore.RunLauncher`, given an
-  ``instance`` fixture that uses it.
+Contract suites: subclass one in a pytest module and provide the fixture it names, to prove a
+component of your own keeps runcore's contract (runcore's own components pass the same suites):
+
+* ``StorageContract``: a ``storage`` fixture, a custom :class:`~runcore.storage.InstanceStorage`.
+* ``LauncherContract``: an ``instance`` fixture whose launcher is a custom
+  :class:`~runcore.RunLauncher`.
+* ``CoordinatorContract``: a ``coordinator_factory`` fixture making custom
+  :class:`~runcore.RunCoordinator` objects.
+* ``ExecutorContract``: an ``executor`` fixture, a custom :class:`~runcore.Executor`.
+* ``OutputStoreContract``: an ``output_store`` fixture, a custom :class:`~runcore.OutputStore`.
+
+Test doubles, at the edge of what a test checks:
+
 * ``RecordingLauncher``: a launcher that records the runs it is asked to launch and runs
   nothing, to check a coordinator configuration without executing jobs.
+* ``VirtualClock``: a clock for ``Daemon(clock=...)`` that a test steps forward.
+
+The pytest plugin (:mod:`runcore.testing.pytest_plugin`, loaded by pytest on its own) gives
+tests the fixtures ``runcore_instance``, ``runcore_recording_launcher`` and ``runcore_clock``.
+Only the names used are imported (the suites import pytest; ``import runcore`` never does).
 """
 
 from __future__ import annotations
