@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import runcore as rc
-from runcore.testing import RecordingLauncher
+from runcore.testing import RecordingLauncher, VirtualClock
 
 
 @rc.op
@@ -55,24 +55,16 @@ def config(tmp_path: Path, launcher: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @pytest.fixture
-def recording(tmp_path: Path) -> Iterator[tuple[rc.Instance, RecordingLauncher, Clock]]:
+def recording(tmp_path: Path) -> Iterator[tuple[rc.Instance, RecordingLauncher, VirtualClock]]:
     with rc.Instance.from_config(config(tmp_path, "runcore.testing:RecordingLauncher")) as inst:
         launcher = inst.run_launcher
         assert isinstance(launcher, RecordingLauncher)
-        yield inst, launcher, Clock()
+        yield inst, launcher, VirtualClock()
 
 
 def test_a_run_stuck_in_starting_fails_after_the_start_timeout(
-    recording: tuple[rc.Instance, RecordingLauncher, Clock],
+    recording: tuple[rc.Instance, RecordingLauncher, VirtualClock],
 ) -> None:
     inst, _, clock = recording
     run = inst.submit_run(simple)
@@ -90,7 +82,7 @@ def test_a_run_stuck_in_starting_fails_after_the_start_timeout(
 
 
 def test_a_run_stuck_in_canceling_is_canceled_by_force(
-    recording: tuple[rc.Instance, RecordingLauncher, Clock],
+    recording: tuple[rc.Instance, RecordingLauncher, VirtualClock],
 ) -> None:
     inst, _, clock = recording
     run = inst.submit_run(simple)
@@ -108,7 +100,7 @@ def test_a_run_stuck_in_canceling_is_canceled_by_force(
 
 
 def test_slots_of_ended_runs_are_reclaimed(
-    recording: tuple[rc.Instance, RecordingLauncher, Clock],
+    recording: tuple[rc.Instance, RecordingLauncher, VirtualClock],
 ) -> None:
     inst, launcher, clock = recording
     run = inst.submit_run(simple)
@@ -127,7 +119,7 @@ def test_max_runtime_terminates_and_fails_the_run(tmp_path: Path) -> None:
     with rc.Instance.from_config(cfg) as inst:
         run = inst.submit_run(endless, tags={"runcore/max_runtime": "5"})
         assert entered.wait(10)
-        clock = Clock()
+        clock = VirtualClock()
         daemon = rc.Daemon(inst, clock=clock)
         daemon.monitor_once()
         assert inst.get_run(run.run_id).status is rc.RunStatus.STARTED
@@ -147,7 +139,7 @@ def test_max_runtime_from_config(tmp_path: Path) -> None:
     with rc.Instance.from_config(cfg) as inst:
         run = inst.submit_run(endless)
         assert entered.wait(10)
-        clock = Clock()
+        clock = VirtualClock()
         clock.offset = 101
         rc.Daemon(inst, clock=clock).monitor_once()
         assert inst.wait_for_run(run.run_id, timeout=10).failure_kind is rc.FailureKind.MAX_RUNTIME
@@ -325,7 +317,7 @@ def test_a_forced_cancel_never_kills_the_process_hosting_thread_runs(tmp_path: P
         with rc.Instance.from_config(cfg) as inst:
             assert inst.cancel_run(run_id)
             assert inst.get_run(run_id).status is rc.RunStatus.CANCELING
-            clock = Clock()
+            clock = VirtualClock()
             clock.offset = 6
             result = rc.Daemon(inst, clock=clock).monitor_once()
             assert result is not None and result.forced_cancels == (run_id,)

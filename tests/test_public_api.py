@@ -90,6 +90,7 @@ def test_import_runcore_stays_light() -> None:
         "boto3",
         "psycopg",
         "asyncio",
+        "pytest",  # only runcore.testing needs it
     ]
     code = (
         f"import json, sys, runcore\nprint(json.dumps([m for m in {heavy!r} if m in sys.modules]))"

@@ -3,7 +3,8 @@
 ``execute_run`` is what every launcher ends up calling, in a thread here or in a worker
 process: it moves the run to STARTED, hands the plan to the executor, and moves the run to its
 terminal status with the reason. ``StepRunner.run_step`` executes one step (inputs, op call with
-retries, output) and is shared by every executor, in this process or in a child.
+retries, output) and is shared by every executor, in this process or in a child; executors call
+it through ``RunExecution.run_step_here``, which first claims the step's pool slot.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class StepRunner:
 
         Emits STEP_START, then LOG and STEP_UP_FOR_RETRY events as they come, then STEP_OUTPUT
         and STEP_SUCCESS, or STEP_FAILURE with the error. Never raises for op errors.
+
+        Claims no pool slot: an executor calls :meth:`RunExecution.run_step_here` instead
+        (or, for a step it runs in another process, :meth:`RunExecution.try_claim` first and
+        this method there).
         """
         started = time.perf_counter()
         self._step_event(step, EventType.STEP_START)
@@ -250,13 +255,6 @@ class StepRunner:
             on_retry=on_retry,
             cancel=self.cancel,
         )
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Step retries cover op errors (``Exception``), unless the op said not to."""
-    if isinstance(exc, Failure):
-        return exc.allow_retry
-    return isinstance(exc, Exception)
 
 
 _STEP_ENDS = frozenset({EventType.STEP_SUCCESS, EventType.STEP_FAILURE})

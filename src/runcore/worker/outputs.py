@@ -13,6 +13,7 @@ and RPC messages are JSON. Two stores ship:
 
 A custom store subclasses :class:`OutputStore` (three methods). It must be safe to call from
 several threads, and ``get`` must see any ``put`` that returned before it was called.
+:class:`runcore.testing.OutputStoreContract` is the pytest suite that checks this.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class OutputStore(ABC):
 
     @abstractmethod
     def put(self, run_id: str, step_key: str, value: Any) -> None:
-        """Store ``value`` as the output of ``step_key`` in ``run_id``.
+        """Store ``value`` as the output of ``step_key`` in ``run_id``, replacing any earlier one.
 
-        Raises :class:`OutputStoreError` if the value cannot be stored (e.g. not picklable).
+        Raises :class:`OutputStoreError` if the value cannot be stored (e.g. not picklable);
+        nothing is stored then.
         """
 
     @abstractmethod
