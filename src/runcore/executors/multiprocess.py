@@ -64,8 +64,8 @@ def _worker_main(
     """A worker's loop: load the job, say so, then receive a step key, run it, send its events
     and outcome, until told to stop."""
     from runcore.definitions import load_code_location
-    from runcore.worker.execution import StepRunner
     from runcore.worker.plan import build_plan
+    from runcore.worker.steps import StepRunner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
     spec = json.loads(spec_json)

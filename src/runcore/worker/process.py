@@ -19,7 +19,7 @@ location, executes the plan, writes events, and exits with a code that says how 
 ====  =======================================================================
 
 SIGTERM means cancel: the cancel is set, op code running on the main thread is interrupted
-(:class:`~runcore.worker.execution.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
+(:class:`~runcore.worker.steps.RunInterrupted`), and the run ends CANCELED. ``warm`` starts a
 worker ahead of time (imports done, storage open, locations preloaded), prints ``ready``, and
 waits for ``RUN_ID ATTEMPT_ID`` on standard input.
 """
@@ -122,7 +122,7 @@ def _install_cancel_handler(cancel: threading.Event) -> None:
     Event's lock, which the main thread may hold at that instant (inside ``Event.wait``), and
     the handler, running on the main thread, would wait for it forever. It records the request,
     and a small relay thread sets the cancel."""
-    from runcore.worker.execution import RunInterrupted, main_thread_in_op
+    from runcore.worker.steps import RunInterrupted, main_thread_in_op
 
     requested: list[int] = []
 
