@@ -49,14 +49,12 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import attrs
 import grpc
@@ -73,7 +71,8 @@ from runcore.codeserver.client import (
     pb2_grpc,
 )
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
-from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
+from runcore.launchers.processes import WorkerProcess, end_run_after_exit, spawn_run_worker
+from runcore.runs import FailureKind, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
@@ -141,8 +140,8 @@ class _HeldRun:
     cancel: threading.Event = attrs.field(factory=threading.Event)
     state: RemoteRunState = RemoteRunState.QUEUED
     dropped: bool = False  # canceled while queued: the worker that picks it up skips it
-    process: subprocess.Popen[bytes] | None = None
-    term_sent_at: float | None = None
+    worker: WorkerProcess | None = None  # process mode: the run's worker process
+    term_sent: bool = False  # process mode: its worker was told to stop
 
     @property
     def run_id(self) -> str:
@@ -379,7 +378,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 )
             state = held.state
             if self.run_mode == "process":
-                pid = held.process.pid if held.process is not None else 0
+                pid = held.worker.pid if held.worker is not None else 0
             else:
                 pid = os.getpid() if state is RemoteRunState.RUNNING else 0
         return pb2.GetRunStateReply(state=_PROTO_STATE[state], pid=pid, server_id=self.server_id)
@@ -500,12 +499,11 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         return state
 
     def _signal_child(self, held: _HeldRun) -> None:
-        # Called with the lock held.
-        if held.process is None or held.term_sent_at is not None:
+        # Called with the lock held: SIGTERM once, SIGKILL after the grace (see _execute_in_child).
+        if held.worker is None or held.term_sent:
             return
-        with contextlib.suppress(OSError):
-            held.process.send_signal(signal.SIGTERM)
-        held.term_sent_at = time.monotonic()
+        held.worker.terminate(self.process_grace)
+        held.term_sent = True
 
     def _cancel_unstarted(self, run: Run, when: str) -> None:
         storage = self.resources.storage
@@ -585,86 +583,32 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 kind=kind,
             )
 
-    def _child_env(self) -> dict[str, str]:
-        from runcore.worker.process import worker_env
-
-        return worker_env(die_with_parent=True)  # a server killed with -9 takes its runs along
-
     def _execute_in_child(self, held: _HeldRun) -> None:
-        run_id = held.run_id
         if held.cancel.is_set():
             self._cancel_unstarted(held.run, "before its worker process was started")
             return
-        # Kept open until the worker exits, then read for the failure reason.
-        with tempfile.TemporaryFile(prefix="runcore-codeserver-worker-") as stderr:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "runcore",
-                    "worker",
-                    "execute-run",
-                    run_id,
-                    "--instance",
-                    self.instance_config,
-                    *(["--attempt", held.run.attempt_id] if held.run.attempt_id else []),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=self._child_env(),
-                start_new_session=True,  # a Ctrl-C of the server does not reach the runs
-            )
+        worker = spawn_run_worker(
+            held.run_id,
+            held.run.attempt_id or "",
+            self.instance_config,
+            die_with_parent=True,  # a server killed with -9 takes its runs along
+        )
+        try:
             with self._lock:
-                held.process = process
+                held.worker = worker
                 if held.cancel.is_set():
                     self._signal_child(held)
-            code = self._wait_child(held, process)
-            self._after_child_exit(held, process.pid, code, _tail(stderr))
-
-    def _wait_child(self, held: _HeldRun, process: subprocess.Popen[bytes]) -> int:
-        killed = False
-        while True:
-            try:
-                return process.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                pass
-            with self._lock:
-                sent = held.term_sent_at
-            if sent is not None and not killed and time.monotonic() - sent >= self.process_grace:
-                with contextlib.suppress(OSError):
-                    process.kill()
-                killed = True
-
-    def _after_child_exit(self, held: _HeldRun, pid: int, code: int, tail: str) -> None:
-        from runcore.launchers.subprocess import describe_exit
-
-        storage = self.resources.storage
-        run = storage.get_run(held.run_id)
-        if run is None or run.status not in IN_PROGRESS_STATUSES:
-            return
-        reason = f"the run's worker process {pid} (of code server pid {os.getpid()}) " + (
-            describe_exit(code)
-        )
-        if tail:
-            reason += f"; its last output:\n{tail}"
-        run_id = held.run_id
-        if held.cancel.is_set():
-            in_flight = [RunStatus.STARTING, RunStatus.STARTED]
-            move_run(storage, run_id, in_flight, RunStatus.CANCELING, "canceling")
-            move_run(
-                storage, run_id, [RunStatus.CANCELING], RunStatus.CANCELED, f"canceled: {reason}"
+            code = worker.wait()  # delivers the SIGKILL once a cancel's grace is over
+            end_run_after_exit(
+                self.resources.storage,
+                held.run_id,
+                worker,
+                code,
+                canceled=held.cancel.is_set(),
+                whose=f" (of code server pid {os.getpid()})",
             )
-            return
-        move_run(
-            storage,
-            run_id,
-            [RunStatus.STARTING, RunStatus.STARTED, RunStatus.CANCELING],
-            RunStatus.FAILURE,
-            reason,
-            kind=FailureKind.WORKER_DIED,
-            data={"exit_code": code},
-        )
+        finally:
+            worker.close()
 
     # --- logging ----------------------------------------------------------------------------
 
@@ -765,15 +709,6 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self._workers.stop()
         if self._logger_thread is not None:
             self._logger_thread.join(timeout=5)
-
-
-def _tail(stream: IO[bytes], limit: int = 2000) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        stream.seek(0, os.SEEK_END)
-        size = stream.tell()
-        stream.seek(max(0, size - limit))
-        return stream.read().decode(errors="replace").strip()
-    return ""
 
 
 @contextlib.contextmanager

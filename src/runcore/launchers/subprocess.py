@@ -20,22 +20,22 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING
-
-import attrs
+from typing import TYPE_CHECKING
 
 from runcore import _faults, _validate
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
-from runcore.launchers.processes import PROCESS, process_handle, process_health, signal_worker
-from runcore.runs import IN_PROGRESS_STATUSES, FailureKind, RunStatus
-from runcore.storage.base import WorkerRecord, move_run
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.launchers.processes import (
+    WorkerProcess,
+    describe_exit,
+    end_run_after_exit,
+    process_health,
+    signal_worker,
+    spawn_run_worker,
+    spawn_warm_worker,
+)
 
 if TYPE_CHECKING:
     from runcore.runs import Run
@@ -43,62 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("runcore.launchers")
 
 _EXITED_KEPT = 1000  # exit codes remembered for health checks after a worker is reaped
-
-
-def describe_exit(code: int | None) -> str:
-    """A worker's exit status in words."""
-    from runcore.worker.process import EXIT_MEANINGS
-
-    if code is None:
-        return "is still running"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    meaning = EXIT_MEANINGS.get(code)
-    return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
-
-
-@attrs.define(eq=False)
-class _Worker:
-    process: subprocess.Popen[bytes]
-    stderr: IO[bytes]
-    started: float
-    run_id: str | None = None
-    preloaded: tuple[str, ...] = ()
-    terminate_at: float | None = None  # when SIGKILL follows an unanswered SIGTERM
-    ready_fd: int | None = None  # a warm worker writes "ready" here once it is ready
-    ready: bool = False
-
-    def check_ready(self) -> bool:
-        """Whether a warm worker has said it is ready (reads its ready pipe, never blocks)."""
-        if self.ready or self.ready_fd is None:
-            return self.ready
-        try:
-            data = os.read(self.ready_fd, 64)
-        except BlockingIOError:
-            return False
-        except OSError:
-            data = b""
-        self.ready = data.startswith(b"ready")
-        self.close_ready()
-        return self.ready
-
-    def close_ready(self) -> None:
-        if self.ready_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.ready_fd)
-            self.ready_fd = None
-
-    def stderr_tail(self, limit: int = 2000) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0, os.SEEK_END)
-            size = self.stderr.tell()
-            self.stderr.seek(max(0, size - limit))
-            return self.stderr.read().decode(errors="replace").strip()
-        return ""
 
 
 def _location_files(location: str) -> list[str]:
@@ -151,9 +95,9 @@ class SubprocessRunLauncher(RunLauncher):
         )
         self.env = dict(env or {})
         self._preload: list[str] = list(preload)
-        self._running: dict[str, _Worker] = {}
+        self._running: dict[str, WorkerProcess] = {}
         self._exited: dict[str, tuple[int, int]] = {}  # run id -> (pid, exit code), recent ones
-        self._idle: list[_Worker] = []
+        self._idle: list[WorkerProcess] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -188,70 +132,24 @@ class SubprocessRunLauncher(RunLauncher):
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
-        for worker in idle:  # retire: an empty line on stdin makes a warm worker exit
-            with contextlib.suppress(OSError):
-                assert worker.process.stdin is not None
-                worker.process.stdin.close()
         for worker in idle:
-            try:
-                worker.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-            worker.stderr.close()
+            worker.dismiss()
+        for worker in idle:
+            worker.retire(grace=5.0)
 
     # --- workers ----------------------------------------------------------------------------
 
-    def _worker_env(self) -> dict[str, str]:
-        from runcore.worker.process import worker_env
-
-        return worker_env(self.env)
-
-    def _spawn(self, args: list[str], *, warm: bool) -> _Worker:
-        # Kept open for the worker's life (closed when it is reaped), so no context manager.
-        stderr = tempfile.TemporaryFile(prefix="runcore-worker-")  # noqa: SIM115
-        ready_read: int | None = None
-        pass_fds: tuple[int, ...] = ()
-        if warm:  # a pipe on which the warm worker says it is ready, then closes
-            ready_read, ready_write = os.pipe()
-            os.set_blocking(ready_read, False)
-            pass_fds = (ready_write,)
-            args = [*args, "--ready-fd", str(ready_write)]
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "runcore", "worker", *args],
-                stdin=subprocess.PIPE if warm else subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=self._worker_env(),
-                start_new_session=True,  # a Ctrl-C in the host does not reach the runs
-                pass_fds=pass_fds,
-            )
-        except OSError as exc:
-            stderr.close()
-            if ready_read is not None:
-                os.close(ready_read)
-            raise RunLaunchError(f"cannot start a worker process: {exc}") from exc
-        finally:
-            for fd in pass_fds:
-                os.close(fd)
-        return _Worker(process=process, stderr=stderr, started=time.time(), ready_fd=ready_read)
-
-    def _spawn_warm(self) -> _Worker:
+    def _spawn_warm(self) -> WorkerProcess:
         with self._lock:
             preload = tuple(self._preload)
-        args = ["warm", "--instance", self._config()]
-        for location in preload:
-            args += ["--preload", location]
-        worker = self._spawn(args, warm=True)
-        worker.preloaded = preload
-        return worker
+        return spawn_warm_worker(self._config(), preload, env=self.env)
 
     def _config(self) -> str:
         if self._config_json is None:
             raise RunLaunchError("SubprocessRunLauncher has not been started")
         return self._config_json
 
-    def _stale(self, worker: _Worker) -> bool:
+    def _stale(self, worker: WorkerProcess) -> bool:
         for location in worker.preloaded:
             for path in _location_files(location):
                 with contextlib.suppress(OSError):
@@ -265,7 +163,7 @@ class SubprocessRunLauncher(RunLauncher):
         with self._lock:
             return sum(1 for worker in self._idle if worker.check_ready())
 
-    def _take_warm(self) -> _Worker | None:
+    def _take_warm(self) -> WorkerProcess | None:
         """A usable warm worker, a ready one first; None if there is none."""
         while True:
             with self._lock:
@@ -275,18 +173,8 @@ class SubprocessRunLauncher(RunLauncher):
                 worker = ready[0] if ready else self._idle[0]
                 self._idle.remove(worker)
             if worker.process.poll() is None and not self._stale(worker):
-                worker.close_ready()
                 return worker
-            self._retire(worker)
-
-    @staticmethod
-    def _retire(worker: _Worker) -> None:
-        worker.close_ready()
-        with contextlib.suppress(OSError):
-            worker.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.process.wait(timeout=5)
-        worker.stderr.close()
+            worker.retire()
 
     # --- the interface ----------------------------------------------------------------------
 
@@ -306,53 +194,29 @@ class SubprocessRunLauncher(RunLauncher):
                 self._preload.append(run.code_location)
         attempt = run.attempt_id or ""
         worker = self._take_warm() if self.warm_workers else None
-        if worker is not None:
-            assert worker.process.stdin is not None
-            try:
-                worker.process.stdin.write(f"{run.run_id} {attempt}\n".encode())
-                worker.process.stdin.close()
-            except OSError:
-                self._retire(worker)
-                worker = None
+        if worker is not None and not worker.assign(run.run_id, attempt):
+            worker.retire()
+            worker = None
         if worker is None:
-            args = ["execute-run", run.run_id, "--instance", self._config()]
-            if attempt:
-                args += ["--attempt", attempt]
-            worker = self._spawn(args, warm=False)
-        worker.run_id = run.run_id
+            worker = spawn_run_worker(run.run_id, attempt, self._config(), env=self.env)
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
         _faults.point("after_spawn")
-        record = WorkerRecord(
-            run_id=run.run_id,
-            attempt_id=attempt,
-            kind=PROCESS,
-            host=hostname(),
-            handle=process_handle(worker.process.pid),
-            started_at=worker.started,
-        )
-        if not self.context.storage.record_worker(record):
+        if not self.context.storage.record_worker(worker.record(run.run_id, attempt)):
             # The attempt was given up meanwhile (the run went back to the queue or failed):
             # this worker would not be allowed to start it; stop it now.
             log.warning(
                 "run %s: launch attempt %s was given up; stopping its worker", run.run_id, attempt
             )
-            with contextlib.suppress(OSError):
-                worker.process.kill()
+            worker.kill()
 
     def terminate(self, run_id: str, *, force: bool = False) -> bool:
         with self._lock:
             worker = self._running.get(run_id)
         if worker is None:
             return self._terminate_recorded(run_id, force=force)
-        if worker.process.poll() is not None:
-            return False
-        with contextlib.suppress(OSError):  # our own child: its pid stays ours until reaped
-            worker.process.send_signal(signal.SIGKILL if force else signal.SIGTERM)
-        if not force:
-            worker.terminate_at = time.monotonic() + self.grace_period
-        return True
+        return worker.terminate(self.grace_period, force=force)
 
     def _terminate_recorded(self, run_id: str, *, force: bool) -> bool:
         """Signal a worker process this launcher did not start (another process's), named by
@@ -393,12 +257,10 @@ class SubprocessRunLauncher(RunLauncher):
             worker = self._running.get(run_id)
             exited = self._exited.get(run_id)
         if worker is not None:
-            code = worker.process.poll()
+            code = worker.poll()
             if code is None:
                 return WorkerHealth.running()
-            return WorkerHealth.dead(
-                f"the worker process {worker.process.pid} {describe_exit(code)}"
-            )
+            return WorkerHealth.dead(f"the worker process {worker.pid} {describe_exit(code)}")
         if exited is not None:
             return WorkerHealth.dead(f"the worker process {exited[0]} {describe_exit(exited[1])}")
         return None
@@ -416,49 +278,19 @@ class SubprocessRunLauncher(RunLauncher):
     def _reap(self) -> None:
         with self._lock:
             running = list(self._running.items())
-        now = time.monotonic()
         for run_id, worker in running:
-            code = worker.process.poll()
+            code = worker.poll()  # also sends SIGKILL once a terminate's grace is over
             if code is None:
-                if worker.terminate_at is not None and now >= worker.terminate_at:
-                    with contextlib.suppress(OSError):
-                        worker.process.kill()
-                    worker.terminate_at = None
                 continue
             with self._lock:
                 self._running.pop(run_id, None)
-                self._exited[run_id] = (worker.process.pid, code)
+                self._exited[run_id] = (worker.pid, code)
                 while len(self._exited) > _EXITED_KEPT:
                     del self._exited[next(iter(self._exited))]
-            self._after_exit(run_id, worker, code)
-
-    def _after_exit(self, run_id: str, worker: _Worker, code: int) -> None:
-        storage = self.context.storage
-        run = storage.get_run(run_id)
-        if run is not None and run.status in IN_PROGRESS_STATUSES:
-            reason = f"the run's worker process {worker.process.pid} {describe_exit(code)}"
-            tail = worker.stderr_tail()
-            if tail:
-                reason += f"; its last output:\n{tail}"
-            if run.status is RunStatus.CANCELING:
-                move_run(
-                    storage,
-                    run_id,
-                    [RunStatus.CANCELING],
-                    RunStatus.CANCELED,
-                    f"canceled: {reason}",
-                )
-            else:
-                move_run(
-                    storage,
-                    run_id,
-                    [RunStatus.STARTING, RunStatus.STARTED],
-                    RunStatus.FAILURE,
-                    reason,
-                    kind=FailureKind.WORKER_DIED,
-                    data={"exit_code": code},
-                )
-        worker.stderr.close()
+            try:
+                end_run_after_exit(self.context.storage, run_id, worker, code)
+            finally:
+                worker.close()
 
     def _refill(self) -> None:
         with self._lock:
@@ -467,6 +299,6 @@ class SubprocessRunLauncher(RunLauncher):
             worker = self._spawn_warm()
             with self._lock:
                 if self._closed:
-                    self._retire(worker)
+                    worker.retire()
                     return
                 self._idle.append(worker)
