@@ -9,7 +9,9 @@ worker whose code location changed on disk since it started is retired instead o
 
 The launcher watches its workers from one thread: a worker that exits without ending its run
 (killed, segfault, ``os._exit``) fails the run with the exit code or signal and the last lines
-the worker wrote to stderr, so no run is left STARTING or STARTED without a process.
+the worker wrote to stderr, so no run is left STARTING or STARTED without a process. How a
+worker is started, signalled and reaped is :mod:`runcore.launchers.processes`; this module is the
+pool and the watcher.
 """
 
 from __future__ import annotations
