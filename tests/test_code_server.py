@@ -661,3 +661,19 @@ def test_process_mode_workers_die_with_a_killed_server(
             f"worker {pid} outlived its server: {proc.status()}, parent {proc.ppid()}, "
             f"{' '.join(proc.cmdline())}"
         ) from None
+
+
+def test_a_code_server_heartbeats_its_utilization_into_storage(
+    env: Env, inst_closer: list[rc.Instance]
+) -> None:
+    from runcore.codeserver.service import CODE_SERVER_TYPE
+
+    server = env.server("--max-workers", "3")
+    inst = env.instance([server.address])
+    inst_closer.append(inst)
+    beats = [b for b in inst.storage.get_daemon_heartbeats() if b.daemon_type == CODE_SERVER_TYPE]
+    (beat,) = [b for b in beats if b.info["address"] == server.address]
+    assert beat.daemon_id == f"code-server/{server.address}"
+    assert beat.info["max_concurrent_requests"] == 3
+    assert beat.info["num_running_requests"] == 0 and beat.info["stopped"] is False
+    assert beat.info["pid"] == server.process.pid

@@ -273,6 +273,7 @@ def serve(
                 )
                 out.flush()
                 server.start_logging()
+                server.start_heartbeats(f"{host}:{bound}")
                 server.wait_for_stop_request()
                 clean = server.drain()
             finally:

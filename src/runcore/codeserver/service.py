@@ -55,6 +55,10 @@ CANCEL_WAIT = 10.0
 PROCESS_GRACE = 5.0
 
 RUN_MODES = ("thread", "process")
+#: The ``daemon_type`` of a code server's heartbeat in storage (its utilization).
+CODE_SERVER_TYPE = "runcore-code-server"
+#: Seconds between a code server's heartbeats.
+HEARTBEAT_INTERVAL = 5.0
 
 _PROTO_STATE = {
     RemoteRunState.UNKNOWN: pb2.RUN_STATE_UNKNOWN,
@@ -213,6 +217,9 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self._deadline = float("inf")
         self._closed = threading.Event()
         self._logger_thread: threading.Thread | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+        #: ``host:port`` the server listens on, once :meth:`start_heartbeats` knows it.
+        self.address: str | None = None
         self._structlog: Any = None
 
     # --- state ------------------------------------------------------------------------------
@@ -544,6 +551,53 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         while not self._closed.wait(self.log_interval):
             self.log_event("code_server_utilization", **self.utilization().as_dict())
 
+    def start_heartbeats(self, address: str, interval: float = HEARTBEAT_INTERVAL) -> None:
+        """Write this server's utilization into storage now and every ``interval`` seconds
+        (a heartbeat of type :data:`CODE_SERVER_TYPE`, id ``code-server/<address>``), so any
+        host can read how busy each replica is (metrics, status pages)."""
+        if self._heartbeat_thread is not None:
+            return
+        self.address = address
+        self._heartbeat()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(interval,),
+            name="runcore-codeserver-heartbeat",
+            daemon=True,
+        )
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            self._heartbeat()
+
+    def _heartbeat(self, *, stopped: bool = False) -> None:
+        from runcore.launchers.base import hostname
+        from runcore.storage.base import DaemonHeartbeat
+
+        try:
+            self.resources.storage.add_daemon_heartbeat(
+                DaemonHeartbeat(
+                    daemon_id=f"code-server/{self.address}",
+                    daemon_type=CODE_SERVER_TYPE,
+                    timestamp=time.time(),
+                    info={
+                        **self.utilization().as_dict(),
+                        "draining": self._draining,
+                        "address": self.address,
+                        "server_id": self.server_id,
+                        "host": hostname(),
+                        "pid": os.getpid(),
+                        "location": self.location,
+                        "run_mode": self.run_mode,
+                        "interval": HEARTBEAT_INTERVAL,
+                        "stopped": stopped,
+                    },
+                )
+            )
+        except Exception as exc:  # a missed heartbeat never stops the server
+            self.log_event("code_server_heartbeat_failed", error=str(exc))
+
     # --- stopping ---------------------------------------------------------------------------
 
     def request_stop(self, timeout: float, *, from_signal: bool = False) -> None:
@@ -612,3 +666,6 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self._workers.stop()
         if self._logger_thread is not None:
             self._logger_thread.join(timeout=5)
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+            self._heartbeat(stopped=True)
