@@ -14,7 +14,7 @@ runs of ``chaos_jobs.py`` over time (some fail in op code, on cue) while two cha
   random points of their runs, recording when;
 * kill -9 a random daemon now and then and start a new one. A daemon is the host of the
   launcher: the workers it started survive it, and the other daemon's monitoring has to find
-  their death by the pid recorded on the run. Some of the orphaned workers are killed too.
+  their death by the worker record in storage. Some of the orphaned workers are killed too.
 
 When every run is submitted, the chaos stops and the script waits (bounded) for every run,
 retries included, to end; then it checks from storage:
@@ -561,7 +561,7 @@ def detector(event: rc.Event) -> str:
     if "exit_code" in event.data:
         return "launcher (its own worker exited)"
     if event.message.startswith("the run's worker died"):
-        return "run monitoring (pid recorded on the run)"
+        return "run monitoring (the worker record in storage)"
     return "other"
 
 
