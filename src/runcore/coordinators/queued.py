@@ -293,13 +293,15 @@ class QueuedRunCoordinator(QueuingCoordinator):
             self._warned_zero = True
         launched: list[str] = []
         lost = failed = 0
-        views = {run.run_id: run for run in queued or ()}
+        with self._lock:  # the admission views of the runs to start (read by this pass)
+            views = {run_id: self._cache.get(run_id) for run_id in decision.launch}
         for run_id in decision.launch:
             claims = [
                 (pool, limits.pool_limit(pool) or 0)
                 for pool in decision.pool_claims.get(run_id, ())
             ]
-            outcome = self._start(run_id, claims, _limit_check(views.get(run_id), limits))
+            view = views[run_id] or self._view_of(run_id)
+            outcome = self._start(run_id, claims, _limit_check(view, limits))
             if outcome is None:
                 lost += 1
             elif outcome:
@@ -314,6 +316,11 @@ class QueuedRunCoordinator(QueuingCoordinator):
             lost_races=lost,
             failed_launches=failed,
         )
+
+    def _view_of(self, run_id: str) -> QueuedRun | None:
+        """The admission view of one run read from storage (when the cache lost it)."""
+        run = self.context.storage.get_run(run_id)
+        return queued_run_info(run, 0) if run is not None and run.corrupt is None else None
 
     def _start(
         self,

@@ -714,12 +714,12 @@ class StorageContract:
     ) -> None:
         run = storage.add_run(_run(status=_S.CANCELED))
         calls: list[int] = []
-        moved = storage.transition(
-            run.run_id,
-            [_S.QUEUED],
-            _S.STARTING,
-            limit_check=lambda in_progress: bool(calls.append(1)) or True,
-        )
+
+        def check(in_progress: Sequence[Any]) -> bool:
+            calls.append(len(in_progress))
+            return True
+
+        moved = storage.transition(run.run_id, [_S.QUEUED], _S.STARTING, limit_check=check)
         assert moved is None and calls == []
 
     def test_concurrent_transitions_with_a_limit_check_never_exceed_it(
