@@ -480,16 +480,6 @@ def import_class(name: str, *, where: str) -> type:
     return cls
 
 
-def build_run_hooks(cfg: InstanceConfig) -> list[Any]:
-    """The ``run_hooks`` the config names, built (each a ``RunHooks``)."""
-    from runcore.worker.hooks import RunHooks
-
-    return [
-        build_plugin(plugin, RunHooks, where=f"run_hooks[{i}]")
-        for i, plugin in enumerate(cfg.run_hooks)
-    ]
-
-
 def build_plugin(plugin: PluginConfig, base: type, *, where: str) -> Any:
     """Instantiate the configured class, checking it subclasses ``base`` and its config."""
     cls = import_class(plugin.class_name, where=where)

@@ -50,7 +50,7 @@ from runcore.runs import (
 )
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
-from runcore.wiring import build_components, step_pools_for
+from runcore.wiring import build_components, build_run_hooks, step_pools_for
 from runcore.worker.execution import StepPools
 from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.worker.plan import build_plan, resolve_op_selection
@@ -194,7 +194,7 @@ class Instance:
         )
 
     def _config_hooks(self) -> list[RunHooks]:
-        return _config.build_run_hooks(self.config) if self.config is not None else []
+        return build_run_hooks(self.config) if self.config is not None else []
 
     @property
     def launcher(self) -> RunLauncher:

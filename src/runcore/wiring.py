@@ -3,9 +3,10 @@ holds. The one place that decides which class a config means.
 
 :mod:`runcore.config` parses the config and instantiates one plug-in from its ``{class,
 config}``; this module builds every component from a parsed config: the storage (the
-``sqlite``/``in_memory`` short forms, or any plug-in), the output store, the coordinator and the
-launchers. Worker processes use it too, to open the storage and outputs from the config their
-instance handed them. Nothing here does I/O: components open their resources when started.
+``sqlite``/``in_memory`` short forms, or any plug-in), the output store, the coordinator, the
+launchers and the run hooks. Worker processes use it too, to open the storage and outputs from
+the config their instance handed them. Nothing here does I/O: components open their resources
+when started.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
 from runcore.worker.execution import StepPools
+from runcore.worker.hooks import RunHooks
 from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 
 
@@ -115,6 +117,14 @@ def build_launchers(
     return isolated, ThreadPoolRunLauncher(max_workers=threads)
 
 
+def build_run_hooks(cfg: _config.InstanceConfig) -> list[RunHooks]:
+    """The ``run_hooks`` the config names, built (the instance's, and every run worker's)."""
+    return [
+        _config.build_plugin(plugin, RunHooks, where=f"run_hooks[{i}]")
+        for i, plugin in enumerate(cfg.run_hooks)
+    ]
+
+
 def step_pools_for(cfg: _config.InstanceConfig | None) -> StepPools | None:
     """Op-granularity pool settings of a config (None at run granularity)."""
     pools = (cfg or _config.InstanceConfig()).concurrency.pools
@@ -157,6 +167,7 @@ __all__ = [
     "build_coordinator",
     "build_launchers",
     "build_output_store",
+    "build_run_hooks",
     "build_storage",
     "build_storage_and_outputs",
     "step_pools_for",
