@@ -71,6 +71,7 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     noun = "an SQLite database"
     id_key = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    bigint_type = "INTEGER"
     without_rowid = " WITHOUT ROWID"
     integrity_errors = (sqlite3.IntegrityError,)
 

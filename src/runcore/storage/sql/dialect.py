@@ -77,6 +77,8 @@ class Dialect(ABC):
     id_key: ClassVar[str]
     #: The floating-point column type (timestamps).
     real_type: ClassVar[str] = "REAL"
+    #: The column type of a reference to an auto-increment key.
+    bigint_type: ClassVar[str] = "BIGINT"
     #: Appended to ``CREATE TABLE`` of tables with a natural primary key.
     without_rowid: ClassVar[str] = ""
     #: Appended to a ``SELECT`` of rows a write transaction goes on to change.

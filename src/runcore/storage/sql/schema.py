@@ -66,7 +66,7 @@ _TABLES = (
     CREATE TABLE IF NOT EXISTS run_tags (
         key TEXT NOT NULL,
         value TEXT NOT NULL,
-        run_pk BIGINT NOT NULL,
+        run_pk {bigint} NOT NULL,
         PRIMARY KEY (key, value, run_pk)
     ){without_rowid}
     """,
@@ -120,7 +120,10 @@ _TABLES = (
 def render(statement: str, dialect: Dialect) -> str:
     """``statement`` with the dialect's types and clauses filled in."""
     return statement.format(
-        id_key=dialect.id_key, real=dialect.real_type, without_rowid=dialect.without_rowid
+        id_key=dialect.id_key,
+        real=dialect.real_type,
+        bigint=dialect.bigint_type,
+        without_rowid=dialect.without_rowid,
     ).strip()
 
 
