@@ -7,10 +7,9 @@ function in one write transaction, :meth:`_read` runs a query, :meth:`_transacti
 transaction on a given connection (for schema steps), and ``start``/``close``/``migrate`` open
 and release them. :class:`~runcore.storage.sqlite.SqliteStorage` is such a subclass.
 
-Every write runs in one transaction, given the connection to use; values are serialized
-before it begins, to keep it short. A check and the write that depends on it (a run's status,
-a pool's free slots, the run limits of an admission) happen in the same transaction, under the
-dialect's lock where the database needs one, so they hold under any number of processes.
+Values are serialized before a write transaction begins, to keep it short. A check and the
+write that depends on it (a run's status, a pool's free slots, an admission's run limits) are
+one transaction, under the dialect's lock where needed: they hold across any number of processes.
 """
 
 from __future__ import annotations
@@ -44,12 +43,31 @@ from runcore.storage.base import (
     worker_record_from_row,
     writable,
 )
-from runcore.storage.sql import migrations
-from runcore.storage.sql import schema as s
 from runcore.storage.sql.dialect import Dialect, SqlConnection
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
 from runcore.storage.sql.filters import select as _select
+from runcore.storage.sql.migrations import (
+    Place,
+    check_meta,
+    create,
+    refuse_older,
+    tables,
+    upgrade,
+)
+from runcore.storage.sql.schema import (
+    DELETE_TAG,
+    DELETE_WAITER,
+    INSERT_EVENT,
+    INSERT_RUN,
+    INSERT_SLOT,
+    INSERT_TAG,
+    SCHEMA_VERSION,
+    UPSERT_HEARTBEAT,
+    UPSERT_POOL_LIMIT,
+    UPSERT_WAITER,
+    UPSERT_WORKER,
+)
 
 T = TypeVar("T")
 
@@ -112,7 +130,7 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     @property
     @abstractmethod
-    def place(self) -> migrations.Place:
+    def place(self) -> Place:
         """How messages name this database, and what to use instead."""
 
     @abstractmethod
@@ -138,23 +156,23 @@ class SqlStorage(InstanceStorage, QueueReader):
     def _prepare(self, conn: SqlConnection) -> None:
         """Check that the database is ours (or empty) before writing anything; then create
         its tables, or upgrade an older schema if ``auto_migrate`` allows."""
-        found = migrations.tables(conn, self.dialect)
-        version = migrations.check_meta(conn, found, self.place) if found else s.SCHEMA_VERSION
-        if version < s.SCHEMA_VERSION and not self.auto_migrate:
-            raise migrations.refuse_older(version, self.place)
+        found = tables(conn, self.dialect)
+        version = check_meta(conn, found, self.place) if found else SCHEMA_VERSION
+        if version < SCHEMA_VERSION and not self.auto_migrate:
+            raise refuse_older(version, self.place)
         self._before_first_write(conn, empty=not found)
         if found:
-            if version < s.SCHEMA_VERSION:
-                migrations.upgrade(conn, self.dialect, self._transaction, self.place)
+            if version < SCHEMA_VERSION:
+                upgrade(conn, self.dialect, self._transaction, self.place)
             return
-        migrations.create(conn, self.dialect, self._transaction, self.place)
+        create(conn, self.dialect, self._transaction, self.place)
 
     def _migrate_schema(self, conn: SqlConnection) -> int:
         """Upgrade (or create) the schema on ``conn``; returns the version it had."""
-        found = migrations.tables(conn, self.dialect)
-        before = migrations.check_meta(conn, found, self.place) if found else s.SCHEMA_VERSION
+        found = tables(conn, self.dialect)
+        before = check_meta(conn, found, self.place) if found else SCHEMA_VERSION
         if found:
-            migrations.upgrade(conn, self.dialect, self._transaction, self.place)
+            upgrade(conn, self.dialect, self._transaction, self.place)
         else:
             self._prepare(conn)
         return before
@@ -166,11 +184,11 @@ class SqlStorage(InstanceStorage, QueueReader):
     ) -> None:
         for run, row in zip(runs, rows, strict=True):
             try:
-                pk = self.dialect.insert_id(conn, s.INSERT_RUN, row)
+                pk = self.dialect.insert_id(conn, INSERT_RUN, row)
             except self.dialect.integrity_errors as exc:
                 raise DuplicateRunError(run.run_id) from exc
             if run.tags:
-                conn.executemany(s.INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
+                conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
 
     def add_run(self, run: Run) -> Run:
         rows = [_run_row(run)]
@@ -261,8 +279,8 @@ class SqlStorage(InstanceStorage, QueueReader):
             pk, old = row[0], writable(read_run(row[1], run_id=run_id, status=row[2]))
             run = attrs.evolve(old, tags={**old.tags, **tags})
             conn.execute("UPDATE runs SET body = ? WHERE id = ?", (_serde.dumps_run(run), pk))
-            conn.executemany(s.DELETE_TAG, [(k, old.tags[k], pk) for k in tags if k in old.tags])
-            conn.executemany(s.INSERT_TAG, [(k, v, pk) for k, v in tags.items()])
+            conn.executemany(DELETE_TAG, [(k, old.tags[k], pk) for k in tags if k in old.tags])
+            conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in tags.items()])
             return run
 
         return self._write(write)
@@ -303,13 +321,13 @@ class SqlStorage(InstanceStorage, QueueReader):
             ts = self.dialect.now(conn)
             for pool, _ in claim_slots:
                 if not self._holds(conn, pool, run_id, ""):
-                    conn.execute(s.INSERT_SLOT, (pool, run_id, "", ts))
+                    conn.execute(INSERT_SLOT, (pool, run_id, "", ts))
             run = apply_transition(old, to_status, ts, failure_reason, event, attempt_id=attempt_id)
             conn.execute(
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            conn.execute(s.INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
+            conn.execute(INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
@@ -333,7 +351,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             if row is not None:
                 pk, run = row[0], read_run(row[1], run_id=run_id)
                 if run.corrupt is None:
-                    conn.executemany(s.DELETE_TAG, [(k, v, pk) for k, v in run.tags.items()])
+                    conn.executemany(DELETE_TAG, [(k, v, pk) for k, v in run.tags.items()])
                 else:  # its tags cannot be read from its body: find their rows the slow way
                     conn.execute("DELETE FROM run_tags WHERE run_pk = ?", (pk,))
                 conn.execute("DELETE FROM runs WHERE id = ?", (pk,))
@@ -346,13 +364,13 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     def store_event(self, event: Event) -> int:
         row = _event_row(event)
-        return self._write(lambda conn: self.dialect.insert_id(conn, s.INSERT_EVENT, row))
+        return self._write(lambda conn: self.dialect.insert_id(conn, INSERT_EVENT, row))
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
         rows = [_event_row(event) for event in events]
-        self._write(lambda conn: conn.executemany(s.INSERT_EVENT, rows))
+        self._write(lambda conn: conn.executemany(INSERT_EVENT, rows))
 
     def get_event_records(
         self,
@@ -395,7 +413,7 @@ class SqlStorage(InstanceStorage, QueueReader):
     # --- pools ------------------------------------------------------------------------------
 
     def set_pool_limit(self, pool: str, limit: int) -> None:
-        self._write(lambda conn: conn.execute(s.UPSERT_POOL_LIMIT, (pool, limit)))
+        self._write(lambda conn: conn.execute(UPSERT_POOL_LIMIT, (pool, limit)))
 
     def get_pool_limits(self) -> dict[str, int]:
         rows = self._read("SELECT pool, slot_limit FROM pool_limits")
@@ -438,7 +456,7 @@ class SqlStorage(InstanceStorage, QueueReader):
         def write(conn: SqlConnection) -> bool:
             ts = self.dialect.now(conn)
             if self._holds(conn, pool, run_id, key):
-                conn.execute(s.DELETE_WAITER, (pool, run_id, key))
+                conn.execute(DELETE_WAITER, (pool, run_id, key))
                 return True
             free = limit - self._held(conn, pool)
             ahead = 0
@@ -452,10 +470,10 @@ class SqlStorage(InstanceStorage, QueueReader):
                     ).fetchone()[0]
                 )
             if free <= ahead:
-                conn.execute(s.UPSERT_WAITER, (pool, run_id, key, priority, order, ts))
+                conn.execute(UPSERT_WAITER, (pool, run_id, key, priority, order, ts))
                 return False
-            conn.execute(s.DELETE_WAITER, (pool, run_id, key))
-            conn.execute(s.INSERT_SLOT, (pool, run_id, key, ts))
+            conn.execute(DELETE_WAITER, (pool, run_id, key))
+            conn.execute(INSERT_SLOT, (pool, run_id, key, ts))
             return True
 
         return self._write(write)
@@ -472,7 +490,7 @@ class SqlStorage(InstanceStorage, QueueReader):
 
         def write(conn: SqlConnection) -> int:
             if rows:
-                conn.executemany(s.INSERT_EVENT, rows)
+                conn.executemany(INSERT_EVENT, rows)
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
 
@@ -523,7 +541,7 @@ class SqlStorage(InstanceStorage, QueueReader):
         def write(conn: SqlConnection) -> bool:
             if conn.execute(current, (record.run_id, record.attempt_id)).fetchone() is None:
                 return False
-            conn.execute(s.UPSERT_WORKER, row)
+            conn.execute(UPSERT_WORKER, row)
             return True
 
         return self._write(write)
@@ -564,7 +582,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             heartbeat.timestamp,
             json.dumps(heartbeat.info),
         )
-        self._write(lambda conn: conn.execute(s.UPSERT_HEARTBEAT, row))
+        self._write(lambda conn: conn.execute(UPSERT_HEARTBEAT, row))
 
     def get_daemon_heartbeats(self) -> list[DaemonHeartbeat]:
         rows = self._read(
