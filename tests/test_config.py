@@ -10,6 +10,7 @@ import pytest
 import runcore as rc
 from runcore import config
 from runcore.launchers.subprocess import SubprocessRunLauncher
+from runcore.storage.memory import InMemoryStorage
 from runcore.storage.sqlite import SqliteStorage
 
 
@@ -68,12 +69,24 @@ def test_full_config_parses() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"storage": {"sqlte": {}}}, "storage: unknown key 'sqlte'; expected one of: in_memory"),
+        (
+            {"storage": {"sqlte": {}}},
+            "storage: unknown key 'sqlte'; expected one of: class, config, in_memory",
+        ),
         ({"storage": {"sqlite": {"path": 3}}}, "storage.sqlite.path: expected a string, got 3"),
-        ({"storage": {}}, "storage: give exactly one of sqlite, in_memory, postgres"),
+        ({"storage": {}}, "storage: give exactly one of sqlite, in_memory, postgres, class"),
         (
             {"storage": {"sqlite": {}, "in_memory": {}}},
-            "give exactly one of sqlite, in_memory, postgres (got sqlite, in_memory)",
+            "give exactly one of sqlite, in_memory, postgres, class (got sqlite, in_memory)",
+        ),
+        (
+            {"storage": {"class": "runcore.storage:InMemoryStorage", "sqlite": {}}},
+            "give exactly one of sqlite, in_memory, postgres, class (got sqlite, class)",
+        ),
+        ({"storage": {"class": 3}}, "storage.class: expected a string, got 3"),
+        (
+            {"storage": {"sqlite": {}, "config": {"path": "x"}}},
+            "storage.config: settings of a storage plug-in go beside its class",
         ),
         (
             {"concurrency": {"runs": {"max_concurrent_runs": "15"}}},
@@ -167,3 +180,92 @@ def test_config_is_data_not_code(tmp_path: Path) -> None:
     evil.write_text("storage: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(rc.ConfigError, match="not valid YAML"):
         rc.Instance.from_config(evil)
+
+
+class _CountingStorage(InMemoryStorage):
+    """A third-party storage: counts the runs it stored."""
+
+    def __init__(self, start_at: int = 0) -> None:
+        super().__init__()
+        self.added = start_at
+
+    def add_run(self, run: rc.Run) -> rc.Run:
+        self.added += 1
+        return super().add_run(run)
+
+
+class _NamedSqliteStorage(SqliteStorage):
+    """A subclass of SqliteStorage taking the same settings."""
+
+
+def test_storage_plugin_by_class_path() -> None:
+    inst = rc.Instance.from_config(
+        {"storage": {"class": f"{__name__}:_CountingStorage", "config": {"start_at": 5}}}
+    )
+    assert isinstance(inst.storage, _CountingStorage)
+    assert isinstance(inst.output_store, rc.InMemoryOutputStore)
+    assert isinstance(inst.run_launcher, rc.ThreadPoolRunLauncher), "not shareable: threads"
+
+    @rc.op
+    def one() -> int:
+        return 1
+
+    with inst:
+        run = inst.submit_run(rc.job("counted", [one]))
+        assert inst.wait_for_run(run.run_id, timeout=10).status is rc.RunStatus.SUCCESS
+    assert inst.storage.added == 6
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (
+            {"class": "runcore.launchers:ThreadPoolRunLauncher"},
+            "storage.class: runcore.launchers:ThreadPoolRunLauncher is not a InstanceStorage",
+        ),
+        (
+            {"class": "runcore.storage:SqliteStorage", "config": {"pth": "x.db"}},
+            "storage.config: SqliteStorage has no setting 'pth'",
+        ),
+        ({"class": "no_such_module_xyz:Storage"}, "storage.class: cannot import module"),
+    ],
+)
+def test_storage_plugin_errors_name_the_key(storage: dict[str, Any], message: str) -> None:
+    with pytest.raises(rc.ConfigError) as info:
+        rc.Instance.from_config({"storage": storage})
+    assert message in str(info.value)
+
+
+def test_storage_to_config_round_trips_for_workers(tmp_path: Path) -> None:
+    db = str(tmp_path / "runs.db")
+    cases = [
+        ({"sqlite": {"path": db}}, {"sqlite": {"path": db}}),
+        (
+            {"class": "runcore.storage:SqliteStorage", "config": {"path": db}},
+            {"sqlite": {"path": db}},
+        ),
+        ({"in_memory": {}}, {"in_memory": {}}),
+        (
+            {"class": f"{__name__}:_NamedSqliteStorage", "config": {"path": db}},
+            {
+                "class": f"{__name__}:_NamedSqliteStorage",
+                "config": {"path": db, "busy_timeout": 30.0},
+            },
+        ),
+        (
+            {"class": f"{__name__}:_CountingStorage"},
+            {"class": f"{__name__}:_CountingStorage", "config": {}},
+        ),
+    ]
+    for given, handed in cases:
+        inst = rc.Instance.from_config({"storage": given})
+        assert inst.storage.to_config() == handed
+        assert inst.config_for_workers()["storage"] == handed
+        again = rc.Instance.from_config(inst.config_for_workers())
+        assert type(again.storage) is type(inst.storage)
+        assert again.storage.to_config() == handed
+    inst = rc.Instance.from_config(
+        {"storage": {"class": f"{__name__}:_NamedSqliteStorage", "config": {"path": db}}}
+    )
+    assert isinstance(inst.output_store, rc.FileOutputStore)
+    assert inst.output_store.base_dir == str(tmp_path / "outputs")

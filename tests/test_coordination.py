@@ -338,3 +338,88 @@ def test_two_daemons_on_one_sqlite_file_never_start_a_run_twice(tmp_path: Path) 
     everything = launched[0] + launched[1]
     assert len(everything) == len(set(everything)) == 1000
     assert set(everything) == set(ids)
+
+
+_LIMITED = {
+    "max_concurrent_runs": 4,
+    "tag_concurrency_limits": [
+        {"key": "team", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
+    ],
+}
+
+
+def _limited_daemon(db: str, barrier: Any, out: Any, seed: int) -> None:
+    """A daemon process: dequeue passes, and finish what it launched a little later."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    inst = rc.Instance.from_config(
+        {
+            "storage": {"sqlite": {"path": db}},
+            "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
+            "run_launcher": {"class": "runcore.testing:RecordingLauncher"},
+            "concurrency": {"runs": _LIMITED},
+        }
+    )
+    launcher = inst.run_launcher
+    assert isinstance(launcher, RecordingLauncher)
+    daemon = rc.Daemon(inst)
+    barrier.wait()
+    running: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        result = daemon.dequeue_once()
+        assert result is not None
+        running.extend(result.launched)
+        while running and rng.random() < 0.5:
+            launcher.finish(running.pop(rng.randrange(len(running))))
+        if result.queued == 0 and not running:
+            break
+        time.sleep(rng.random() * 0.003)
+    out.put(launcher.launched_ids)
+    inst.close()
+
+
+@pytest.mark.slow
+def test_daemons_racing_on_one_sqlite_file_never_exceed_a_limit(tmp_path: Path) -> None:
+    """Each pass decides from its own snapshot; the STARTING transition re-checks the run
+    limits in its transaction, so together the daemons never exceed one (read from the log)."""
+    db = str(tmp_path / "r.db")
+    with make_instance("sqlite", tmp_path, **runs_config(**_LIMITED)) as inst:
+        teams = ["a", "b", "c"]
+        ids = {inst.submit_run(simple, tags={"team": teams[i % 3]}).run_id for i in range(90)}
+    ctx = multiprocessing.get_context("spawn")
+    n = 3
+    barrier = ctx.Barrier(n)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_limited_daemon, args=(db, barrier, out, i)) for i in range(n)]
+    for proc in procs:
+        proc.start()
+    launched = [x for _ in procs for x in out.get(timeout=180)]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert sorted(launched) == sorted(ids), "every run started exactly once"
+
+    with rc.Instance.from_config({"storage": {"sqlite": {"path": db}}}) as inst:
+        inst.ensure_started()
+        storage = inst.storage
+        team_of = {run.run_id: run.tags["team"] for run in inst.get_runs()}
+        assert all(run.status is rc.RunStatus.SUCCESS for run in inst.get_runs())
+        in_progress: set[str] = set()
+        peak, team_peak = 0, 0
+        cursor = None
+        while records := storage.get_events_after(cursor, 100):
+            for record in records:
+                event = record.event
+                if event.event_type is rc.EventType.RUN_STARTING:
+                    in_progress.add(event.run_id)
+                elif event.event_type is rc.EventType.RUN_SUCCESS:
+                    in_progress.discard(event.run_id)
+                peak = max(peak, len(in_progress))
+                per_team = [sum(team_of[r] == t for r in in_progress) for t in "abc"]
+                team_peak = max(team_peak, *per_team)
+            cursor = records[-1].storage_id
+    assert peak == 4, "the global limit is reached and never exceeded"
+    assert team_peak == 2, "the per-team limit is reached and never exceeded"

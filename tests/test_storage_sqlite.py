@@ -237,6 +237,48 @@ def test_eight_writer_processes_lose_no_event(storage: SqliteStorage, db_path: P
         assert mine == expected, "each writer's events are stored once, in its order"
 
 
+def test_a_reader_tailing_the_cursor_misses_no_event_of_writer_processes(
+    storage: SqliteStorage, db_path: Path
+) -> None:
+    """The cross-run cursor is gap-free across processes: a reader tailing it while four
+    processes write (single events and batches, each to its own run) sees every event once."""
+    writers, single = 4, 150
+    go = db_path.parent / "go"
+    children = [
+        _python(
+            """
+            from runcore.events import Event, EventType
+            from runcore.storage import SqliteStorage
+            me, single = sys.argv[3], int(sys.argv[4])
+            with SqliteStorage(sys.argv[1]) as storage:
+                for i in range(single):
+                    storage.store_event(Event(run_id=me, event_type=EventType.LOG))
+                    if i % 10 == 0:
+                        storage.store_events([Event(run_id=me, event_type=EventType.LOG)] * 5)
+            """,
+            str(db_path),
+            str(go),
+            f"w{w}",
+            str(single),
+            wait_for_go=True,
+        )
+        for w in range(writers)
+    ]
+    seen: list[int] = []
+    cursor: int | None = None
+    go.touch()
+    while any(child.poll() is None for child in children):
+        while records := storage.get_events_after(cursor, 50):
+            seen.extend(r.storage_id for r in records)
+            cursor = records[-1].storage_id
+    for child in children:
+        _output(child)
+    seen.extend(r.storage_id for r in storage.get_events_after(cursor, 100_000))
+    stored = [r.storage_id for r in storage.get_events_after(None, 100_000)]
+    assert len(stored) == writers * (single + single // 10 * 5)
+    assert seen == stored, "the tailing reader skipped or repeated an event"
+
+
 def test_two_processes_racing_transitions_win_each_run_once(
     storage: SqliteStorage, db_path: Path
 ) -> None:

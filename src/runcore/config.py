@@ -67,18 +67,30 @@ class InMemoryStorageConfig:
 
 @attrs.frozen
 class StorageConfig:
-    """Exactly one of the backends."""
+    """Exactly one of the backends: a short form (``sqlite``, ``in_memory``, ``postgres``) or
+    a plug-in, ``{class: "module:Class", config: {...}}`` with ``config`` beside ``class``."""
 
     sqlite: SqliteStorageConfig | None = None
     in_memory: InMemoryStorageConfig | None = None
     postgres: PostgresStorageConfig | None = None
+    class_name: str | None = None
+    config: dict[str, Any] | None = None
 
     def __attrs_post_init__(self) -> None:
-        chosen = [n for n in ("sqlite", "in_memory", "postgres") if getattr(self, n) is not None]
+        names = {"sqlite": "sqlite", "in_memory": "in_memory", "postgres": "postgres"}
+        chosen = [key for attr, key in names.items() if getattr(self, attr) is not None]
+        if self.class_name is not None:
+            chosen.append("class")
         if len(chosen) != 1:
             raise ConfigError(
-                "storage: give exactly one of sqlite, in_memory, postgres"
+                "storage: give exactly one of sqlite, in_memory, postgres, class"
                 + (f" (got {', '.join(chosen)})" if chosen else " (got none)")
+            )
+        if self.config is not None and self.class_name is None:
+            raise ConfigError(
+                "storage.config: settings of a storage plug-in go beside its class "
+                "(storage: {class: 'module:Class', config: {...}}); the short forms take "
+                "theirs inside (storage: {sqlite: {path: ...}})"
             )
 
 
@@ -264,6 +276,7 @@ def _converter() -> cattrs.Converter:
 
     renamed: list[tuple[type, str, str]] = [
         (PluginConfig, "class_name", "class"),
+        (StorageConfig, "class_name", "class"),
         (UniqueValue, "apply_limit_per_unique_value", "applyLimitPerUniqueValue"),
     ]
     for cls, attr, key in renamed:
@@ -465,16 +478,6 @@ def import_class(name: str, *, where: str) -> type:
     if not isinstance(cls, type):
         raise ConfigError(f"{where}.class: module {module_name!r} has no class {attr!r}")
     return cls
-
-
-def build_run_hooks(cfg: InstanceConfig) -> list[Any]:
-    """The ``run_hooks`` the config names, built (each a ``RunHooks``)."""
-    from runcore.worker.hooks import RunHooks
-
-    return [
-        build_plugin(plugin, RunHooks, where=f"run_hooks[{i}]")
-        for i, plugin in enumerate(cfg.run_hooks)
-    ]
 
 
 def build_plugin(plugin: PluginConfig, base: type, *, where: str) -> Any:

@@ -1,8 +1,9 @@
-"""The ``Instance``: the facade that wires storage, coordinator and launcher together.
+"""The ``Instance``: the facade that holds storage, coordinator and launcher together.
 
 It only wires: each component gets its collaborators through ``start(context)`` and never holds
-a reference back to the instance. The instance starts its components on first use (the
-constructor does no I/O) and closes them in :meth:`Instance.close` or at the end of a ``with``.
+a reference back to the instance. Which components a config means is decided in
+:mod:`runcore.wiring`. The instance starts its components on first use (the constructor does no
+I/O) and closes them in :meth:`Instance.close` or at the end of a ``with``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from runcore.runs import (
 )
 from runcore.storage.base import InstanceStorage
 from runcore.storage.memory import InMemoryStorage
+from runcore.wiring import build_components, build_run_hooks, step_pools_for
 from runcore.worker.execution import StepPools
 from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.worker.plan import build_plan, resolve_op_selection
@@ -104,77 +106,6 @@ class JobRegistry:
         return self.load(run.code_location).get_job(run.job_name)
 
 
-def _build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
-    if cfg.sqlite is not None:
-        from runcore.storage.sqlite import SqliteStorage
-
-        return SqliteStorage(
-            os.path.join(base_dir, os.path.expanduser(cfg.sqlite.path)),
-            auto_migrate=cfg.sqlite.auto_migrate,
-        )
-    if cfg.postgres is not None:
-        raise ConfigError(
-            "storage.postgres: PostgreSQL storage is not part of this runcore release yet; use "
-            "storage: {sqlite: {path: ...}} for now"
-        )
-    return InMemoryStorage()
-
-
-def build_storage_and_outputs(
-    cfg: _config.InstanceConfig, base_dir: str
-) -> tuple[InstanceStorage, OutputStore]:
-    """The storage and output store a config names (unstarted); relative paths from
-    ``base_dir``. Outputs default to ``outputs/`` beside a SQLite file, else memory."""
-    storage = _build_storage(cfg.storage, base_dir)
-    output_store: OutputStore
-    if cfg.outputs.path is not None:
-        output_store = FileOutputStore(os.path.join(base_dir, os.path.expanduser(cfg.outputs.path)))
-    elif cfg.storage.sqlite is not None:
-        db_path = os.path.join(base_dir, os.path.expanduser(cfg.storage.sqlite.path))
-        output_store = FileOutputStore(os.path.join(os.path.dirname(db_path), "outputs"))
-    else:
-        output_store = InMemoryOutputStore()
-    return storage, output_store
-
-
-def _build_launchers(
-    cfg: _config.InstanceConfig, storage: InstanceStorage
-) -> tuple[RunLauncher, RunLauncher | None]:
-    """The isolated launcher and, if different, the non-isolated one.
-
-    Isolated: ``run_launcher`` if configured, else worker processes when other processes can
-    open the storage (SQLite, PostgreSQL), else threads (in-memory storage is invisible to
-    other processes). Non-isolated: ``non_isolated_runs.launcher`` if configured, else the
-    configured ``run_launcher`` (the user chose where runs go), else a thread pool sized by
-    ``non_isolated_runs.max_concurrent_runs``.
-    """
-    if cfg.run_launcher is not None:
-        isolated: RunLauncher = _config.build_plugin(
-            cfg.run_launcher, RunLauncher, where="run_launcher"
-        )
-    elif storage.shareable:
-        from runcore.launchers.subprocess import SubprocessRunLauncher
-
-        isolated = SubprocessRunLauncher()
-    else:
-        return ThreadPoolRunLauncher(), None
-    ni = cfg.non_isolated_runs
-    if ni.launcher is not None:
-        return isolated, _config.build_plugin(
-            ni.launcher, RunLauncher, where="non_isolated_runs.launcher"
-        )
-    if cfg.run_launcher is not None:
-        return isolated, None
-    threads = ni.max_concurrent_runs if ni.max_concurrent_runs > 0 else (os.cpu_count() or 1) * 5
-    return isolated, ThreadPoolRunLauncher(max_workers=threads)
-
-
-def step_pools_for(cfg: _config.InstanceConfig | None) -> StepPools | None:
-    """Op-granularity pool settings of a config (None at run granularity)."""
-    pools = (cfg or _config.InstanceConfig()).concurrency.pools
-    return StepPools(default_limit=pools.default_limit) if pools.granularity == "op" else None
-
-
 @attrs.define(eq=False)
 class Instance:
     """Runs jobs and remembers them. The components are its fields.
@@ -214,24 +145,14 @@ class Instance:
         Raises :class:`~runcore.errors.ConfigError` naming the key for malformed config.
         No I/O happens until the instance is first used.
         """
-        cfg, base_dir = _config.load_instance_config(source)
-        from runcore.coordinators.queued import limits_from_config
-
-        limits_from_config(cfg.concurrency, cfg.non_isolated_runs)  # bad limits fail here
-        storage, output_store = build_storage_and_outputs(cfg, base_dir)
-        coordinator: RunCoordinator = (
-            _config.build_plugin(cfg.run_coordinator, RunCoordinator, where="run_coordinator")
-            if cfg.run_coordinator is not None
-            else DefaultRunCoordinator()
-        )
-        launcher, non_isolated = _build_launchers(cfg, storage)
+        parts = build_components(source)
         return cls(
-            storage=storage,
-            run_coordinator=coordinator,
-            run_launcher=launcher,
-            non_isolated_launcher=non_isolated,
-            output_store=output_store,
-            config=cfg,
+            storage=parts.storage,
+            run_coordinator=parts.run_coordinator,
+            run_launcher=parts.run_launcher,
+            non_isolated_launcher=parts.non_isolated_launcher,
+            output_store=parts.output_store,
+            config=parts.config,
         )
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -273,7 +194,7 @@ class Instance:
         )
 
     def _config_hooks(self) -> list[RunHooks]:
-        return _config.build_run_hooks(self.config) if self.config is not None else []
+        return build_run_hooks(self.config) if self.config is not None else []
 
     @property
     def launcher(self) -> RunLauncher:

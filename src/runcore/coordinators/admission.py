@@ -14,6 +14,11 @@ Rules, applied to queued runs in order of ``runcore/priority`` (higher first), t
    has a pool and each of those pools is full (its steps claim slots as they are about to run).
 5. A run held by any rule takes nothing: it does not use up a tag budget, a global slot or a
    pool slot, so runs behind it that are not held start (no head-of-line blocking).
+
+A pass decides from a snapshot; several daemons may decide at once. So the move to STARTING
+re-checks the run limits (1-3) inside the storage's transaction, with :func:`fits_run_limits`,
+and pool slots are claimed in that same transaction: no limit is exceeded whatever the number of
+daemons.
 """
 
 from __future__ import annotations
@@ -282,6 +287,28 @@ class _Ledger:
         for pool in take:
             self.pools[pool].add(run.run_id, ahead=True)
         return take
+
+
+def run_limits_apply(run: QueuedRun, limits: Limits) -> bool:
+    """Whether any run limit (1-3 of the module docstring) counts ``run``: else starting it
+    needs no re-check."""
+    if limits.max_concurrent_runs >= 0:
+        return True
+    if run.non_isolated and limits.max_non_isolated_runs >= 0:
+        return True
+    return any(limit.bucket(run.tags) is not None for limit in limits.tag_limits)
+
+
+def fits_run_limits(
+    run: QueuedRun, in_progress: Iterable[Mapping[str, str]], limits: Limits
+) -> bool:
+    """Whether ``run`` may start beside runs in progress with the tags ``in_progress``: the run
+    limits (1-3) only; pools are the storage's slot claims. What a move to STARTING checks in
+    its transaction (see the module docstring)."""
+    ledger = _Ledger(attrs.evolve(limits, pool_limits={}, pool_default_limit=None), {})
+    for index, tags in enumerate(in_progress):
+        ledger.count(str(index), tags.get(ISOLATION_TAG) == "non_isolated", ledger.buckets(tags))
+    return ledger.global_hold() is None and not ledger.blocked(run, ledger.buckets(run.tags))
 
 
 def admit(

@@ -4,8 +4,9 @@
 :meth:`QueuedRunCoordinator.dequeue_pass`) reads the queue, asks the pure
 :func:`~runcore.coordinators.admission.admit` which runs may start, and starts each with one
 compare-and-set ``QUEUED -> STARTING`` that also claims the run's pool slots (granularity
-``run``). Two daemons on one storage therefore never start a run twice: the second one's
-compare-and-set finds the run no longer QUEUED.
+``run``) and re-checks the run limits in the same transaction. Two daemons on one storage
+therefore never start a run twice (the second one's compare-and-set finds the run no longer
+QUEUED), and never together exceed a limit they each decided from a snapshot.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from runcore.coordinators.admission import (
     QueuedRun,
     TagLimit,
     admit,
+    fits_run_limits,
     queue_order,
+    run_limits_apply,
 )
 from runcore.coordinators.base import QueuingCoordinator, launch
 from runcore.errors import ConfigError
@@ -38,7 +41,7 @@ from runcore.runs import (
     RunStatus,
     priority_of,
 )
-from runcore.storage.base import QueuedRunRow, QueueReader, move_run
+from runcore.storage.base import LimitCheck, QueuedRunRow, QueueReader, move_run
 
 _log = logging.getLogger("runcore.coordinator")
 
@@ -290,12 +293,15 @@ class QueuedRunCoordinator(QueuingCoordinator):
             self._warned_zero = True
         launched: list[str] = []
         lost = failed = 0
+        with self._lock:  # the admission views of the runs to start (read by this pass)
+            views = {run_id: self._cache.get(run_id) for run_id in decision.launch}
         for run_id in decision.launch:
             claims = [
                 (pool, limits.pool_limit(pool) or 0)
                 for pool in decision.pool_claims.get(run_id, ())
             ]
-            outcome = self._start(run_id, claims)
+            view = views[run_id] or self._view_of(run_id)
+            outcome = self._start(run_id, claims, _limit_check(view, limits))
             if outcome is None:
                 lost += 1
             elif outcome:
@@ -311,20 +317,38 @@ class QueuedRunCoordinator(QueuingCoordinator):
             failed_launches=failed,
         )
 
-    def _start(self, run_id: str, claims: Sequence[tuple[str, int]]) -> bool | None:
-        """Start one run; None if it was no longer startable, False if its launch failed."""
+    def _view_of(self, run_id: str) -> QueuedRun | None:
+        """The admission view of one run read from storage (when the cache lost it)."""
+        run = self.context.storage.get_run(run_id)
+        return queued_run_info(run, 0) if run is not None and run.corrupt is None else None
+
+    def _start(
+        self,
+        run_id: str,
+        claims: Sequence[tuple[str, int]],
+        limit_check: LimitCheck | None,
+    ) -> bool | None:
+        """Start one run; None if it was no longer startable (moved by someone else, or a
+        limit filled since the pass decided), False if its launch failed."""
         storage = self.context.storage
-        starting = storage.transition(
-            run_id,
-            [RunStatus.QUEUED],
-            RunStatus.STARTING,
-            event=Event(
-                run_id=run_id,
-                event_type=EventType.RUN_STARTING,
-                message="dequeued: the limits allow it",
-            ),
-            claim_slots=claims,
+        event = Event(
+            run_id=run_id,
+            event_type=EventType.RUN_STARTING,
+            message="dequeued: the limits allow it",
         )
+        if limit_check is None:  # a storage written before limit_check keeps working
+            starting = storage.transition(
+                run_id, [RunStatus.QUEUED], RunStatus.STARTING, event=event, claim_slots=claims
+            )
+        else:
+            starting = storage.transition(
+                run_id,
+                [RunStatus.QUEUED],
+                RunStatus.STARTING,
+                event=event,
+                claim_slots=claims,
+                limit_check=limit_check,
+            )
         if starting is None:
             return None
         log_event(
@@ -380,6 +404,14 @@ class QueuedRunCoordinator(QueuingCoordinator):
             )
         reasons.extend(_notes(run, limits))
         return QueueExplanation(run_id, run.status, position, len(ordered), tuple(reasons), holds)
+
+
+def _limit_check(run: QueuedRun | None, limits: Limits) -> LimitCheck | None:
+    """The re-check of the run limits a move to STARTING makes in its transaction, or None
+    when no run limit counts the run (most queues: no cost)."""
+    if run is None or not run_limits_apply(run, limits):
+        return None
+    return lambda in_progress: fits_run_limits(run, in_progress, limits)
 
 
 def _notes(run: Run, limits: Limits) -> list[str]:

@@ -9,7 +9,9 @@ Contract every backend keeps (``runcore.testing.StorageContract`` checks it):
 * Thread-safe: any method may be called from any thread, at the same time.
 * ``transition`` is an atomic compare-and-set: of two callers moving the same run out of the
   same status, exactly one succeeds.
-* ``storage_id`` values (runs and events) increase in insertion order.
+* ``storage_id`` values (runs and events) increase in insertion order, and the cross-run
+  event cursor (``get_events_after``) is gap-free: an event committed after a reader passed
+  its position is never skipped.
 * Terminal runs never change status again.
 * Every move to STARTING starts a new launch *attempt* (``Run.attempt_id``), a move back to
   QUEUED ends it; a transition given an ``attempt_id`` happens only while that attempt is the
@@ -24,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self, TypeAlias
 
 import attrs
 
@@ -35,6 +37,10 @@ from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 
 #: Seconds after its last attempt that a waiting slot claim stops holding its place in line.
 WAITER_TTL = 30.0
+
+#: A limit check a transition makes inside its transaction (see :meth:`RunStorage.transition`):
+#: given the tags of every run in progress, whether the run may move.
+LimitCheck: TypeAlias = Callable[[Sequence[Mapping[str, str]]], bool]
 
 
 @attrs.frozen
@@ -155,6 +161,7 @@ class RunStorage(ABC):
         failure_reason: str | None = None,
         claim_slots: Sequence[tuple[str, int]] = (),
         attempt_id: str | None = None,
+        limit_check: LimitCheck | None = None,
     ) -> Run | None:
         """Move a run to ``to_status`` if it is in one of ``from_statuses``; atomic.
 
@@ -172,9 +179,18 @@ class RunStorage(ABC):
         ``claim_slots`` is a list of ``(pool, limit)``: a run-level slot (step ``None``) in
         each pool is claimed in the same transaction, as :meth:`claim_pool_slot` would. If any
         of them cannot be had, nothing is written and ``None`` is returned: the run stays
-        where it was, as if someone else had moved it first. Raises
-        :class:`~runcore.errors.IllegalTransitionError` before any I/O when the move is not in
-        :data:`~runcore.runs.LEGAL_TRANSITIONS`, and
+        where it was, as if someone else had moved it first.
+
+        ``limit_check`` (admission's run limits: ``max_concurrent_runs``, tag limits) is
+        called in the same transaction, after the status and attempt checks and before any
+        slot is claimed, with the tags of every run in progress (STARTING, STARTED,
+        CANCELING; a run whose stored data cannot be read counts with no tags). If it returns
+        ``False`` nothing is written and ``None`` is returned. The storage serializes it with
+        every other transition given one, so the limits it checks hold with any number of
+        daemons on one storage.
+
+        Raises :class:`~runcore.errors.IllegalTransitionError` before any I/O when the move
+        is not in :data:`~runcore.runs.LEGAL_TRANSITIONS`, and
         :class:`~runcore.errors.RunNotFoundError` for an unknown run.
         """
 
@@ -205,6 +221,17 @@ class EventStorage(ABC):
         event_types: Sequence[EventType] | None = None,
     ) -> list[EventRecord]:
         """A run's events in the order stored, after a cursor, optionally of some types only."""
+
+    @abstractmethod
+    def get_events_after(self, cursor: int | None, limit: int) -> list[EventRecord]:
+        """Events of every run stored after ``cursor`` (a ``storage_id``; ``None``: from the
+        first), in ``storage_id`` order, at most ``limit`` (an int >= 0).
+
+        Gap-free: a reader that passes the last id it got as the next ``cursor`` sees every
+        event exactly once, even with writers in other threads and processes. An event is
+        never returned before every event with a lower id is visible, so one committed late
+        cannot fall behind a reader. Events of a deleted run are gone from the sequence.
+        """
 
 
 class PoolStorage(ABC):
@@ -368,7 +395,15 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, Hear
         return None
 
     def to_config(self) -> dict[str, Any] | None:
-        """The ``storage:`` config another process would use to open this storage, if any."""
+        """The ``storage:`` config another process would use to open this storage, if any:
+        a short form (``{"sqlite": {...}}``) or a plug-in's ``{"class": "module:Class",
+        "config": {...}}``. Worker processes open their storage from it, so it must give back
+        an equivalent storage (the same class, on the same data)."""
+        return None
+
+    def default_outputs_dir(self) -> str | None:
+        """Where runs keep step outputs when the config names no ``outputs.path``: a
+        directory beside the storage's data, or ``None`` for in memory."""
         return None
 
 
@@ -573,6 +608,7 @@ __all__ = [
     "EventStorage",
     "HeartbeatStorage",
     "InstanceStorage",
+    "LimitCheck",
     "PoolStorage",
     "RunStorage",
     "SlotLease",

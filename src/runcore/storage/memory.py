@@ -7,6 +7,7 @@ and nothing outlives the process.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +20,7 @@ from runcore.storage.base import (
     WAITER_TTL,
     DaemonHeartbeat,
     InstanceStorage,
+    LimitCheck,
     SlotLease,
     WorkerRecord,
     apply_transition,
@@ -40,6 +42,10 @@ class InMemoryStorage(InstanceStorage):
         self._run_seq = 0
         self._events: dict[str, list[EventRecord]] = {}
         self._event_seq = 0
+        # Every run's events in storage-id order, for the cross-run cursor; ids beside them
+        # for bisecting.
+        self._all_events: list[EventRecord] = []
+        self._all_event_ids: list[int] = []
         self._pool_limits: dict[str, int] = {}
         self._leases: list[SlotLease] = []
         # (pool, run, step) -> ((-priority, order, step), last attempt)
@@ -51,7 +57,10 @@ class InMemoryStorage(InstanceStorage):
         self._closed = True
 
     def to_config(self) -> dict[str, object]:
-        return {"in_memory": {}}
+        if type(self) is InMemoryStorage:
+            return {"in_memory": {}}
+        cls = type(self)  # a subclass is a plug-in
+        return {"class": f"{cls.__module__}:{cls.__qualname__}", "config": {}}
 
     def _check_open(self) -> None:
         if self._closed:
@@ -136,6 +145,7 @@ class InMemoryStorage(InstanceStorage):
         failure_reason: str | None = None,
         claim_slots: Sequence[tuple[str, int]] = (),
         attempt_id: str | None = None,
+        limit_check: LimitCheck | None = None,
     ) -> Run | None:
         check_transition(from_statuses, to_status)
         with self._lock:
@@ -146,6 +156,10 @@ class InMemoryStorage(InstanceStorage):
             if record.run.status not in from_statuses:
                 return None
             if not attempt_allows(record.run, to_status, attempt_id):
+                return None
+            if limit_check is not None and not limit_check(
+                [r.run.tags for r in self._runs.values() if r.run.status.is_in_progress]
+            ):
                 return None
             if not all(self._can_claim(pool, run_id, None, limit) for pool, limit in claim_slots):
                 return None
@@ -165,7 +179,9 @@ class InMemoryStorage(InstanceStorage):
         with self._lock:
             self._check_open()
             self._runs.pop(run_id, None)
-            self._events.pop(run_id, None)
+            if self._events.pop(run_id, None):
+                self._all_events = [r for r in self._all_events if r.event.run_id != run_id]
+                self._all_event_ids = [r.storage_id for r in self._all_events]
             self._workers.pop(run_id, None)
             self._release(run_id, None)
 
@@ -173,7 +189,10 @@ class InMemoryStorage(InstanceStorage):
 
     def _append_event(self, event: Event) -> int:
         self._event_seq += 1
-        self._events.setdefault(event.run_id, []).append(EventRecord(self._event_seq, event))
+        record = EventRecord(self._event_seq, event)
+        self._events.setdefault(event.run_id, []).append(record)
+        self._all_events.append(record)
+        self._all_event_ids.append(record.storage_id)
         return self._event_seq
 
     def store_event(self, event: Event) -> int:
@@ -204,6 +223,12 @@ class InMemoryStorage(InstanceStorage):
             wanted = set(event_types)
             records = [r for r in records if r.event.event_type in wanted]
         return records[:limit] if limit is not None else records
+
+    def get_events_after(self, cursor: int | None, limit: int) -> list[EventRecord]:
+        with self._lock:  # ids are handed out and appended under it: nothing commits late
+            self._check_open()
+            start = 0 if cursor is None else bisect.bisect_right(self._all_event_ids, cursor)
+            return self._all_events[start : start + max(limit, 0)]
 
     # --- pools ------------------------------------------------------------------------------
 

@@ -677,6 +677,74 @@ class StorageContract:
             assert stored is not None and stored.status is status
             assert len(storage.get_event_records(run_id)) == 1
 
+    def test_limit_check_sees_the_tags_of_the_runs_in_progress(
+        self, storage: InstanceStorage
+    ) -> None:
+        statuses = [_S.QUEUED, _S.STARTING, _S.STARTED, _S.CANCELING, _S.SUCCESS, _S.NOT_STARTED]
+        storage.add_runs([_run(status=st, tags={"s": st.value}) for st in statuses])
+        mover = storage.add_run(_run(status=_S.QUEUED, tags={"me": "1"}))
+        seen: list[list[dict[str, str]]] = []
+
+        def check(in_progress: Sequence[Any]) -> bool:
+            seen.append([dict(tags) for tags in in_progress])
+            return True
+
+        moved = storage.transition(mover.run_id, [_S.QUEUED], _S.STARTING, limit_check=check)
+        assert moved is not None and moved.status is _S.STARTING
+        assert len(seen) == 1
+        assert sorted(tags["s"] for tags in seen[0]) == ["CANCELING", "STARTED", "STARTING"]
+
+    def test_a_refused_limit_check_writes_nothing(self, storage: InstanceStorage) -> None:
+        run = storage.add_run(_run(status=_S.QUEUED))
+        before = storage.get_event_records(run.run_id)
+        refused = storage.transition(
+            run.run_id,
+            [_S.QUEUED],
+            _S.STARTING,
+            claim_slots=[("db", 1)],
+            limit_check=lambda in_progress: False,
+        )
+        assert refused is None
+        assert storage.get_run(run.run_id) == run
+        assert storage.get_event_records(run.run_id) == before
+        assert storage.get_pool_leases() == []
+
+    def test_a_limit_check_is_not_called_when_the_status_does_not_match(
+        self, storage: InstanceStorage
+    ) -> None:
+        run = storage.add_run(_run(status=_S.CANCELED))
+        calls: list[int] = []
+
+        def check(in_progress: Sequence[Any]) -> bool:
+            calls.append(len(in_progress))
+            return True
+
+        moved = storage.transition(run.run_id, [_S.QUEUED], _S.STARTING, limit_check=check)
+        assert moved is None and calls == []
+
+    def test_concurrent_transitions_with_a_limit_check_never_exceed_it(
+        self, storage_handles: list[InstanceStorage]
+    ) -> None:
+        """Each caller checks "fewer than 3 in progress" inside its transition: with 12 racing
+        over several handles, exactly 3 start (a check made outside the write would let more
+        through)."""
+        runs = [_run(status=_S.QUEUED) for _ in range(12)]
+        storage_handles[0].add_runs(runs)
+
+        def start(i: int) -> bool:
+            handle = storage_handles[i % len(storage_handles)]
+            moved = handle.transition(
+                runs[i].run_id,
+                [_S.QUEUED],
+                _S.STARTING,
+                limit_check=lambda in_progress: len(in_progress) < 3,
+            )
+            return moved is not None
+
+        assert sum(_in_threads(len(runs), start)) == 3
+        starting = storage_handles[0].count_runs(RunsFilter(statuses=[_S.STARTING]))
+        assert starting == 3
+
     def test_every_path_through_the_status_machine(self, storage: InstanceStorage) -> None:
         paths = list(_transition_paths())
         assert len(paths) > 10
@@ -889,6 +957,113 @@ class StorageContract:
                 assert mine == (
                     [f"{i}:{j}" for j in range(per_thread)] if i % 2 == int(run_id[1]) else []
                 )
+
+    # --- the cross-run event cursor ---------------------------------------------------------
+
+    def test_events_after_returns_every_runs_events_in_order(
+        self, storage: InstanceStorage
+    ) -> None:
+        run = storage.add_run(_run(status=_S.QUEUED))
+        a = storage.store_event(Event(run_id="r1", event_type=EventType.LOG, message="a"))
+        storage.transition(run.run_id, [_S.QUEUED], _S.STARTING)
+        storage.store_events(
+            [Event(run_id=f"r{i}", event_type=EventType.LOG, message=str(i)) for i in (2, 1)]
+        )
+        storage.release_pool_slots(
+            run.run_id, events=[Event(run_id=run.run_id, event_type=EventType.LOG, message="z")]
+        )
+        records = storage.get_events_after(None, 100)
+        assert [(r.event.run_id, r.event.message) for r in records] == [
+            ("r1", "a"),
+            (run.run_id, ""),
+            ("r2", "2"),
+            ("r1", "1"),
+            (run.run_id, "z"),
+        ]
+        assert records[0].storage_id == a
+        assert records[1].event.event_type is EventType.RUN_STARTING
+        ids = [r.storage_id for r in records]
+        assert ids == sorted(set(ids))
+        assert storage.get_events_after(ids[1], 2) == records[2:4]
+        assert storage.get_events_after(ids[-1], 100) == []
+        assert storage.get_events_after(None, 0) == []
+        assert storage.get_events_after(ids[0] - 1, 1) == records[:1]
+
+    def test_events_after_pages_through_every_event_once(self, storage: InstanceStorage) -> None:
+        written = [f"{i}" for i in range(23)]
+        for i, message in enumerate(written):
+            storage.store_event(
+                Event(run_id=f"r{i % 4}", event_type=EventType.LOG, message=message)
+            )
+        seen: list[str] = []
+        cursor: int | None = None
+        while records := storage.get_events_after(cursor, 5):
+            assert len(records) <= 5
+            seen.extend(r.event.message for r in records)
+            cursor = records[-1].storage_id
+        assert seen == written
+
+    def test_events_after_leaves_out_deleted_runs(self, storage: InstanceStorage) -> None:
+        keep, gone = storage.add_run(_run()), storage.add_run(_run())
+        for run in (keep, gone, keep):
+            storage.store_event(Event(run_id=run.run_id, event_type=EventType.LOG))
+        storage.delete_run(gone.run_id)
+        assert [r.event.run_id for r in storage.get_events_after(None, 10)] == [keep.run_id] * 2
+
+    def test_events_after_never_skips_an_event_committed_under_concurrent_writers(
+        self, storage_handles: list[InstanceStorage]
+    ) -> None:
+        """Writers on every handle (single events, batches, transitions) while a reader tails
+        the cursor with small pages: the reader sees every event once, in id order. An event
+        committed after the reader passed its id would be missing."""
+        writers, per_writer = 6, 30
+        runs = [_run(status=_S.QUEUED) for _ in range(writers)]
+        storage_handles[0].add_runs(runs)
+        done = threading.Event()
+        seen: list[int] = []
+
+        def tail(handle: InstanceStorage, cursor: int | None) -> int | None:
+            while records := handle.get_events_after(cursor, 7):
+                ids = [r.storage_id for r in records]
+                assert ids == sorted(ids) and (cursor is None or ids[0] > cursor)
+                seen.extend(ids)
+                cursor = ids[-1]
+            return cursor
+
+        def work(i: int) -> None:
+            handle = storage_handles[i % len(storage_handles)]
+            if i == writers:  # the reader
+                cursor: int | None = None
+                while not done.is_set():
+                    cursor = tail(handle, cursor)
+                tail(handle, cursor)
+                return
+            run_id = runs[i].run_id
+            for j in range(per_writer):
+                if j % 3 == 0:
+                    handle.store_events(
+                        [Event(run_id=run_id, event_type=EventType.LOG, message=f"{j}")] * 3
+                    )
+                else:
+                    handle.store_event(Event(run_id=run_id, event_type=EventType.LOG))
+            handle.transition(run_id, [_S.QUEUED], _S.STARTING)
+
+        def run(i: int) -> None:
+            try:
+                work(i)
+            finally:
+                if i < writers:
+                    with lock:
+                        finished.append(i)
+                        if len(finished) == writers:
+                            done.set()
+
+        lock = threading.Lock()
+        finished: list[int] = []
+        _in_threads(writers + 1, run)
+        stored = [r.storage_id for r in storage_handles[0].get_events_after(None, 100_000)]
+        assert len(stored) == writers * (per_writer // 3 * 3 + per_writer * 2 // 3 + 1)
+        assert seen == stored, "the tailing reader skipped or repeated an event"
 
     # --- pools ------------------------------------------------------------------------------
 

@@ -102,8 +102,8 @@ def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
 
 def load_resources(config: str | dict[str, Any]) -> WorkerResources:
     """Build the worker's storage, output store, pool settings and job registry."""
-    from runcore.config import build_run_hooks
-    from runcore.instance import JobRegistry, build_storage_and_outputs, step_pools_for
+    from runcore.instance import JobRegistry
+    from runcore.wiring import build_run_hooks, build_storage_and_outputs, step_pools_for
 
     cfg, base_dir = parse_instance(config)
     storage, outputs = build_storage_and_outputs(cfg, base_dir)

@@ -1,0 +1,168 @@
+"""The tables of the SQL storages, written once for every dialect.
+
+Column types and the few clauses that differ between databases are filled in from the
+:class:`~runcore.storage.sql.dialect.Dialect`: the auto-increment key (``INTEGER PRIMARY KEY
+AUTOINCREMENT`` on SQLite, ``BIGSERIAL PRIMARY KEY`` on PostgreSQL), the floating-point type and
+SQLite's ``WITHOUT ROWID``. Everything else is plain SQL both speak.
+
+``SCHEMA_VERSION`` is the version a new database is created at; older ones are upgraded by
+:mod:`runcore.storage.sql.migrations`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runcore.storage.sql.dialect import Dialect
+
+#: 1: the first release. 2: worker records in their own table (``workers``); the
+#: ``runcore/worker_*`` tags of version 1 are deleted, never read again.
+SCHEMA_VERSION = 2
+
+#: What ``runcore_meta.app`` says in a database runcore wrote.
+APP_ID = "runcore"
+
+#: Version 2's table: who executes each run's current attempt (see ``WorkerRecord``).
+WORKERS_TABLE = """
+CREATE TABLE IF NOT EXISTS workers (
+    run_id TEXT PRIMARY KEY,
+    attempt_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    started_at {real} NOT NULL,
+    heartbeat_at {real}
+){without_rowid}
+"""
+
+# ``storage_id`` must increase in insertion order even after deletes, hence an auto-increment
+# key that never hands out a deleted id again (a plain SQLite rowid table may) on ``runs`` and
+# ``events``. ``run_tags`` is keyed by (key, value, run) for tag queries; a run's tag rows are
+# found from the tags in its body, so no second index on ``run_pk`` is needed.
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS runcore_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        id {id_key},
+        run_id TEXT NOT NULL UNIQUE,
+        job_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        parent_run_id TEXT,
+        root_run_id TEXT,
+        created_at {real} NOT NULL,
+        updated_at {real},
+        body TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_status_updated ON runs (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_name, id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id) "
+    "WHERE parent_run_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS runs_by_root ON runs (root_run_id) WHERE root_run_id IS NOT NULL",
+    """
+    CREATE TABLE IF NOT EXISTS run_tags (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        run_pk {bigint} NOT NULL,
+        PRIMARY KEY (key, value, run_pk)
+    ){without_rowid}
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        id {id_key},
+        run_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        step_key TEXT,
+        timestamp {real} NOT NULL,
+        body TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, id)",
+    "CREATE TABLE IF NOT EXISTS pool_limits (pool TEXT PRIMARY KEY, slot_limit INTEGER NOT NULL)",
+    """
+    CREATE TABLE IF NOT EXISTS pool_slots (
+        id {id_key},
+        pool TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        step_key TEXT NOT NULL DEFAULT '',
+        claimed_at {real} NOT NULL,
+        UNIQUE (pool, run_id, step_key)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS pool_slots_by_run ON pool_slots (run_id)",
+    """
+    CREATE TABLE IF NOT EXISTS pool_waiters (
+        pool TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        step_key TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        run_order {real} NOT NULL,
+        last_seen {real} NOT NULL,
+        PRIMARY KEY (pool, run_id, step_key)
+    ){without_rowid}
+    """,
+    "CREATE INDEX IF NOT EXISTS pool_waiters_by_run ON pool_waiters (run_id)",
+    """
+    CREATE TABLE IF NOT EXISTS daemon_heartbeats (
+        daemon_id TEXT PRIMARY KEY,
+        daemon_type TEXT NOT NULL,
+        timestamp {real} NOT NULL,
+        info TEXT NOT NULL
+    )
+    """,
+    WORKERS_TABLE,
+)
+
+
+def render(statement: str, dialect: Dialect) -> str:
+    """``statement`` with the dialect's types and clauses filled in."""
+    return statement.format(
+        id_key=dialect.id_key,
+        real=dialect.real_type,
+        bigint=dialect.bigint_type,
+        without_rowid=dialect.without_rowid,
+    ).strip()
+
+
+def create_statements(dialect: Dialect) -> list[str]:
+    """The statements that create every table and index of :data:`SCHEMA_VERSION`."""
+    return [render(statement, dialect) for statement in _TABLES]
+
+
+# --- statements the queries share ----------------------------------------------------------
+
+INSERT_RUN = (
+    "INSERT INTO runs (run_id, job_name, status, parent_run_id, root_run_id, created_at,"
+    " updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
+DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
+DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
+INSERT_EVENT = (
+    "INSERT INTO events (run_id, event_type, step_key, timestamp, body) VALUES (?, ?, ?, ?, ?)"
+)
+INSERT_SLOT = "INSERT INTO pool_slots (pool, run_id, step_key, claimed_at) VALUES (?, ?, ?, ?)"
+UPSERT_WAITER = (
+    "INSERT INTO pool_waiters (pool, run_id, step_key, priority, run_order, last_seen) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pool, run_id, step_key) "
+    "DO UPDATE SET last_seen = excluded.last_seen"
+)
+UPSERT_WORKER = (
+    "INSERT INTO workers (run_id, attempt_id, kind, host, handle, started_at, heartbeat_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+    "attempt_id = excluded.attempt_id, kind = excluded.kind, host = excluded.host, "
+    "handle = excluded.handle, started_at = excluded.started_at, "
+    "heartbeat_at = excluded.heartbeat_at"
+)
+UPSERT_POOL_LIMIT = (
+    "INSERT INTO pool_limits (pool, slot_limit) VALUES (?, ?) "
+    "ON CONFLICT (pool) DO UPDATE SET slot_limit = excluded.slot_limit"
+)
+UPSERT_HEARTBEAT = (
+    "INSERT INTO daemon_heartbeats (daemon_id, daemon_type, timestamp, info) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (daemon_id) DO UPDATE SET "
+    "daemon_type = excluded.daemon_type, timestamp = excluded.timestamp, info = excluded.info"
+)
