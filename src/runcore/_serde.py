@@ -10,11 +10,12 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from runcore.events import Event
+from runcore.runs import Run
+
 if TYPE_CHECKING:
     import cattrs
 
-    from runcore.events import Event
-    from runcore.runs import Run
 
 T = TypeVar("T")
 
@@ -65,7 +66,6 @@ def dumps_run(run: Run) -> str:
 
 def loads_run(text: str | bytes) -> Run:
     """A run from JSON text."""
-    from runcore.runs import Run
 
     return loads(text, Run)
 
@@ -77,6 +77,5 @@ def dumps_event(event: Event) -> str:
 
 def loads_event(text: str | bytes) -> Event:
     """An event from JSON text."""
-    from runcore.events import Event
 
     return loads(text, Event)

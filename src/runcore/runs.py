@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from runcore import _validate
 from runcore.errors import ConfigError, IllegalTransitionError
 
 TAG_PREFIX = "runcore/"
@@ -49,7 +50,6 @@ _TAG_CHOICES = {
 def check_tag_value(key: str, value: str) -> None:
     """Raise :class:`~runcore.errors.ConfigError` (naming the tag) if a ``runcore/`` tag's
     value is malformed; other tags take any string."""
-    from runcore import _validate
 
     field = f"tag {key}"
     if key == PRIORITY_TAG:
@@ -71,7 +71,6 @@ def check_user_tags(tags: Mapping[str, str] | None, where: str = "tags") -> dict
     documented control tags (:data:`USER_CONTROL_TAGS`) are accepted, with well-formed values.
     Raises :class:`~runcore.errors.ConfigError` naming the tag.
     """
-    from runcore import _validate
 
     if tags is None:
         return {}

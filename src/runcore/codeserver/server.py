@@ -266,6 +266,8 @@ def serve(
         with _stop_on_signals(server):
             grpc_server.start()
             try:
+                # In storage before the "listening" line: whoever waits for it finds it there.
+                server.start_heartbeats(f"{host}:{bound}")
                 out.write(f"runcore code server requires a token: {token_line}\n")
                 out.write(
                     f"runcore code server listening on {host}:{bound} "
@@ -273,7 +275,6 @@ def serve(
                 )
                 out.flush()
                 server.start_logging()
-                server.start_heartbeats(f"{host}:{bound}")
                 server.wait_for_stop_request()
                 clean = server.drain()
             finally:

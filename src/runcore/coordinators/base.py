@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore import _faults
+from runcore.config import ConcurrencyConfig, NonIsolatedRunsConfig
 from runcore.errors import InstanceClosedError, RunNotFoundError
 from runcore.launchers.base import HealthStatus, hostname
 from runcore.runs import FailureKind, RunStatus
@@ -35,13 +36,11 @@ if TYPE_CHECKING:
 
 
 def _default_concurrency() -> ConcurrencyConfig:
-    from runcore.config import ConcurrencyConfig
 
     return ConcurrencyConfig()
 
 
 def _default_non_isolated() -> NonIsolatedRunsConfig:
-    from runcore.config import NonIsolatedRunsConfig
 
     return NonIsolatedRunsConfig()
 

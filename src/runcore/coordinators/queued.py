@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore._log import log_event
+from runcore.config import UniqueValue
 from runcore.coordinators.admission import (
     ActiveRun,
     Decision,
@@ -32,7 +33,7 @@ from runcore.coordinators.admission import (
     run_limits_apply,
 )
 from runcore.coordinators.base import QueuingCoordinator, launch
-from runcore.errors import ConfigError
+from runcore.errors import ConfigError, RunNotFoundError
 from runcore.events import Event, EventType
 from runcore.runs import (
     IN_PROGRESS_STATUSES,
@@ -55,7 +56,6 @@ def limits_from_config(
     pool_limits: dict[str, int] | None = None,
 ) -> Limits:
     """Build :class:`Limits` from the instance config (validated here, naming the field)."""
-    from runcore.config import UniqueValue
 
     runs = concurrency.runs
     if runs.max_concurrent_runs < -1:
@@ -387,8 +387,6 @@ class QueuedRunCoordinator(QueuingCoordinator):
         storage = self.context.storage
         run = storage.get_run(run_id)
         if run is None:
-            from runcore.errors import RunNotFoundError
-
             raise RunNotFoundError(run_id)
         decision, queued, limits = self.decide(explain=True)
         ordered = queue_order(queued or [])

@@ -25,10 +25,12 @@ import attrs
 
 from runcore import _validate
 from runcore._log import log_event
+from runcore.config import InstanceConfig
 from runcore.coordinators.base import QueuingCoordinator
 from runcore.daemon.base import Duty
 from runcore.errors import ConfigError, InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
+from runcore.runs import RunsFilter, RunStatus
 from runcore.storage.base import DaemonHeartbeat
 
 if TYPE_CHECKING:
@@ -158,7 +160,6 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         daemon_id: str | None = None,
     ) -> None:
-        from runcore.config import InstanceConfig
 
         cfg = instance.config or InstanceConfig()
         poll = cfg.run_monitoring.poll_interval_seconds
@@ -295,7 +296,6 @@ class Daemon:
         returns their ids. Does nothing (and reads nothing) unless INFO logging is on."""
         if not log.isEnabledFor(logging.INFO):
             return []
-        from runcore.runs import RunsFilter, RunStatus
 
         self.instance.ensure_started()
         now = time.time()

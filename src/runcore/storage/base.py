@@ -31,9 +31,10 @@ from typing import Any, Self, TypeAlias
 
 import attrs
 
-from runcore.errors import DuplicateRunError
+from runcore import _serde, _validate
+from runcore.errors import DuplicateRunError, StorageError
 from runcore.events import STATUS_EVENT_TYPES, ErrorInfo, Event, EventRecord, EventType
-from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
+from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus, stored_tags_problem
 
 #: Seconds after its last attempt that a waiting slot claim stops holding its place in line.
 WAITER_TTL = 30.0
@@ -496,8 +497,6 @@ def run_problem(run: Run, run_id: str | None = None, status: str | None = None) 
     ``run_id`` and ``status`` are the row's own columns, where a backend keeps them beside the
     run's JSON: they must agree with it.
     """
-    from runcore import _validate
-    from runcore.runs import stored_tags_problem
 
     if not _validate.is_run_id(run.run_id):
         return f"its run id {run.run_id!r} is not a lowercase UUID"
@@ -529,7 +528,6 @@ def read_run(
     ``status`` and ``job_name`` are the row's columns, used to describe a run whose JSON is
     unreadable.
     """
-    from runcore import _serde
 
     try:
         run = _serde.loads_run(body)
@@ -551,8 +549,6 @@ def read_run(
 def queued_row_ok(row: Sequence[Any]) -> bool:
     """Whether a queued run's narrow row (storage id, run id, tags, pools, root pools) can be
     trusted; a row that cannot is skipped by admission, like a corrupt run."""
-    from runcore import _validate
-    from runcore.runs import stored_tags_problem
 
     _, run_id, tags, pools, root_pools = row
     if not _validate.is_run_id(run_id) or stored_tags_problem(tags or {}) is not None:
@@ -567,8 +563,6 @@ def writable(run: Run) -> Run:
     """``run`` if runcore may change it; a :class:`~runcore.errors.StorageError` for a run
     marked corrupt (runcore never rewrites what it cannot read)."""
     if run.corrupt is not None:
-        from runcore.errors import StorageError
-
         raise StorageError(
             f"run {run.run_id} is corrupt in storage ({run.corrupt}); runcore will not change "
             "it. Inspect it with `runcore runs show`, then delete or repair the row"

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from runcore import _validate
 from runcore.definitions import Job
 from runcore.errors import RunFailedError
 from runcore.events import Event, EventType
 from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import move_run
+from runcore.worker import heartbeats as _heartbeats
 from runcore.worker.hooks import HookCaller, RunHooks
 from runcore.worker.outputs import InMemoryOutputStore, OutputStore
 from runcore.worker.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
@@ -360,8 +362,6 @@ def execute_run(
     options.hooks.run_start(started)
     beating = heartbeat_interval is not None and started.attempt_id is not None
     if beating:
-        from runcore.worker import heartbeats as _heartbeats
-
         _heartbeats.register(storage, run.run_id, started.attempt_id or "", heartbeat_interval)
     try:
         final, execution = _execute_captured(started, job, options)
@@ -555,8 +555,6 @@ def execute_job_in_process(
         build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
     kwargs: dict[str, Any] = {}
     if run_id is not None:
-        from runcore import _validate
-
         kwargs["run_id"] = _validate.run_id(run_id)
     run = Run(
         job_name=job.name,

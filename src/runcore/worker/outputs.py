@@ -24,6 +24,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from runcore import _validate
 from runcore.errors import OutputStoreError
 
 
@@ -88,7 +89,6 @@ class FileOutputStore(OutputStore):
         self.base_dir = os.fspath(base_dir)
 
     def _path(self, run_id: str, step_key: str) -> str:
-        from runcore import _validate
 
         _validate.run_id(run_id)
         _validate.path_name(step_key, "step key")
