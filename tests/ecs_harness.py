@@ -296,7 +296,7 @@ class ApiCalls:
     def __init__(self, boto_client: Any) -> None:
         self.counts: dict[str, int] = {}
         self.describe_sizes: list[int] = []
-        boto_client.meta.events.register("before-call.ecs.*", self._count)
+        boto_client.meta.events.register("before-parameter-build.ecs.*", self._count)
 
     def _count(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         self.counts[model.name] = self.counts.get(model.name, 0) + 1

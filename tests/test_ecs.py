@@ -227,6 +227,7 @@ def test_fargate_request_shape_is_accepted_by_ecs(
         },
         launch_type="FARGATE",
         subnets=subnets,
+        security_groups=groups,
         client=h.client("ecs", endpoint),
     )
     _started(again, tmp_path)
@@ -259,6 +260,7 @@ def test_secrets_go_into_the_task_definition_only(
         },
         launch_type="FARGATE",
         subnets=network[0],
+        security_groups=network[1],
         secrets={"DB_PASSWORD": "runcore/db-password"},  # a name, resolved to its ARN
         endpoint_url=endpoint,
         region_name=h.REGION,
@@ -303,7 +305,7 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
         requiresCompatibilities=["FARGATE"],
         cpu="256",
         memory="512",
-        containerDefinitions=[{"name": "daemon", "image": "example/etl:1"}],
+        containerDefinitions=[{"name": "daemon", "image": "example/etl:1", "memory": 512}],
     )["taskDefinition"]["taskDefinitionArn"]
     current = ecs.run_task(
         cluster=fargate_cluster,
@@ -366,6 +368,7 @@ def test_health_checks_describe_at_most_100_tasks_per_call(
         },
         launch_type="FARGATE",
         subnets=network[0],
+        security_groups=network[1],
         client=ecs,
     )
     calls = h.ApiCalls(ecs)
@@ -415,7 +418,9 @@ def test_run_task_failures_are_retried_then_fail_with_aws_reason(
         },
         launch_type="FARGATE",
         subnets=network[0],
-        client=h.client("ecs", endpoint),
+        security_groups=network[1],
+        endpoint_url=endpoint,  # its own client: botocore retries nothing, runcore retries
+        region_name=h.REGION,
         run_task_attempts=4,
         retry_initial_wait=0.01,
         retry_max_wait=0.05,

@@ -431,6 +431,8 @@ class EcsRunLauncher(RunLauncher):
             "image": spec.image,
             "essential": True,
         }
+        if spec.memory is not None:  # one container: it may use all of the task's memory
+            container["memoryReservation"] = int(spec.memory)
         if self.secrets:
             container["secrets"] = [
                 {"name": name, "valueFrom": self._secret_arn(value)}
@@ -624,7 +626,8 @@ class EcsRunLauncher(RunLauncher):
                 if not _aws.is_botocore_error(exc):
                     raise
                 code = _aws.error_code(exc)
-                if code in TRANSIENT_CODES or not code:  # no code: a connection failure
+                # No code: a connection failure; a bare HTTP 5xx: AWS's own trouble.
+                if code in TRANSIENT_CODES or not code or code.startswith("5"):
                     raise _TransientLaunchError(_aws.describe(exc)) from exc
                 raise RunLaunchError(
                     f"run {run_id}: ECS RunTask failed: {_aws.describe(exc)}"
