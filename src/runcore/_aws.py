@@ -13,7 +13,7 @@ from runcore.errors import ConfigError
 
 #: botocore's own retries are turned off: runcore retries in one place (tenacity, see
 #: :mod:`runcore._retry`), so a throttled call is counted and logged where it is retried.
-NO_BOTOCORE_RETRIES: dict[str, Any] = {"max_attempts": 1, "mode": "standard"}
+NO_BOTOCORE_RETRIES: dict[str, Any] = {"total_max_attempts": 1, "mode": "standard"}
 
 
 def make_client(
