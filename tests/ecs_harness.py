@@ -305,3 +305,175 @@ class ApiCalls:
 
     def __getitem__(self, name: str) -> int:
         return self.counts.get(name, 0)
+
+
+# --- the end-to-end scenario (run as pid 1 of a pid namespace: the agent signals processes) ---
+
+E2E_LOCATION = "fixtures_defs.ecs_jobs:defs"
+
+
+def _wait(predicate: Any, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def e2e_instance_config(tmp: str, endpoint: str) -> dict[str, Any]:
+    import sys
+
+    return {
+        "storage": {"sqlite": {"path": os.path.join(tmp, "runs.db")}},
+        "outputs": {
+            "class": "runcore.worker.outputs_s3:S3OutputStore",
+            "config": {"bucket": "outputs", "endpoint_url": endpoint, "region_name": REGION},
+        },
+        "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
+        "run_launcher": {
+            "class": "runcore.launchers.ecs:EcsRunLauncher",
+            "config": {
+                "cluster": "runs",
+                "task_definition": {"family": "runcore-run", "image": "etl:1", "memory": 256},
+                "launch_type": "EC2",
+                # The agent runs the command on this machine: this interpreter, not "python".
+                "command": [sys.executable, "-m", "runcore"],
+                "endpoint_url": endpoint,
+                "region_name": REGION,
+                "retry_initial_wait": 0.01,
+                "retry_max_wait": 0.05,
+            },
+        },
+        "run_monitoring": {"enabled": True, "poll_interval_seconds": 0.2},
+        "run_retries": {"enabled": True, "max_retries": 1},
+    }
+
+
+def e2e_scenario(tmp: str) -> dict[str, Any]:
+    """Every end-to-end case on one moto server, one instance and daemon, one agent; returns
+    what the test checks (statuses, reasons, exit codes, call counts)."""
+    import runcore as rc
+    from runcore.events import EventType
+    from runcore.worker.outputs_s3 import S3OutputStore
+
+    out: dict[str, Any] = {}
+    gate = os.path.join(tmp, "gate")
+    os.environ["ECS_TEST_GATE"] = gate
+    with start_moto() as endpoint:
+        manual_task_transitions(endpoint)
+        ec2_cluster(endpoint, "runs", instances=2)
+        client("s3", endpoint).create_bucket(Bucket="outputs")
+        ecs = client("ecs", endpoint)
+        agent = EcsAgent(endpoint, "runs").start()
+        inst = rc.Instance.from_config(e2e_instance_config(tmp, endpoint))
+        try:
+            with inst, rc.Daemon(inst, dequeue_interval=0.05, monitor_interval=0.2,
+                                 retry_interval=0.2):
+
+                def status(run_id: str) -> rc.RunStatus:
+                    return inst.get_run(run_id).status
+
+                def messages(run_id: str) -> list[str]:
+                    return [e.message for e in inst.get_events(run_id)]
+
+                def statuses(run_id: str) -> list[str]:
+                    return [
+                        e.event_type.value
+                        for e in inst.get_events(run_id)
+                        if e.event_type.value.startswith("RUN_")
+                    ]
+
+                def task_of(run_id: str) -> dict[str, Any]:
+                    arn = agent.task_of(run_id)
+                    return ecs.describe_tasks(cluster="runs", tasks=[arn])["tasks"][0]
+
+                # 1. A queued run goes QUEUED -> STARTING -> STARTED -> SUCCESS as a task.
+                run = inst.submit_run("quick", code_location=E2E_LOCATION)
+                queued = run.status.value
+                done = inst.wait_for_run(run.run_id, timeout=60)
+                record = inst.storage.get_worker_record(run.run_id)
+                store = S3OutputStore("outputs", endpoint_url=endpoint, region_name=REGION)
+                _wait(lambda: agent.task_of(run.run_id) in agent.exit_codes, what="exit")
+                out["success"] = {
+                    "submitted": queued,
+                    "final": done.status.value,
+                    "events": statuses(run.run_id),
+                    "record_kind": record.kind if record else None,
+                    "record_handle": sorted(record.handle) if record else None,
+                    "exit_code": agent.exit_codes[agent.task_of(run.run_id)],
+                    "output": store.get(run.run_id, "total"),
+                    "task_tags_run_id": run.run_id,
+                }
+
+                # 2. A task killed mid-run fails its run with the stopped reason; run
+                #    retries run it again (from the failure, extract's output from S3).
+                run = inst.submit_run("gated", code_location=E2E_LOCATION)
+                _wait(lambda: status(run.run_id) is rc.RunStatus.STARTED, what="STARTED")
+                _wait(lambda: inst.output_store.has(run.run_id, "extract"), what="extract")
+                agent.kill(run.run_id)
+                failed = inst.wait_for_run(run.run_id, timeout=60)
+                children = []
+
+                def retried() -> bool:
+                    children[:] = [
+                        r.run
+                        for r in inst.get_run_records(rc.RunsFilter())
+                        if r.run.parent_run_id == run.run_id
+                    ]
+                    return bool(children) and children[0].status is rc.RunStatus.STARTED
+
+                _wait(retried, what="the retry to start")
+                with open(gate, "w"):
+                    pass
+                child = inst.wait_for_run(children[0].run_id, timeout=60)
+                out["killed"] = {
+                    "final": failed.status.value,
+                    "messages": messages(run.run_id),
+                    "retry_final": child.status.value,
+                    "retry_output": inst.output_store.get(child.run_id, "gated_total"),
+                    "retry_ran_extract": any(
+                        e.event_type is EventType.STEP_START and e.step_key == "extract"
+                        for e in inst.get_events(child.run_id)
+                    ),
+                }
+
+                # 3. Cancel stops the task; the worker gets SIGTERM and cancels the run.
+                os.remove(gate)
+                run = inst.submit_run("gated", code_location=E2E_LOCATION)
+                _wait(lambda: status(run.run_id) is rc.RunStatus.STARTED, what="STARTED")
+                inst.cancel_run(run.run_id)
+                canceled = inst.wait_for_run(run.run_id, timeout=60)
+                arn = agent.task_of(run.run_id)
+                _wait(lambda: arn in agent.exit_codes, what="the canceled worker's exit")
+                task = task_of(run.run_id)
+                out["canceled"] = {
+                    "final": canceled.status.value,
+                    "exit_code": agent.exit_codes[arn],
+                    "stopped_reason": task.get("stoppedReason", ""),
+                    "run_id": run.run_id,
+                }
+
+                # 4. Throttling and `failures` are retried; the run succeeds.
+                with open(gate, "w"):
+                    pass
+                with RunTaskFaults(throttles=2, failures=1, empty=1) as faults:
+                    run = inst.submit_run("quick", code_location=E2E_LOCATION)
+                    done = inst.wait_for_run(run.run_id, timeout=60)
+                out["throttled"] = {"final": done.status.value, "run_task_calls": faults.calls}
+
+                # 5. RunTask failing every try fails the run with AWS's reason.
+                with RunTaskFaults(failures=100) as faults:
+                    run = inst.submit_run(
+                        "quick", tags={"runcore/max_retries": "0"}, code_location=E2E_LOCATION
+                    )
+                    done = inst.wait_for_run(run.run_id, timeout=60)
+                out["launch_failed"] = {
+                    "final": done.status.value,
+                    "messages": messages(run.run_id),
+                    "run_task_calls": faults.calls,
+                }
+        finally:
+            agent.stop()
+        out["agent_errors"] = agent.errors
+    return out
