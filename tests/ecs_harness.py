@@ -368,8 +368,10 @@ def e2e_scenario(tmp: str) -> dict[str, Any]:
         agent = EcsAgent(endpoint, "runs").start()
         inst = rc.Instance.from_config(e2e_instance_config(tmp, endpoint))
         try:
-            with inst, rc.Daemon(inst, dequeue_interval=0.05, monitor_interval=0.2,
-                                 retry_interval=0.2):
+            with (
+                inst,
+                rc.Daemon(inst, dequeue_interval=0.05, monitor_interval=0.2, retry_interval=0.2),
+            ):
 
                 def status(run_id: str) -> rc.RunStatus:
                     return inst.get_run(run_id).status
@@ -410,7 +412,13 @@ def e2e_scenario(tmp: str) -> dict[str, Any]:
                 #    retries run it again (from the failure, extract's output from S3).
                 run = inst.submit_run("gated", code_location=E2E_LOCATION)
                 _wait(lambda: status(run.run_id) is rc.RunStatus.STARTED, what="STARTED")
-                _wait(lambda: inst.output_store.has(run.run_id, "extract"), what="extract")
+                _wait(
+                    lambda: any(
+                        e.event_type is EventType.STEP_START and e.step_key == "gated_total"
+                        for e in inst.get_events(run.run_id)
+                    ),
+                    what="the gated step to start",
+                )
                 agent.kill(run.run_id)
                 failed = inst.wait_for_run(run.run_id, timeout=60)
                 children = []

@@ -21,7 +21,6 @@ import pytest
 pytest.importorskip("moto", reason="the ECS tests need moto[server] (the test extra)")
 
 import ecs_harness as h
-
 import runcore as rc
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import HealthStatus, LaunchContext
@@ -65,8 +64,9 @@ def bucket(endpoint: str) -> str:
 class TestS3OutputStore(OutputStoreContract):
     @pytest.fixture
     def output_store(self, endpoint: str, bucket: str) -> rc.OutputStore:
-        return S3OutputStore(bucket, prefix=f"t/{uuid.uuid4()}", endpoint_url=endpoint,
-                             region_name=h.REGION)
+        return S3OutputStore(
+            bucket, prefix=f"t/{uuid.uuid4()}", endpoint_url=endpoint, region_name=h.REGION
+        )
 
     @pytest.fixture
     def output_store_factory(
@@ -87,9 +87,7 @@ def test_s3_outputs_are_keyed_by_prefix_run_and_step(endpoint: str, bucket: str)
     store.put(run_id, "extract", [1, 2])
     keys = [
         o["Key"]
-        for o in h.client("s3", endpoint).list_objects_v2(Bucket=bucket, Prefix="keys/")[
-            "Contents"
-        ]
+        for o in h.client("s3", endpoint).list_objects_v2(Bucket=bucket, Prefix="keys/")["Contents"]
     ]
     assert keys == [f"keys/{run_id}/extract/result"]
     with pytest.raises(ConfigError):
@@ -196,8 +194,9 @@ def test_fargate_request_shape_is_accepted_by_ecs(
     assert record is not None and record.kind == "ecs"
     assert record.attempt_id == run.attempt_id
     assert record.handle["cluster"] == fargate_cluster
-    task = ecs.describe_tasks(cluster=fargate_cluster, tasks=[record.handle["task_arn"]],
-                              include=["TAGS"])["tasks"][0]
+    task = ecs.describe_tasks(
+        cluster=fargate_cluster, tasks=[record.handle["task_arn"]], include=["TAGS"]
+    )["tasks"][0]
     assert task["launchType"] == "FARGATE"
     assert any(a["type"] == "ElasticNetworkInterface" for a in task["attachments"])
     tags = {t["key"]: t["value"] for t in task["tags"]}
@@ -324,7 +323,9 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        monkeypatch.setenv("ECS_CONTAINER_METADATA_URI_V4", f"http://127.0.0.1:{server.server_port}/v4")
+        monkeypatch.setenv(
+            "ECS_CONTAINER_METADATA_URI_V4", f"http://127.0.0.1:{server.server_port}/v4"
+        )
         launcher = EcsRunLauncher(
             use_current_ecs_task_config=True,
             client=h.client("ecs", endpoint),
@@ -380,13 +381,18 @@ def test_health_checks_describe_at_most_100_tasks_per_call(
     unrecorded = _starting_run(storage)
     other = _starting_run(storage)
     storage.record_worker(
-        WorkerRecord(run_id=other.run_id, attempt_id=other.attempt_id or "", kind="process",
-                     host="elsewhere")
+        WorkerRecord(
+            run_id=other.run_id, attempt_id=other.attempt_id or "", kind="process", host="elsewhere"
+        )
     )
     victim = storage.get_worker_record(runs[7].run_id)
     assert victim is not None
-    h.stop_in_backend(fargate_cluster, victim.handle["task_arn"], 137,
-                      "OutOfMemoryError: Container killed due to memory usage")
+    h.stop_in_backend(
+        fargate_cluster,
+        victim.handle["task_arn"],
+        137,
+        "OutOfMemoryError: Container killed due to memory usage",
+    )
 
     healths = launcher.check_workers_health([*runs, unrecorded, other])
     assert calls["DescribeTasks"] == 3

@@ -40,7 +40,9 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         cwd=Path(__file__).parent,
     )
-    assert proc.returncode == 0, f"scenario failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"scenario failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    )
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -50,8 +52,11 @@ def test_a_queued_run_succeeds_as_an_ecs_task(seen: dict[str, Any]) -> None:
     assert case["submitted"] == "QUEUED"
     assert case["final"] == "SUCCESS"
     events = case["events"]
-    for earlier, later in [("RUN_ENQUEUED", "RUN_STARTING"), ("RUN_STARTING", "RUN_START"),
-                           ("RUN_START", "RUN_SUCCESS")]:
+    for earlier, later in [
+        ("RUN_ENQUEUED", "RUN_STARTING"),
+        ("RUN_STARTING", "RUN_START"),
+        ("RUN_START", "RUN_SUCCESS"),
+    ]:
         assert events.index(earlier) < events.index(later), events
     assert case["record_kind"] == "ecs"
     assert case["record_handle"] == ["cluster", "task_arn"]
