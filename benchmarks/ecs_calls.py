@@ -94,7 +94,9 @@ def _network(endpoint: str) -> tuple[list[str], list[str]]:
     return subnets[:2], [group]
 
 
-def measure(endpoint: str, n: int, passes: int, network: tuple[list[str], list[str]]) -> dict[str, Any]:
+def measure(
+    endpoint: str, n: int, passes: int, network: tuple[list[str], list[str]]
+) -> dict[str, Any]:
     import boto3
 
     import runcore as rc
@@ -177,7 +179,8 @@ def render(rows: list[dict[str, Any]], passes: int) -> str:
         START,
         "## ECS launcher: AWS API calls per run",
         "",
-        f"`python benchmarks/ecs_calls.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"`python benchmarks/ecs_calls.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        ", "
         f"{os.cpu_count()} cpus, Python {platform.python_version()}, moto {moto.__version__} "
         f"(server mode, loopback), boto3 {boto3.__version__}. FARGATE run tasks that nothing "
         f"executes, so all N runs stay in progress; {passes} monitoring passes. See the script's "
@@ -201,10 +204,8 @@ def render(rows: list[dict[str, Any]], passes: int) -> str:
         f"DescribeTasks per monitoring pass {'grows as' if ok else 'does NOT grow as'} "
         "ceil(runs / 100): one call per 100 tasks, not one per run. The only other launch-time "
         "calls are the task definition's, once per launcher: "
-        + "; ".join(
-            f"{r['runs']:,} runs: {r['other_launch_calls'] or 'none'}" for r in rows
-        )
-        + ". Times are moto's and this machine's, not AWS's: the call counts are the figures.",
+        + "; ".join(f"{r['runs']:,} runs: {r['other_launch_calls'] or 'none'}" for r in rows)
+        + ". Times are moto's and this machine's, not AWS's (a monitoring pass is mostly moto answering its DescribeTasks calls): the call counts are the figures.",
         END,
     ]
     return "\n".join(lines) + "\n"
