@@ -205,7 +205,8 @@ def render(rows: list[dict[str, Any]], passes: int) -> str:
         "ceil(runs / 100): one call per 100 tasks, not one per run. The only other launch-time "
         "calls are the task definition's, once per launcher: "
         + "; ".join(f"{r['runs']:,} runs: {r['other_launch_calls'] or 'none'}" for r in rows)
-        + ". Times are moto's and this machine's, not AWS's (a monitoring pass is mostly moto answering its DescribeTasks calls): the call counts are the figures.",
+        + ". Times are moto's and this machine's, not AWS's (a monitoring pass is mostly moto "
+        "answering its DescribeTasks calls): the call counts are the figures.",
         END,
     ]
     return "\n".join(lines) + "\n"
