@@ -310,6 +310,7 @@ class ApiCalls:
 # --- the end-to-end scenario (run as pid 1 of a pid namespace: the agent signals processes) ---
 
 E2E_LOCATION = "fixtures_defs.ecs_jobs:defs"
+E2E_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures_defs", "ecs_jobs.py")
 
 
 def _wait(predicate: Any, timeout: float = 60, what: str = "") -> None:
@@ -339,6 +340,8 @@ def e2e_instance_config(tmp: str, endpoint: str) -> dict[str, Any]:
                 "launch_type": "EC2",
                 # The agent runs the command on this machine: this interpreter, not "python".
                 "command": [sys.executable, "-m", "runcore"],
+                # The task loads the job from the file (its own path), not the module path.
+                "code_location_map": {E2E_LOCATION: f"{E2E_FILE}:defs"},
                 "endpoint_url": endpoint,
                 "region_name": REGION,
                 "retry_initial_wait": 0.01,
