@@ -391,11 +391,22 @@ def main(argv: list[str]) -> int:
         if outcome.error
     }
     machine = machine_info(args, outcomes, env, load_before)
-    args.out.write_text(render(lines, machine, errors, NOTES))
+    args.out.write_text(render(lines, machine, errors, NOTES) + _kept_sections(args.out))
     for line in lines:
         log(f"{verdict(line):>8}  {line.row.name}: {line.runcore_cell} vs {line.dagster_cell}")
     log(f"wrote {args.out}")
     return 1 if errors else 0
+
+
+def _kept_sections(path: Path) -> str:
+    """Sections other scripts write into RESULTS.md between their markers (``ecs_calls.py``):
+    kept as they are when this script rewrites the rest."""
+    start, end = "<!-- ecs_calls:start -->", "<!-- ecs_calls:end -->"
+    text = path.read_text() if path.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    body = text[text.index(start) : text.index(end) + len(end)]
+    return "\n" + body + "\n"
 
 
 if __name__ == "__main__":

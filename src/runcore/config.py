@@ -211,10 +211,21 @@ class RunRetriesConfig:
 class OutputsConfig:
     """``outputs: {path: ...}``: where runs launched by the instance keep step outputs.
 
-    Default: ``outputs`` beside the SQLite file; in memory for in-memory storage.
+    Default: ``outputs`` beside the SQLite file; in memory for in-memory storage. Or a store of
+    one's own, as a plug-in: ``outputs: {class: "module:Class", config: {...}}`` (an
+    :class:`~runcore.worker.outputs.OutputStore`, e.g.
+    ``runcore.worker.outputs_s3:S3OutputStore`` for runs in ECS tasks).
     """
 
     path: str | None = None
+    class_name: str | None = None
+    config: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.path is not None and self.class_name is not None:
+            raise ConfigError("outputs: give either path or class, not both")
+        if self.config and self.class_name is None:
+            raise ConfigError("outputs.config: settings for a store need its class")
 
 
 @attrs.frozen
@@ -277,6 +288,7 @@ def _converter() -> cattrs.Converter:
     renamed: list[tuple[type, str, str]] = [
         (PluginConfig, "class_name", "class"),
         (StorageConfig, "class_name", "class"),
+        (OutputsConfig, "class_name", "class"),
         (UniqueValue, "apply_limit_per_unique_value", "applyLimitPerUniqueValue"),
     ]
     for cls, attr, key in renamed:

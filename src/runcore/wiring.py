@@ -58,8 +58,13 @@ def build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
 def build_output_store(
     cfg: _config.OutputsConfig, storage: InstanceStorage, base_dir: str
 ) -> OutputStore:
-    """``outputs.path`` if set (relative to ``base_dir``), else the storage's default
-    directory (``outputs/`` beside a SQLite file), else memory."""
+    """``outputs.class`` if set (a plug-in store, e.g. ``S3OutputStore``), else
+    ``outputs.path`` (relative to ``base_dir``), else the storage's default directory
+    (``outputs/`` beside a SQLite file), else memory."""
+    if cfg.class_name is not None:
+        plugin = _config.PluginConfig(cfg.class_name, dict(cfg.config))
+        store: OutputStore = _config.build_plugin(plugin, OutputStore, where="outputs")
+        return store
     if cfg.path is not None:
         return FileOutputStore(os.path.join(base_dir, os.path.expanduser(cfg.path)))
     default = storage.default_outputs_dir()

@@ -365,7 +365,13 @@ def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_worker_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore.worker.process import run_execute_command
 
-    return run_execute_command(args.run_id, args.instance, sys.stderr, attempt_id=args.attempt)
+    return run_execute_command(
+        args.run_id,
+        args.instance,
+        sys.stderr,
+        attempt_id=args.attempt,
+        code_location=args.code_location,
+    )
 
 
 def cmd_worker_warm(args: argparse.Namespace, out: TextIO) -> int:

@@ -208,6 +208,11 @@ def _add_worker_commands(sub: Any) -> None:
     execute.add_argument(
         "--attempt", help="the launch attempt to start (the launcher's; default: the current)"
     )
+    execute.add_argument(
+        "--code-location",
+        help="load the job from this code location instead of the run's recorded one (a "
+        "launcher whose workers see other paths, e.g. ECS's code_location_map)",
+    )
     execute.set_defaults(func=cmd_worker_execute)
     warm = worker_sub.add_parser("warm", help="get ready, then execute the run read from stdin")
     warm.add_argument("--instance", required=True, help="instance config: JSON or a file")

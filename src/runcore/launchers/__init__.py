@@ -1,7 +1,7 @@
 """Launchers: where a run executes (threads here, worker processes, code servers, ECS).
 
-``SubprocessRunLauncher`` and ``CodeServerRunLauncher`` are imported on first use, so
-``import runcore`` loads neither ``subprocess`` nor ``grpc``.
+``SubprocessRunLauncher``, ``CodeServerRunLauncher`` and ``EcsRunLauncher`` are imported on
+first use, so ``import runcore`` loads neither ``subprocess``, ``grpc`` nor ``boto3``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 
 if TYPE_CHECKING:
     from runcore.launchers.code_server import CodeServerRunLauncher
+    from runcore.launchers.ecs import EcsRunLauncher
     from runcore.launchers.subprocess import SubprocessRunLauncher
 
 __all__ = [
     "CodeServerRunLauncher",
+    "EcsRunLauncher",
     "HealthStatus",
     "IsolationRouter",
     "LaunchContext",
@@ -37,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from runcore.launchers.code_server import CodeServerRunLauncher
 
         return CodeServerRunLauncher
+    if name == "EcsRunLauncher":
+        from runcore.launchers.ecs import EcsRunLauncher
+
+        return EcsRunLauncher
     raise AttributeError(f"module 'runcore.launchers' has no attribute {name!r}")

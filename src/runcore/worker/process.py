@@ -3,6 +3,7 @@
 ::
 
     python -m runcore worker execute-run RUN_ID --instance CONFIG [--attempt ATTEMPT_ID]
+        [--code-location LOCATION]
     python -m runcore worker warm --instance CONFIG [--preload LOCATION ...]
 
 ``CONFIG`` is the instance config as JSON text or a YAML/JSON file path; launchers pass the
@@ -166,13 +167,19 @@ def _record_self(storage: InstanceStorage, run: Run) -> None:
 
 
 def execute_run_in_worker(
-    run_id: str, resources: WorkerResources, err: TextIO, attempt_id: str | None = None
+    run_id: str,
+    resources: WorkerResources,
+    err: TextIO,
+    attempt_id: str | None = None,
+    code_location: str | None = None,
 ) -> int:
     """Execute stored run ``run_id``; returns the worker's exit code (see the module doc).
 
     ``attempt_id`` is the launch attempt the launcher started this worker for: if the run has
     moved on to another attempt (its launch was given up and retried), this worker does not
-    start it. Without it, the run's current attempt is taken.
+    start it. Without it, the run's current attempt is taken. ``code_location``: where this
+    worker loads the job from, when the launcher maps the run's recorded location to a path
+    of the worker's own (default: the recorded one).
     """
     from runcore.worker.execution import execute_run
 
@@ -203,12 +210,13 @@ def execute_run_in_worker(
     run = attrs.evolve(run, attempt_id=attempt_id or run.attempt_id)
     _record_self(storage, run)
     try:
-        if run.code_location is None:
+        location = code_location or run.code_location
+        if location is None:
             raise RuncoreError(
                 f"run {run_id} has no code location, so no worker process can load job "
                 f"{run.job_name!r}; submit a job defined in an importable module or file"
             )
-        job = resources.jobs.load(run.code_location).get_job(run.job_name)
+        job = resources.jobs.load(location).get_job(run.job_name)
     except Exception as exc:
         move_run(
             storage,
@@ -274,7 +282,11 @@ def _die_with_parent() -> None:
 
 
 def run_execute_command(
-    run_id: str, config: str, err: TextIO, attempt_id: str | None = None
+    run_id: str,
+    config: str,
+    err: TextIO,
+    attempt_id: str | None = None,
+    code_location: str | None = None,
 ) -> int:
     """``runcore worker execute-run``."""
     from runcore import _validate
@@ -288,7 +300,7 @@ def run_execute_command(
         err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
         return EXIT_USAGE
     try:
-        return execute_run_in_worker(run_id, resources, err, attempt_id)
+        return execute_run_in_worker(run_id, resources, err, attempt_id, code_location)
     finally:
         resources.storage.close()
 
