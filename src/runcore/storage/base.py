@@ -290,8 +290,11 @@ class WorkerStorage(ABC):
     :class:`WorkerRecord`): what the monitor judges health by, and what ``terminate`` uses."""
 
     @abstractmethod
-    def record_worker(self, record: WorkerRecord) -> bool:
+    def record_worker(self, record: WorkerRecord, *, replace: bool = True) -> bool:
         """Store ``record`` as its run's worker, replacing any earlier one; atomic.
+
+        With ``replace=False`` a record already stored for the same attempt is kept (and
+        ``False`` returned): how a run worker records itself only if its launcher has not.
 
         Only while ``record.attempt_id`` is the run's current attempt (whatever its status:
         a quick worker may have finished the run already); otherwise nothing is written and

@@ -325,11 +325,14 @@ class InMemoryStorage(InstanceStorage):
 
     # --- workers ----------------------------------------------------------------------------
 
-    def record_worker(self, record: WorkerRecord) -> bool:
+    def record_worker(self, record: WorkerRecord, *, replace: bool = True) -> bool:
         with self._lock:
             self._check_open()
             stored = self._runs.get(record.run_id)
             if stored is None or stored.run.attempt_id != record.attempt_id:
+                return False
+            existing = self._workers.get(record.run_id)
+            if not replace and existing is not None and existing.attempt_id == record.attempt_id:
                 return False
             self._workers[record.run_id] = record
             return True

@@ -1322,6 +1322,17 @@ class StorageContract:
         storage.transition(quick.run_id, [_S.STARTED], _S.SUCCESS)
         assert storage.record_worker(self._worker(quick)) is True
 
+    def test_a_worker_record_can_be_written_only_if_none_is_there(
+        self, storage: InstanceStorage
+    ) -> None:
+        run = self._starting(storage)
+        launcher = self._worker(run, kind="ecs", handle={"task_arn": "arn:x"})
+        assert storage.record_worker(launcher) is True
+        assert storage.record_worker(self._worker(run), replace=False) is False
+        assert storage.get_worker_record(run.run_id) == launcher
+        other = self._starting(storage)
+        assert storage.record_worker(self._worker(other), replace=False) is True
+
     def test_worker_heartbeats_use_the_storage_clock(self, storage: InstanceStorage) -> None:
         run = self._starting(storage)
         storage.record_worker(self._worker(run))

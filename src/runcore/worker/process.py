@@ -155,14 +155,15 @@ def _record_self(storage: InstanceStorage, run: Run) -> None:
     recorded = storage.get_worker_record(run.run_id)
     if recorded is not None and recorded.attempt_id == run.attempt_id:
         return
-    storage.record_worker(
+    storage.record_worker(  # never over a record the launcher wrote meanwhile
         WorkerRecord(
             run_id=run.run_id,
             attempt_id=run.attempt_id,
             kind=PROCESS,
             host=hostname(),
             handle=process_handle(os.getpid()),
-        )
+        ),
+        replace=False,
     )
 
 

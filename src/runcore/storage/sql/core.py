@@ -522,7 +522,7 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     # --- workers ----------------------------------------------------------------------------
 
-    def record_worker(self, record: WorkerRecord) -> bool:
+    def record_worker(self, record: WorkerRecord, *, replace: bool = True) -> bool:
         row = (
             record.run_id,
             record.attempt_id,
@@ -540,6 +540,14 @@ class SqlStorage(InstanceStorage, QueueReader):
 
         def write(conn: SqlConnection) -> bool:
             if conn.execute(current, (record.run_id, record.attempt_id)).fetchone() is None:
+                return False
+            if not replace and (
+                conn.execute(
+                    "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ?",
+                    (record.run_id, record.attempt_id),
+                ).fetchone()
+                is not None
+            ):
                 return False
             conn.execute(UPSERT_WORKER, row)
             return True
