@@ -1,7 +1,7 @@
 """The ``CodeServer`` gRPC service: the runs a code server holds, and how it executes them.
 
 ``ExecuteRun`` checks a run (it exists, is STARTING, its job is in the served location), holds it
-and answers at once; one of ``max_workers`` run worker threads (:class:`_RunWorkers`) executes
+and answers at once; one of ``max_workers`` run worker threads (:class:`RunWorkers`) executes
 it, on that thread (``run_mode="thread"``) or in a child worker process it waits on
 (``run_mode="process"``, through :mod:`runcore.launchers.processes`). ``CancelRun`` drops a
 queued run or cancels an executing one; :meth:`CodeServer.drain` waits for held runs when the
@@ -11,7 +11,6 @@ server stops. The process around the service (its token, port and signals) is
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -23,7 +22,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import attrs
 import grpc
 
 from runcore import _validate
@@ -36,13 +34,14 @@ from runcore.codeserver.client import (
     pb2,
     pb2_grpc,
 )
+from runcore.codeserver.held import HeldRun, RunWorkers
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
-from runcore.launchers.processes import WorkerProcess, end_run_after_exit, spawn_run_worker
+from runcore.launchers.processes import end_run_after_exit, spawn_run_worker
 from runcore.runs import FailureKind, RunStatus
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
-    from runcore.definitions import Definitions, Job
+    from runcore.definitions import Definitions
     from runcore.runs import Run
     from runcore.worker.process import WorkerResources
 
@@ -83,83 +82,6 @@ def _checked_run_id(context: Any, run_id: str) -> str:
     return run_id
 
 
-@attrs.define(eq=False)
-class _HeldRun:
-    """A run this server holds, from ``ExecuteRun`` until its worker is done with it.
-
-    Mutable fields are guarded by the server's lock.
-    """
-
-    run: Run
-    job: Job | None  # None in process mode: the child loads it
-    cancel: threading.Event = attrs.field(factory=threading.Event)
-    state: RemoteRunState = RemoteRunState.QUEUED
-    dropped: bool = False  # canceled while queued: the worker that picks it up skips it
-    worker: WorkerProcess | None = None  # process mode: the run's worker process
-    term_sent: bool = False  # process mode: its worker was told to stop
-
-    @property
-    def run_id(self) -> str:
-        return self.run.run_id
-
-
-class _RunWorkers:
-    """A bounded pool of run worker threads taking held runs in FIFO order.
-
-    Threads: up to ``max_workers`` daemon threads named ``runcore-codeserver-run-N``, each
-    started when a run is queued and no worker is idle, so an idle server holds none. They
-    exit after :meth:`stop` once the queue is empty; a worker busy with a run exits after it.
-    Daemon threads, so that an op that ignores its cancel cannot keep the process alive.
-    """
-
-    def __init__(self, max_workers: int, work: Callable[[_HeldRun], None]) -> None:
-        self.max_workers = max_workers
-        self._work = work
-        self._cond = threading.Condition()
-        self._queue: collections.deque[_HeldRun] = collections.deque()
-        self._threads = 0
-        self._idle = 0
-        self._started = 0
-        self._stopping = False
-
-    def submit(self, held: _HeldRun) -> None:
-        """Queue ``held``; a worker takes it as soon as one is free."""
-        with self._cond:
-            self._queue.append(held)
-            if len(self._queue) > self._idle and self._threads < self.max_workers:
-                self._threads += 1
-                self._started += 1
-                threading.Thread(
-                    target=self._loop, name=f"runcore-codeserver-run-{self._started}", daemon=True
-                ).start()
-            else:
-                self._cond.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._idle += 1
-                    try:
-                        self._cond.wait()
-                    finally:
-                        self._idle -= 1
-                if not self._queue:
-                    self._threads -= 1
-                    return
-                held = self._queue.popleft()
-            try:
-                self._work(held)
-            except BaseException:
-                log.exception("code server: run %s: the run worker failed", held.run_id)
-
-    def stop(self) -> None:
-        """Let idle workers exit; busy ones exit after their run."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-
 class CodeServer(pb2_grpc.CodeServerServicer):
     """The ``CodeServer`` gRPC service and the runs it holds.
 
@@ -171,7 +93,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
     trusted (a server embedded behind its own checks).
 
     Threads: RPC methods run on gRPC's handler threads (they never execute op code, so calls
-    answer while every run worker is busy); runs execute on :class:`_RunWorkers` threads; one
+    answer while every run worker is busy); runs execute on :class:`RunWorkers` threads; one
     utilization logger ``runcore-codeserver-log`` while ``log_interval > 0``, started by
     :meth:`start_logging`. :meth:`drain` (on the thread of
     :func:`~runcore.codeserver.server.serve`) waits for runs and cancels the rest;
@@ -208,10 +130,10 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         self.server_id = uuid.uuid4().hex
         self._log_stream = log_stream or sys.stdout
         self._lock = threading.Condition()
-        self._held: dict[str, _HeldRun] = {}
+        self._held: dict[str, HeldRun] = {}
         self._running = 0
         self._queued = 0
-        self._workers = _RunWorkers(max_workers, self._work)
+        self._workers = RunWorkers(max_workers, self._work)
         self._draining = False
         self._stop_requested = threading.Event()
         self._deadline = float("inf")
@@ -337,7 +259,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 f"{', '.join(self.defs.job_names) or 'none'}. Send the run to a code server of "
                 "its own location",
             )
-        held = _HeldRun(run=run, job=job if self.run_mode == "thread" else None)
+        held = HeldRun(run=run, job=job if self.run_mode == "thread" else None)
         with self._lock:
             self._check_accepting(context, run_id)
             self._held[run_id] = held
@@ -408,7 +330,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             self._cancel_unstarted(held.run, "while it was queued on the code server")
         return state
 
-    def _signal_child(self, held: _HeldRun) -> None:
+    def _signal_child(self, held: HeldRun) -> None:
         # Called with the lock held: SIGTERM once, SIGKILL after the grace (see _execute_in_child).
         if held.worker is None or held.term_sent:
             return
@@ -426,7 +348,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             f"canceled {when}, before a run worker started it",
         )
 
-    def _release(self, held: _HeldRun) -> None:
+    def _release(self, held: HeldRun) -> None:
         # Called with the lock held: the server no longer holds the run.
         if self._held.get(held.run_id) is held:
             del self._held[held.run_id]
@@ -438,7 +360,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
 
     # --- executing --------------------------------------------------------------------------
 
-    def _work(self, held: _HeldRun) -> None:
+    def _work(self, held: HeldRun) -> None:
         """Execute one held run on this run worker thread (never raises for the run's errors)."""
         with self._lock:
             if held.dropped:
@@ -493,7 +415,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 kind=kind,
             )
 
-    def _execute_in_child(self, held: _HeldRun) -> None:
+    def _execute_in_child(self, held: HeldRun) -> None:
         if held.cancel.is_set():
             self._cancel_unstarted(held.run, "before its worker process was started")
             return
