@@ -1,15 +1,10 @@
 """The SQL core: every query, transition and schema step of the SQL storages, written once.
 
-:class:`SqlStorage` implements the whole storage interface on top of two things a database
-brings (see :mod:`runcore.storage.sql.dialect`): a :class:`~runcore.storage.sql.dialect.Dialect`
-for the few statements that differ, and, in a subclass, its connections: :meth:`_write` runs a
-function in one write transaction, :meth:`_read` runs a query, :meth:`_transaction` runs one
-transaction on a given connection (for schema steps), and ``start``/``close``/``migrate`` open
-and release them. :class:`~runcore.storage.sqlite.SqliteStorage` is such a subclass.
-
-Values are serialized before a write transaction begins, to keep it short. A check and the
-write that depends on it (a run's status, a pool's free slots, an admission's run limits) are
-one transaction, under the dialect's lock where needed: they hold across any number of processes.
+:class:`SqlStorage` implements the storage interface over a
+:class:`~runcore.storage.sql.dialect.Dialect` (the few statements that differ) and, in a
+subclass, its connections (``_write``, ``_read``, ``_transaction``, ``start``/``close``/
+``migrate``), as :class:`~runcore.storage.sqlite.SqliteStorage` does. Values are serialized
+before a write begins; a check and the write that depends on it are one transaction.
 """
 
 from __future__ import annotations
@@ -67,6 +62,7 @@ from runcore.storage.sql.schema import (
     UPSERT_POOL_LIMIT,
     UPSERT_WAITER,
     UPSERT_WORKER,
+    WORKER_OF_ATTEMPT,
 )
 
 T = TypeVar("T")
@@ -541,13 +537,8 @@ class SqlStorage(InstanceStorage, QueueReader):
         def write(conn: SqlConnection) -> bool:
             if conn.execute(current, (record.run_id, record.attempt_id)).fetchone() is None:
                 return False
-            if not replace and (
-                conn.execute(
-                    "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ?",
-                    (record.run_id, record.attempt_id),
-                ).fetchone()
-                is not None
-            ):
+            held = conn.execute(WORKER_OF_ATTEMPT, (record.run_id, record.attempt_id)).fetchone()
+            if held is not None and not replace:
                 return False
             conn.execute(UPSERT_WORKER, row)
             return True

@@ -166,3 +166,6 @@ UPSERT_HEARTBEAT = (
     "VALUES (?, ?, ?, ?) ON CONFLICT (daemon_id) DO UPDATE SET "
     "daemon_type = excluded.daemon_type, timestamp = excluded.timestamp, info = excluded.info"
 )
+
+#: Whether a run's worker record is of a given attempt.
+WORKER_OF_ATTEMPT = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ?"
