@@ -43,7 +43,7 @@ from runcore.storage.base import (
     worker_record_from_row,
     writable,
 )
-from runcore.storage.sql.dialect import Dialect, SqlConnection
+from runcore.storage.sql.dialect import Dialect, SqlConnection, tags_of
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
 from runcore.storage.sql.filters import select as _select
@@ -96,19 +96,6 @@ def _event_row(event: Event) -> tuple[Any, ...]:
         event.timestamp,
         _serde.dumps_event(event),
     )
-
-
-def _tags_of(value: Any) -> dict[str, str]:
-    """A run's tags from a JSON field read back (text, or decoded by the driver); ``{}`` for
-    anything that is not a mapping of strings (a corrupt run is still counted, tag-less)."""
-    if isinstance(value, str | bytes):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 class SqlStorage(InstanceStorage, QueueReader):
@@ -327,7 +314,8 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            conn.execute(INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
+            event_row = _event_row(status_event(run, to_status, event, ts))
+            self._lock_events(conn).execute(INSERT_EVENT, event_row)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
@@ -343,7 +331,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             f"SELECT {tags} FROM runs WHERE status IN ({marks(len(_IN_PROGRESS))})",
             _IN_PROGRESS,
         ).fetchall()
-        return [_tags_of(row[0]) for row in rows]
+        return [tags_of(row[0]) for row in rows]
 
     def delete_run(self, run_id: str) -> None:
         def write(conn: SqlConnection) -> None:
@@ -362,15 +350,22 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     # --- events -----------------------------------------------------------------------------
 
+    def _lock_events(self, conn: SqlConnection) -> SqlConnection:
+        """Taken before a transaction inserts events, held until it commits: ids then commit in
+        the order they are handed out (the cross-run cursor skips none). No-op on SQLite."""
+        self.dialect.lock(conn, "runcore.events")
+        return conn
+
     def store_event(self, event: Event) -> int:
         row = _event_row(event)
-        return self._write(lambda conn: self.dialect.insert_id(conn, INSERT_EVENT, row))
+        insert = self.dialect.insert_id
+        return self._write(lambda conn: insert(self._lock_events(conn), INSERT_EVENT, row))
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
         rows = [_event_row(event) for event in events]
-        self._write(lambda conn: conn.executemany(INSERT_EVENT, rows))
+        self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
 
     def get_event_records(
         self,
@@ -490,7 +485,7 @@ class SqlStorage(InstanceStorage, QueueReader):
 
         def write(conn: SqlConnection) -> int:
             if rows:
-                conn.executemany(INSERT_EVENT, rows)
+                self._lock_events(conn).executemany(INSERT_EVENT, rows)
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
 

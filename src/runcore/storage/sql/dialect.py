@@ -33,6 +33,7 @@ cross-run event cursor            ids commit in order         only below the old
 from __future__ import annotations
 
 import functools
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -87,6 +88,8 @@ class Dialect(ABC):
     integrity_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Values the core binds at most in one ``IN (...)`` list.
     max_in_list: ClassVar[int] = 500
+    #: Statements run before the tables are created (helper functions the dialect's SQL uses).
+    schema_preamble: ClassVar[tuple[str, ...]] = ()
 
     # --- the catalogue ----------------------------------------------------------------------
 
@@ -147,6 +150,19 @@ class Dialect(ABC):
         return ""
 
 
+def tags_of(value: Any) -> dict[str, str]:
+    """A run's tags from a JSON field read back (text, or decoded by the driver); ``{}`` for
+    anything that is not a mapping of strings (a corrupt run is still counted, tag-less)."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 @functools.lru_cache(maxsize=512)
 def format_placeholders(sql: str) -> str:
     """``sql`` with ``?`` placeholders turned into ``%s`` (and ``%`` doubled), outside quoted
@@ -170,4 +186,4 @@ def format_placeholders(sql: str) -> str:
     return "".join(out)
 
 
-__all__ = ["Dialect", "SqlConnection", "SqlCursor", "format_placeholders"]
+__all__ = ["Dialect", "SqlConnection", "SqlCursor", "format_placeholders", "tags_of"]

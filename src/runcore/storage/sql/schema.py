@@ -128,8 +128,9 @@ def render(statement: str, dialect: Dialect) -> str:
 
 
 def create_statements(dialect: Dialect) -> list[str]:
-    """The statements that create every table and index of :data:`SCHEMA_VERSION`."""
-    return [render(statement, dialect) for statement in _TABLES]
+    """The statements that create every table and index of :data:`SCHEMA_VERSION` (after the
+    dialect's own helpers, such as PostgreSQL's JSON parse function)."""
+    return [*dialect.schema_preamble, *(render(statement, dialect) for statement in _TABLES)]
 
 
 # --- statements the queries share ----------------------------------------------------------
