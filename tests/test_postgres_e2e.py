@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,11 @@ def test_an_unreachable_server_is_a_storage_error_with_the_cause() -> None:
     with pytest.raises(StorageError, match="PostgreSQL") as raised:
         storage.start()
     assert isinstance(raised.value.__cause__, psycopg.Error)
+
+
+def test_the_daemon_judges_ages_by_the_server_clock(pg_schema: str) -> None:  # noqa: F811
+    storage = PostgresStorage(URL, schema=pg_schema)
+    with rc.Instance(storage=storage) as inst:
+        daemon = rc.Daemon(inst)
+        assert daemon.clock == storage.clock
+        assert abs(storage.clock() - time.time()) < 1.0  # one host: the same clock, measured

@@ -79,7 +79,7 @@ class DutyStatus:
 def duty_statuses(storage: InstanceStorage, *, now: float | None = None) -> list[DutyStatus]:
     """Every duty heartbeat, by daemon then duty; alive if younger than three times the
     larger of the duty's interval and its daemon's heartbeat interval, as recorded."""
-    current = time.time() if now is None else now
+    current = storage.clock() if now is None else now
     out = []
     for beat in storage.get_daemon_heartbeats():
         if beat.daemon_type != DUTY_TYPE:
@@ -107,7 +107,7 @@ def daemon_statuses(
     A daemon is alive if its last heartbeat is younger than ``max_age`` (default: three of
     its own heartbeat intervals, as it recorded them) and it did not record that it stopped.
     """
-    current = time.time() if now is None else now
+    current = storage.clock() if now is None else now
     out = []
     for beat in storage.get_daemon_heartbeats():
         if beat.daemon_type != DAEMON_TYPE:
@@ -157,7 +157,7 @@ class Daemon:
         heartbeat_interval: float = 5.0,
         monitor_interval: float | None = None,
         retry_interval: float | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         daemon_id: str | None = None,
     ) -> None:
 
@@ -174,7 +174,8 @@ class Daemon:
         self.instance = instance
         self.monitoring = cfg.run_monitoring
         self.retrying = cfg.run_retries
-        self.clock = clock
+        # The storage's clock by default: on a shared server every host judges ages alike.
+        self.clock = clock if clock is not None else instance.storage.clock
         if daemon_id is None:
             import uuid
 
@@ -298,7 +299,7 @@ class Daemon:
             return []
 
         self.instance.ensure_started()
-        now = time.time()
+        now = self.clock()
         since = self._finished_since if self._finished_since is not None else now
         records = self.instance.storage.get_run_records(
             RunsFilter(

@@ -385,6 +385,12 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, Hear
                 freed += self.release_pool_slots(run_id)
         return freed
 
+    def clock(self) -> float:
+        """Now, in Unix seconds, by the clock every process sharing this storage agrees on:
+        what heartbeat ages, timeouts and cursors over ``updated_at`` are judged by. This
+        host's clock by default; a database server's where hosts share one (PostgreSQL)."""
+        return time.time()
+
     def check_identity(self) -> None:
         """Raise :class:`~runcore.errors.StorageError` if this storage is no longer the one
         :meth:`start` opened (its file deleted or replaced, or unreadable). The daemon calls

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -58,6 +59,9 @@ URL_ENV = "RUNCORE_POSTGRES_URL"
 
 #: How transient failures (a lost connection, a serialization failure, a deadlock) are retried.
 POSTGRES_TRANSIENT = RetrySettings(attempts=6, initial_wait=0.1, max_wait=2.0)
+
+#: Seconds between measurements of the offset from this host's clock to the server's.
+_CLOCK_REFRESH = 60.0
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -236,6 +240,7 @@ class PostgresStorage(SqlStorage):
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
+        self._offset: tuple[float, float] | None = None  # (server - here, measured at monotonic)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({strip_password(self.url)!r}, schema={self.schema!r})"
@@ -270,6 +275,19 @@ class PostgresStorage(SqlStorage):
                 "auto_migrate": self.auto_migrate,
             },
         }
+
+    def clock(self) -> float:
+        """The server's clock: this host's plus the offset to the server, measured (half a
+        round trip precise) on first use and again every :data:`_CLOCK_REFRESH` seconds."""
+        here = time.monotonic()
+        offset = self._offset
+        if offset is None or here - offset[1] > _CLOCK_REFRESH:
+            before = time.time()
+            server = float(self._read("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8")[0][0])
+            after = time.time()
+            offset = (server - (before + after) / 2, here)
+            self._offset = offset
+        return time.time() + offset[0]
 
     # --- connections ------------------------------------------------------------------------
 
