@@ -22,6 +22,7 @@ from tests.test_security import in_pid_namespace
 import runcore as rc
 from runcore.errors import StorageError
 from runcore.storage.postgres import PostgresStorage, strip_password
+from runcore.storage.sql.schema import SCHEMA_VERSION
 from runcore.testing import RecordingLauncher
 
 
@@ -298,7 +299,7 @@ def test_an_older_schema_needs_migrate_then_opens(pg_schema: str) -> None:  # no
     _sql(pg_schema, "UPDATE runcore_meta SET value = '1' WHERE key = 'schema_version'")
     with pytest.raises(rc.errors.SchemaVersionError, match="runcore instance migrate"):
         PostgresStorage(URL, schema=pg_schema).start()
-    assert PostgresStorage(URL, schema=pg_schema).migrate() == (1, 2)
+    assert PostgresStorage(URL, schema=pg_schema).migrate() == (1, SCHEMA_VERSION)
     with PostgresStorage(URL, schema=pg_schema) as storage:
         assert storage.get_worker_records(["x"]) == {}
 
@@ -344,3 +345,66 @@ def test_the_daemon_judges_ages_by_the_server_clock(pg_schema: str) -> None:  # 
         daemon = rc.Daemon(inst)
         assert daemon.clock == storage.clock
         assert abs(storage.clock() - time.time()) < 1.0  # one host: the same clock, measured
+
+
+def _event(message: str, run_id: str = "r1") -> rc.Event:
+    return rc.Event(run_id=run_id, event_type=rc.EventType.ENGINE_EVENT, message=message)
+
+
+def test_a_backend_terminated_mid_transaction_is_retried_once_through(
+    pg_schema: str,  # noqa: F811
+) -> None:
+    """The server ends the connection inside a write (as a restart would): the transaction
+    rolls back and is tried again on a fresh connection; its event is stored once."""
+    from runcore.storage.sql.schema import INSERT_EVENT
+
+    tries: list[int] = []
+    with PostgresStorage(URL, schema=pg_schema) as storage:
+
+        def write(conn: Any) -> None:
+            tries.append(1)
+            conn.execute(INSERT_EVENT, ("r1", "ENGINE_EVENT", None, 0.0, '{"x": 1}', "u-1"))
+            if len(tries) == 1:
+                conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        storage._write(write)
+        count = storage._read("SELECT COUNT(*) FROM events WHERE uid = 'u-1'")[0][0]
+    assert len(tries) == 2 and count == 1
+
+
+class _LostAck(PostgresStorage):
+    """A server that commits, then loses the connection before the client hears so: the
+    network fault, injected at the edge (once)."""
+
+    lose = 0
+
+    def _commit(self, raw: Any) -> None:
+        super()._commit(raw)
+        if self.lose:
+            self.lose -= 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+
+def test_an_event_insert_retried_after_a_lost_commit_is_stored_once(
+    pg_schema: str,  # noqa: F811
+) -> None:
+    with _LostAck(URL, schema=pg_schema) as storage:
+        storage.lose = 1
+        first = storage.store_event(_event("once"))
+        storage.lose = 1
+        storage.store_events([_event("a"), _event("b")])
+        records = storage.get_event_records("r1")
+    assert [r.event.message for r in records] == ["once", "a", "b"], "none lost, none doubled"
+    assert records[0].storage_id == first
+
+
+def test_a_transition_whose_commit_was_lost_is_not_retried_but_reported(
+    pg_schema: str,  # noqa: F811
+) -> None:
+    with _LostAck(URL, schema=pg_schema) as storage:
+        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))
+        storage.lose = 1
+        with pytest.raises(StorageError, match="may or may not have been stored"):
+            storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
+        stored = storage.get_run(run.run_id)
+    assert stored is not None and stored.status is rc.RunStatus.QUEUED  # it did land, once

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from runcore._retry import RetrySettings
 from runcore.errors import ConfigError, InstanceClosedError, SchemaVersionError, StorageError
+from runcore.events import Event
 from runcore.storage.sql.core import SqlStorage
 from runcore.storage.sql.dialect import Dialect, SqlConnection, format_placeholders
 from runcore.storage.sql.migrations import Place
@@ -96,9 +97,18 @@ class PostgresDialect(Dialect):
     for_update = " FOR UPDATE"
     integrity_errors = (psycopg.errors.UniqueViolation,)
     schema_preamble = (_JSON_FUNCTION.strip(),)
+    event_uids = True
 
     def tables_sql(self) -> str:
         return "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+
+    def has_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        found = conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = ? AND column_name = ?",
+            (table, column),
+        )
+        return found.fetchone() is not None
 
     def json_valid(self, column: str) -> str:
         return f"runcore_json({column}) IS NOT NULL"
@@ -129,7 +139,8 @@ class PostgresDialect(Dialect):
         )
 
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
-        return int(conn.execute(sql + " RETURNING id", params).fetchone()[0])
+        row = conn.execute(sql + " RETURNING id", params).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def now(self, conn: SqlConnection) -> float:
         return float(
@@ -156,7 +167,12 @@ class _Connection:
 
 
 class _CommitUnknown(Exception):
-    """The connection failed while committing: the transaction may or may not have landed."""
+    """The connection failed while committing: the transaction may or may not have landed.
+    Retried only when ``idempotent`` (inserts of events, whose uids make a second try a no-op)."""
+
+    def __init__(self, message: str, *, idempotent: bool) -> None:
+        super().__init__(message)
+        self.idempotent = idempotent
 
 
 def strip_password(url: str) -> str:
@@ -180,7 +196,7 @@ def _password_of(url: str) -> str | None:
 
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _CommitUnknown):
-        return False
+        return exc.idempotent
     return isinstance(
         exc,
         psycopg.OperationalError
@@ -238,6 +254,7 @@ class PostgresStorage(SqlStorage):
         self.retry = retry
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._closed = False
         self._pid = os.getpid()
         self._offset: tuple[float, float] | None = None  # (server - here, measured at monotonic)
@@ -355,7 +372,7 @@ class PostgresStorage(SqlStorage):
             key = f"{self.schema}:runcore.schema"
             conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
             return fn(_Connection(conn))
-        except psycopg.Error as exc:
+        except (psycopg.Error, _CommitUnknown) as exc:
             raise self._error(exc) from exc
         finally:
             with suppress(psycopg.Error):
@@ -407,10 +424,28 @@ class PostgresStorage(SqlStorage):
                 raw.execute("ROLLBACK")
             raise
         try:
-            raw.execute("COMMIT")
+            self._commit(raw)
         except psycopg.OperationalError as exc:
-            raise _CommitUnknown(str(exc)) from exc
+            idempotent = bool(getattr(self._local, "idempotent", False))
+            raise _CommitUnknown(str(exc), idempotent=idempotent) from exc
         return result
+
+    def _commit(self, raw: psycopg.Connection[Any]) -> None:
+        raw.execute("COMMIT")
+
+    def _idempotent(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, whose writes may be retried even after a lost commit (event inserts)."""
+        self._local.idempotent = True
+        try:
+            return fn()
+        finally:
+            self._local.idempotent = False
+
+    def store_event(self, event: Event) -> int:
+        return self._idempotent(lambda: super(PostgresStorage, self).store_event(event))
+
+    def store_events(self, events: Sequence[Event]) -> None:
+        self._idempotent(lambda: super(PostgresStorage, self).store_events(events))
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         try:

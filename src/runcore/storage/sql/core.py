@@ -15,6 +15,7 @@ one transaction, under the dialect's lock where needed: they hold across any num
 from __future__ import annotations
 
 import json
+import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -88,14 +89,10 @@ def _run_row(run: Run) -> tuple[Any, ...]:
     )
 
 
-def _event_row(event: Event) -> tuple[Any, ...]:
-    return (
-        event.run_id,
-        event.event_type.value,
-        event.step_key,
-        event.timestamp,
-        _serde.dumps_event(event),
-    )
+def _event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
+    body = _serde.dumps_event(event)
+    key = uuid.uuid4().hex if uid else None  # made once: a retried insert carries the same
+    return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
 
 
 class SqlStorage(InstanceStorage, QueueReader):
@@ -314,7 +311,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            event_row = _event_row(status_event(run, to_status, event, ts))
+            event_row = _event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
             self._lock_events(conn).execute(INSERT_EVENT, event_row)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
@@ -357,14 +354,19 @@ class SqlStorage(InstanceStorage, QueueReader):
         return conn
 
     def store_event(self, event: Event) -> int:
-        row = _event_row(event)
-        insert = self.dialect.insert_id
-        return self._write(lambda conn: insert(self._lock_events(conn), INSERT_EVENT, row))
+        row = _event_row(event, self.dialect.event_uids)
+        by_uid = "SELECT id FROM events WHERE uid = ?"  # stored by a try whose commit was lost
+
+        def write(conn: SqlConnection) -> int:
+            pk = self.dialect.insert_id(self._lock_events(conn), INSERT_EVENT, row)
+            return pk or int(conn.execute(by_uid, (row[-1],)).fetchone()[0])
+
+        return self._write(write)
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [_event_row(event) for event in events]
+        rows = [_event_row(event, self.dialect.event_uids) for event in events]
         self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
 
     def get_event_records(
@@ -481,7 +483,7 @@ class SqlStorage(InstanceStorage, QueueReader):
         if step_key is not None:
             where += " AND step_key = ?"
             params = (run_id, step_key)
-        rows = [_event_row(event) for event in events]
+        rows = [_event_row(event, self.dialect.event_uids) for event in events]
 
         def write(conn: SqlConnection) -> int:
             if rows:

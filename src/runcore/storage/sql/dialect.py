@@ -88,6 +88,9 @@ class Dialect(ABC):
     integrity_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Values the core binds at most in one ``IN (...)`` list.
     max_in_list: ClassVar[int] = 500
+    #: Whether events get a client-generated ``uid`` (a retried insert is then ignored): where
+    #: a write may be retried after its commit was lost (a server), not SQLite.
+    event_uids: ClassVar[bool] = False
     #: Statements run before the tables are created (helper functions the dialect's SQL uses).
     schema_preamble: ClassVar[tuple[str, ...]] = ()
 
@@ -96,6 +99,10 @@ class Dialect(ABC):
     @abstractmethod
     def tables_sql(self) -> str:
         """A query listing the names of the tables of runcore's schema space (one column)."""
+
+    @abstractmethod
+    def has_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        """Whether ``table`` of runcore's schema space has ``column`` (for migrations)."""
 
     # --- JSON in ``body`` columns -----------------------------------------------------------
 
@@ -136,7 +143,8 @@ class Dialect(ABC):
 
     @abstractmethod
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
-        """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id."""
+        """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id, or 0
+        if ``ON CONFLICT DO NOTHING`` inserted none."""
 
     def now(self, conn: SqlConnection) -> float:
         """The storage's clock, in Unix seconds: this host's unless the database has one that

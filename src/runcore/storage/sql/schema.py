@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from runcore.storage.sql.dialect import Dialect
 
 #: 1: the first release. 2: worker records in their own table (``workers``); the
-#: ``runcore/worker_*`` tags of version 1 are deleted, never read again.
-SCHEMA_VERSION = 2
+#: ``runcore/worker_*`` tags of version 1 are deleted, never read again. 3: ``events.uid``, a
+#: client-generated id under a unique index, so an insert retried after a lost commit is
+#: ignored instead of stored twice (NULL where the dialect needs none: SQLite).
+SCHEMA_VERSION = 3
 
 #: What ``runcore_meta.app`` says in a database runcore wrote.
 APP_ID = "runcore"
@@ -77,10 +79,12 @@ _TABLES = (
         event_type TEXT NOT NULL,
         step_key TEXT,
         timestamp {real} NOT NULL,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        uid TEXT
     )
     """,
     "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_uid ON events (uid)",
     "CREATE TABLE IF NOT EXISTS pool_limits (pool TEXT PRIMARY KEY, slot_limit INTEGER NOT NULL)",
     """
     CREATE TABLE IF NOT EXISTS pool_slots (
@@ -143,7 +147,8 @@ INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
-    "INSERT INTO events (run_id, event_type, step_key, timestamp, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO events (run_id, event_type, step_key, timestamp, body, uid) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING"
 )
 INSERT_SLOT = "INSERT INTO pool_slots (pool, run_id, step_key, claimed_at) VALUES (?, ?, ?, ?)"
 UPSERT_WAITER = (
