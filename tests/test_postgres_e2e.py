@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -408,3 +409,51 @@ def test_a_transition_whose_commit_was_lost_is_not_retried_but_reported(
             storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
         stored = storage.get_run(run.run_id)
     assert stored is not None and stored.status is rc.RunStatus.QUEUED  # it did land, once
+
+
+# --- notifications ------------------------------------------------------------------------------
+
+
+def test_a_queued_run_wakes_a_daemon_long_before_its_poll_interval(
+    pg_schema: str,  # noqa: F811
+) -> None:
+    """LISTEN/NOTIFY: a run queued by another process starts at once, although the daemon's
+    dequeue duty polls only every 30 s."""
+    with (
+        rc.Instance.from_config(_config(pg_schema)) as daemon_side,
+        rc.Instance.from_config(_config(pg_schema)) as submitter,
+    ):
+        launcher = daemon_side.run_launcher
+        assert isinstance(launcher, RecordingLauncher)
+        with rc.Daemon(daemon_side, dequeue_interval=30.0):
+            time.sleep(0.5)  # the first pass has run; the next poll is 30 s away
+            run = submitter.submit_run(simple, tags={"team": "a"})
+            deadline = time.monotonic() + 10
+            while run.run_id not in launcher.launched_ids and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert run.run_id in launcher.launched_ids
+            assert time.monotonic() < deadline - 5, "woken by the notification, not the poll"
+
+
+def test_wait_for_run_is_woken_by_the_end_of_a_run_in_another_process(
+    pg_schema: str,  # noqa: F811
+) -> None:
+    with (
+        rc.Instance.from_config(_config(pg_schema)) as waiter,
+        rc.Instance.from_config(_config(pg_schema)) as other,
+    ):
+        run = other.submit_run(simple, tags={"team": "a"})
+        ended_at: list[float] = []
+
+        def finish_later() -> None:
+            time.sleep(3.2)  # by now the waiter's poll interval has grown to a second
+            other.storage.transition(run.run_id, [rc.RunStatus.QUEUED], rc.RunStatus.CANCELED)
+            ended_at.append(time.monotonic())
+
+        thread = threading.Thread(target=finish_later)
+        thread.start()
+        done = waiter.wait_for_run(run.run_id, timeout=30)
+        returned_at = time.monotonic()
+        thread.join()
+    assert done.status is rc.RunStatus.CANCELED
+    assert returned_at - ended_at[0] < 0.5

@@ -31,7 +31,7 @@ from runcore.daemon.base import Duty
 from runcore.errors import ConfigError, InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.runs import RunsFilter, RunStatus
-from runcore.storage.base import DaemonHeartbeat
+from runcore.storage.base import DaemonHeartbeat, StorageNotifier
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import DequeueResult
@@ -182,6 +182,10 @@ class Daemon:
             daemon_id = f"{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.daemon_id = daemon_id
         self._stop = threading.Event()
+        # Set by the storage's notifications (a run queued or ended) and by stop(): the
+        # dequeue duty goes again at once instead of sleeping out its interval.
+        self._wake = threading.Event()
+        self._unsubscribe: Callable[[], None] | None = None
         self._threads: list[threading.Thread] = []
         self._duties: list[Duty] | None = None
         self._extra: list[Duty] = []
@@ -444,6 +448,12 @@ class Daemon:
                     daemon=True,
                 )
             )
+        storage = self.instance.storage
+        if isinstance(storage, StorageNotifier) and self._unsubscribe is None:
+            try:
+                self._unsubscribe = storage.subscribe(lambda kind: self._wake.set())
+            except Exception:  # polling is the fallback
+                log.warning("runcore daemon: no notifications from the storage; polling")
         for thread in self._threads:
             thread.start()
 
@@ -455,6 +465,10 @@ class Daemon:
         """
         timeout = _validate.delay("Daemon.stop(timeout=...)", timeout)
         self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -523,7 +537,13 @@ class Daemon:
                 with contextlib.suppress(Exception):  # a heartbeat never stops a duty
                     self._duty_heartbeat(duty, time.monotonic() - started, error)
             # A pass that left work (a dequeue that started runs): go again at once.
-            self._stop.wait(0 if busy else duty.interval)
+            if busy:
+                continue
+            if duty.name == "dequeue" and self._unsubscribe is not None:
+                self._wake.wait(duty.interval)  # a queued or ended run wakes it early
+                self._wake.clear()
+            else:
+                self._stop.wait(duty.interval)
 
 
 class _FinishLog(Duty):

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 from runcore._retry import RetrySettings
 from runcore.errors import ConfigError, InstanceClosedError, SchemaVersionError, StorageError
 from runcore.events import Event
+from runcore.storage.base import StorageNotifier
 from runcore.storage.sql.core import SqlStorage
 from runcore.storage.sql.dialect import Dialect, SqlConnection, format_placeholders
 from runcore.storage.sql.migrations import Place
@@ -138,6 +139,9 @@ class PostgresDialect(Dialect):
             (name,),
         )
 
+    def notify(self, conn: SqlConnection, kind: str) -> None:
+        conn.execute("SELECT pg_notify('runcore_' || current_schema(), ?)", (kind,))
+
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
         row = conn.execute(sql + " RETURNING id", params).fetchone()
         return int(row[0]) if row is not None else 0
@@ -206,7 +210,7 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-class PostgresStorage(SqlStorage):
+class PostgresStorage(SqlStorage, StorageNotifier):
     """Runs, events, pools, workers and heartbeats in the tables of one PostgreSQL schema.
 
     ``url`` (a ``postgresql://`` URL or libpq string; default ``$RUNCORE_POSTGRES_URL``),
@@ -215,9 +219,11 @@ class PostgresStorage(SqlStorage):
     migrate``) and ``retry`` (the budget for transient failures).
 
     Threads: the connection pool's own (``psycopg_pool`` workers that open connections and
-    check them), started by :meth:`start` and stopped by :meth:`close`. Any thread may call any
-    method; each call borrows a connection. A forked child opens its own pool on first use and
-    leaves the parent's alone.
+    check them), started by :meth:`start` and stopped by :meth:`close`; and, from the first
+    :meth:`subscribe`, one listener thread (``runcore-pg-listen``) on a connection of its own
+    that listens (``LISTEN``) for queued and ended runs, reconnecting after a failure, stopped by
+    :meth:`close`. Any thread may call any method; each call borrows a connection. A forked
+    child opens its own pool on first use and leaves the parent's alone.
     """
 
     def __init__(
@@ -258,6 +264,9 @@ class PostgresStorage(SqlStorage):
         self._closed = False
         self._pid = os.getpid()
         self._offset: tuple[float, float] | None = None  # (server - here, measured at monotonic)
+        self._subscribers: list[Callable[[str], None]] = []
+        self._listener: threading.Thread | None = None
+        self._stop_listening = threading.Event()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({strip_password(self.url)!r}, schema={self.schema!r})"
@@ -407,9 +416,54 @@ class PostgresStorage(SqlStorage):
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            listener, self._listener = self._listener, None
+        self._stop_listening.set()
+        if listener is not None and self._pid == os.getpid():
+            listener.join(timeout=5.0)
         if pool is not None and self._pid == os.getpid():
             with suppress(Exception):
                 pool.close(timeout=5.0)
+
+    # --- notifications ----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        with self._lock:
+            if self._closed:
+                raise InstanceClosedError(f"{self!r} is closed; create a new {type(self).__name__}")
+            self._subscribers.append(callback)
+            if self._listener is None or self._pid != os.getpid():
+                self._stop_listening = threading.Event()
+                self._listener = threading.Thread(
+                    target=self._listen, name="runcore-pg-listen", daemon=True
+                )
+                self._listener.start()
+
+        def unsubscribe() -> None:
+            with self._lock, suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _listen(self) -> None:
+        """The listener thread: LISTEN on the schema's channel, pass each notification on;
+        after a failure, wait a second and connect again (polling covers the gap)."""
+        stop = self._stop_listening
+        channel = f"runcore_{self.schema}"
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.url, **self._connect_kwargs()) as conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    self._deliver("reconnected")  # something may have happened meanwhile
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._deliver(note.payload)
+            except psycopg.Error:
+                stop.wait(1.0)
+
+    def _deliver(self, kind: str) -> None:
+        for callback in list(self._subscribers):
+            with suppress(Exception):
+                callback(kind)
 
     # --- transactions -----------------------------------------------------------------------
 

@@ -314,6 +314,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             event_row = _event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
             self._lock_events(conn).execute(INSERT_EVENT, event_row)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
+                self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run

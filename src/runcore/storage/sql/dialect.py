@@ -141,6 +141,10 @@ class Dialect(ABC):
         ``name``: what a check-then-write (a limit, a pool slot) takes first. A database whose
         write transactions already exclude each other (SQLite) does nothing."""
 
+    def notify(self, conn: SqlConnection, kind: str) -> None:  # noqa: B027 - optional hook
+        """Tell listening processes, once the transaction commits, that a run was ``kind``
+        (``queued`` or ``ended``): see :class:`~runcore.storage.base.StorageNotifier`."""
+
     @abstractmethod
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
         """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id, or 0
