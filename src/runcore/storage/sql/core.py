@@ -15,7 +15,6 @@ one transaction, under the dialect's lock where needed: they hold across any num
 from __future__ import annotations
 
 import json
-import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -68,31 +67,14 @@ from runcore.storage.sql.schema import (
     UPSERT_POOL_LIMIT,
     UPSERT_WAITER,
     UPSERT_WORKER,
+    event_row,
+    run_row,
 )
 
 T = TypeVar("T")
 
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
-
-
-def _run_row(run: Run) -> tuple[Any, ...]:
-    return (
-        run.run_id,
-        run.job_name,
-        run.status.value,
-        run.parent_run_id,
-        run.root_run_id,
-        run.created_at,
-        run.updated_at,
-        _serde.dumps_run(run),
-    )
-
-
-def _event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
-    body = _serde.dumps_event(event)
-    key = uuid.uuid4().hex if uid else None  # made once: a retried insert carries the same
-    return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
 
 
 class SqlStorage(InstanceStorage, QueueReader):
@@ -175,14 +157,14 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
 
     def add_run(self, run: Run) -> Run:
-        rows = [_run_row(run)]
+        rows = [run_row(run)]
         self._write(lambda conn: self._insert_runs(conn, [run], rows))
         return run
 
     def add_runs(self, runs: Sequence[Run]) -> None:
         if not runs:
             return
-        rows = [_run_row(run) for run in runs]
+        rows = [run_row(run) for run in runs]
         self._write(lambda conn: self._insert_runs(conn, runs, rows))
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
@@ -311,8 +293,8 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            event_row = _event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
-            self._lock_events(conn).execute(INSERT_EVENT, event_row)
+            change = event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
+            self._lock_events(conn).execute(INSERT_EVENT, change)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
@@ -355,7 +337,7 @@ class SqlStorage(InstanceStorage, QueueReader):
         return conn
 
     def store_event(self, event: Event) -> int:
-        row = _event_row(event, self.dialect.event_uids)
+        row = event_row(event, self.dialect.event_uids)
         by_uid = "SELECT id FROM events WHERE uid = ?"  # stored by a try whose commit was lost
 
         def write(conn: SqlConnection) -> int:
@@ -367,7 +349,7 @@ class SqlStorage(InstanceStorage, QueueReader):
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [_event_row(event, self.dialect.event_uids) for event in events]
+        rows = [event_row(event, self.dialect.event_uids) for event in events]
         self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
 
     def get_event_records(
@@ -484,7 +466,7 @@ class SqlStorage(InstanceStorage, QueueReader):
         if step_key is not None:
             where += " AND step_key = ?"
             params = (run_id, step_key)
-        rows = [_event_row(event, self.dialect.event_uids) for event in events]
+        rows = [event_row(event, self.dialect.event_uids) for event in events]
 
         def write(conn: SqlConnection) -> int:
             if rows:

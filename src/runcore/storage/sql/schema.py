@@ -11,9 +11,14 @@ SQLite's ``WITHOUT ROWID``. Everything else is plain SQL both speak.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from runcore import _serde
 
 if TYPE_CHECKING:
+    from runcore.events import Event
+    from runcore.runs import Run
     from runcore.storage.sql.dialect import Dialect
 
 #: 1: the first release. 2: worker records in their own table (``workers``); the
@@ -172,3 +177,25 @@ UPSERT_HEARTBEAT = (
     "VALUES (?, ?, ?, ?) ON CONFLICT (daemon_id) DO UPDATE SET "
     "daemon_type = excluded.daemon_type, timestamp = excluded.timestamp, info = excluded.info"
 )
+
+
+def run_row(run: Run) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_RUN` for ``run``."""
+    return (
+        run.run_id,
+        run.job_name,
+        run.status.value,
+        run.parent_run_id,
+        run.root_run_id,
+        run.created_at,
+        run.updated_at,
+        _serde.dumps_run(run),
+    )
+
+
+def event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one,
+    made once so that a retried insert carries the same (and is ignored)."""
+    body = _serde.dumps_event(event)
+    key = uuid.uuid4().hex if uid else None
+    return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
