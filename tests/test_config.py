@@ -138,7 +138,14 @@ def test_full_config_parses() -> None:
             "module 'runcore' has no class 'NoSuchClass'",
         ),
         ({"run_launcher": {"class": "nocolon"}}, "expected 'module:Class'"),
-        ({"storage": {"postgres": {"url": "postgresql://x"}}}, "PostgreSQL storage is not part"),
+        (
+            {"storage": {"postgres": {"url": "postgresql://x", "schema": "a-b"}}},
+            "storage.postgres.schema: 'a-b' is not a plain SQL identifier",
+        ),
+        (
+            {"storage": {"postgres": {"url": "postgresql://x", "pool": {"min": 3, "max": 2}}}},
+            "storage.postgres.pool: need 0 <= min <= max",
+        ),
         (
             {"run_monitoring": {"poll_interval_seconds": 0}},
             "run_monitoring.poll_interval_seconds: must be > 0",

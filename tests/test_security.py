@@ -462,7 +462,7 @@ def test_instance_migrate_removes_old_worker_tags(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "runcore instance migrate" in refused.stderr
     migrated = cli("instance", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "from schema version 1 to 2" in migrated.stdout
+    assert "from schema version 1 to 3" in migrated.stdout
     shown = cli("runs", "show", run.run_id, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["run"]["tags"] == {"keep": "me"}

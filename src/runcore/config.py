@@ -54,10 +54,23 @@ class SqliteStorageConfig:
 
 
 @attrs.frozen
-class PostgresStorageConfig:
-    """``storage: {postgres: {url: postgresql://...}}``."""
+class PostgresPoolConfig:
+    """``storage.postgres.pool: {min: 1, max: 10}``: connections per process."""
 
-    url: str
+    min: int = 1
+    max: int = 10
+
+
+@attrs.frozen
+class PostgresStorageConfig:
+    """``storage: {postgres: {url: postgresql://..., schema: public, pool: {min, max},
+    auto_migrate: false}}``. ``url`` defaults to ``$RUNCORE_POSTGRES_URL``; a URL without a
+    password takes the one in ``$RUNCORE_POSTGRES_URL`` (or libpq's ``PGPASSWORD``)."""
+
+    url: str | None = None
+    schema: str = "public"
+    pool: PostgresPoolConfig = attrs.field(factory=PostgresPoolConfig)
+    auto_migrate: bool = False
 
 
 @attrs.frozen

@@ -48,9 +48,17 @@ def build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
             auto_migrate=cfg.sqlite.auto_migrate,
         )
     if cfg.postgres is not None:
-        raise ConfigError(
-            "storage.postgres: PostgreSQL storage is not part of this runcore release yet; use "
-            "storage: {sqlite: {path: ...}} for now"
+        try:
+            from runcore.storage.postgres import PostgresStorage
+        except ImportError as exc:
+            raise ConfigError(f"storage.postgres: {exc}") from exc
+        pg = cfg.postgres
+        return PostgresStorage(
+            pg.url,
+            schema=pg.schema,
+            pool_min=pg.pool.min,
+            pool_max=pg.pool.max,
+            auto_migrate=pg.auto_migrate,
         )
     return InMemoryStorage()
 

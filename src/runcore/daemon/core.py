@@ -31,7 +31,7 @@ from runcore.daemon.base import Duty
 from runcore.errors import ConfigError, InstanceClosedError, StorageError
 from runcore.launchers.base import hostname
 from runcore.runs import RunsFilter, RunStatus
-from runcore.storage.base import DaemonHeartbeat
+from runcore.storage.base import DaemonHeartbeat, StorageNotifier
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import DequeueResult
@@ -79,7 +79,7 @@ class DutyStatus:
 def duty_statuses(storage: InstanceStorage, *, now: float | None = None) -> list[DutyStatus]:
     """Every duty heartbeat, by daemon then duty; alive if younger than three times the
     larger of the duty's interval and its daemon's heartbeat interval, as recorded."""
-    current = time.time() if now is None else now
+    current = storage.clock() if now is None else now
     out = []
     for beat in storage.get_daemon_heartbeats():
         if beat.daemon_type != DUTY_TYPE:
@@ -107,7 +107,7 @@ def daemon_statuses(
     A daemon is alive if its last heartbeat is younger than ``max_age`` (default: three of
     its own heartbeat intervals, as it recorded them) and it did not record that it stopped.
     """
-    current = time.time() if now is None else now
+    current = storage.clock() if now is None else now
     out = []
     for beat in storage.get_daemon_heartbeats():
         if beat.daemon_type != DAEMON_TYPE:
@@ -157,7 +157,7 @@ class Daemon:
         heartbeat_interval: float = 5.0,
         monitor_interval: float | None = None,
         retry_interval: float | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         daemon_id: str | None = None,
     ) -> None:
 
@@ -174,13 +174,18 @@ class Daemon:
         self.instance = instance
         self.monitoring = cfg.run_monitoring
         self.retrying = cfg.run_retries
-        self.clock = clock
+        # The storage's clock by default: on a shared server every host judges ages alike.
+        self.clock = clock if clock is not None else instance.storage.clock
         if daemon_id is None:
             import uuid
 
             daemon_id = f"{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.daemon_id = daemon_id
         self._stop = threading.Event()
+        # Set by the storage's notifications (a run queued or ended) and by stop(): the
+        # dequeue duty goes again at once instead of sleeping out its interval.
+        self._wake = threading.Event()
+        self._unsubscribe: Callable[[], None] | None = None
         self._threads: list[threading.Thread] = []
         self._duties: list[Duty] | None = None
         self._extra: list[Duty] = []
@@ -298,7 +303,7 @@ class Daemon:
             return []
 
         self.instance.ensure_started()
-        now = time.time()
+        now = self.clock()
         since = self._finished_since if self._finished_since is not None else now
         records = self.instance.storage.get_run_records(
             RunsFilter(
@@ -443,6 +448,12 @@ class Daemon:
                     daemon=True,
                 )
             )
+        storage = self.instance.storage
+        if isinstance(storage, StorageNotifier) and self._unsubscribe is None:
+            try:
+                self._unsubscribe = storage.subscribe(lambda kind: self._wake.set())
+            except Exception:  # polling is the fallback
+                log.warning("runcore daemon: no notifications from the storage; polling")
         for thread in self._threads:
             thread.start()
 
@@ -454,6 +465,10 @@ class Daemon:
         """
         timeout = _validate.delay("Daemon.stop(timeout=...)", timeout)
         self._stop.set()
+        self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -522,7 +537,13 @@ class Daemon:
                 with contextlib.suppress(Exception):  # a heartbeat never stops a duty
                     self._duty_heartbeat(duty, time.monotonic() - started, error)
             # A pass that left work (a dequeue that started runs): go again at once.
-            self._stop.wait(0 if busy else duty.interval)
+            if busy:
+                continue
+            if duty.name == "dequeue" and self._unsubscribe is not None:
+                self._wake.wait(duty.interval)  # a queued or ended run wakes it early
+                self._wake.clear()
+            else:
+                self._stop.wait(duty.interval)
 
 
 class _FinishLog(Duty):

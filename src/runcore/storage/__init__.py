@@ -1,6 +1,7 @@
 """Storage backends: where runs, events, pool slots and heartbeats are remembered.
 
-``SqliteStorage`` is imported on first use, so ``import runcore`` does not load ``sqlite3``.
+``SqliteStorage`` and ``PostgresStorage`` are imported on first use, so ``import runcore``
+loads neither ``sqlite3`` nor psycopg.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from runcore.storage.base import (
 from runcore.storage.memory import InMemoryStorage
 
 if TYPE_CHECKING:
+    from runcore.storage.postgres import PostgresStorage
     from runcore.storage.sqlite import SqliteStorage
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "InMemoryStorage",
     "InstanceStorage",
     "PoolStorage",
+    "PostgresStorage",
     "RunStorage",
     "SlotLease",
     "SqliteStorage",
@@ -41,4 +44,8 @@ def __getattr__(name: str) -> Any:
         from runcore.storage.sqlite import SqliteStorage
 
         return SqliteStorage
+    if name == "PostgresStorage":
+        from runcore.storage.postgres import PostgresStorage
+
+        return PostgresStorage
     raise AttributeError(f"module 'runcore.storage' has no attribute {name!r}")

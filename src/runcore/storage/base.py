@@ -350,6 +350,19 @@ class QueueReader(ABC):
         """QUEUED runs (of ``run_ids``, if given), oldest first."""
 
 
+class StorageNotifier(ABC):
+    """An optional ability of a storage: telling every process that uses it, soon after it
+    happens, that a run was queued or ended (PostgreSQL's LISTEN/NOTIFY). Daemons wake their
+    dequeue pass and ``wait_for_run`` checks again on it; polling stays the fallback, so a
+    notification lost (a dropped connection) only costs a poll interval."""
+
+    @abstractmethod
+    def subscribe(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(kind)`` (``"queued"`` or ``"ended"``) from a listener thread after
+        each such commit by any process; returns the function that unsubscribes. ``callback``
+        must be quick and must not raise (it is not awaited)."""
+
+
 class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, HeartbeatStorage):
     """Everything an instance remembers, behind one object.
 
@@ -384,6 +397,12 @@ class InstanceStorage(RunStorage, EventStorage, PoolStorage, WorkerStorage, Hear
             if run is None or run.status.is_terminal:
                 freed += self.release_pool_slots(run_id)
         return freed
+
+    def clock(self) -> float:
+        """Now, in Unix seconds, by the clock every process sharing this storage agrees on:
+        what heartbeat ages, timeouts and cursors over ``updated_at`` are judged by. This
+        host's clock by default; a database server's where hosts share one (PostgreSQL)."""
+        return time.time()
 
     def check_identity(self) -> None:
         """Raise :class:`~runcore.errors.StorageError` if this storage is no longer the one
@@ -609,6 +628,7 @@ __all__ = [
     "PoolStorage",
     "RunStorage",
     "SlotLease",
+    "StorageNotifier",
     "WorkerRecord",
     "WorkerStorage",
 ]

@@ -78,6 +78,10 @@ class SqliteDialect(Dialect):
     def tables_sql(self) -> str:
         return "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
 
+    def has_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        return any(row[1] == column for row in rows)
+
     def json_valid(self, column: str) -> str:
         return f"json_valid({column})"
 
@@ -100,7 +104,8 @@ class SqliteDialect(Dialect):
         )
 
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
-        return int(conn.execute(sql, params).lastrowid or 0)
+        cur = conn.execute(sql, params)
+        return int(cur.lastrowid or 0) if cur.rowcount > 0 else 0
 
 
 DIALECT = SqliteDialect()

@@ -38,7 +38,7 @@ from runcore.storage.base import (
     worker_record_from_row,
     writable,
 )
-from runcore.storage.sql.dialect import Dialect, SqlConnection
+from runcore.storage.sql.dialect import Dialect, SqlConnection, tags_of
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
 from runcore.storage.sql.filters import select as _select
@@ -63,48 +63,14 @@ from runcore.storage.sql.schema import (
     UPSERT_WAITER,
     UPSERT_WORKER,
     WORKER_OF_ATTEMPT,
+    event_row,
+    run_row,
 )
 
 T = TypeVar("T")
 
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
-
-
-def _run_row(run: Run) -> tuple[Any, ...]:
-    return (
-        run.run_id,
-        run.job_name,
-        run.status.value,
-        run.parent_run_id,
-        run.root_run_id,
-        run.created_at,
-        run.updated_at,
-        _serde.dumps_run(run),
-    )
-
-
-def _event_row(event: Event) -> tuple[Any, ...]:
-    return (
-        event.run_id,
-        event.event_type.value,
-        event.step_key,
-        event.timestamp,
-        _serde.dumps_event(event),
-    )
-
-
-def _tags_of(value: Any) -> dict[str, str]:
-    """A run's tags from a JSON field read back (text, or decoded by the driver); ``{}`` for
-    anything that is not a mapping of strings (a corrupt run is still counted, tag-less)."""
-    if isinstance(value, str | bytes):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 class SqlStorage(InstanceStorage, QueueReader):
@@ -187,14 +153,14 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
 
     def add_run(self, run: Run) -> Run:
-        rows = [_run_row(run)]
+        rows = [run_row(run)]
         self._write(lambda conn: self._insert_runs(conn, [run], rows))
         return run
 
     def add_runs(self, runs: Sequence[Run]) -> None:
         if not runs:
             return
-        rows = [_run_row(run) for run in runs]
+        rows = [run_row(run) for run in runs]
         self._write(lambda conn: self._insert_runs(conn, runs, rows))
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
@@ -323,8 +289,10 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            conn.execute(INSERT_EVENT, _event_row(status_event(run, to_status, event, ts)))
+            change = event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
+            self._lock_events(conn).execute(INSERT_EVENT, change)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
+                self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
@@ -339,7 +307,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             f"SELECT {tags} FROM runs WHERE status IN ({marks(len(_IN_PROGRESS))})",
             _IN_PROGRESS,
         ).fetchall()
-        return [_tags_of(row[0]) for row in rows]
+        return [tags_of(row[0]) for row in rows]
 
     def delete_run(self, run_id: str) -> None:
         def write(conn: SqlConnection) -> None:
@@ -358,15 +326,27 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     # --- events -----------------------------------------------------------------------------
 
+    def _lock_events(self, conn: SqlConnection) -> SqlConnection:
+        """Taken before a transaction inserts events, held until it commits: ids then commit in
+        the order they are handed out (the cross-run cursor skips none). No-op on SQLite."""
+        self.dialect.lock(conn, "runcore.events")
+        return conn
+
     def store_event(self, event: Event) -> int:
-        row = _event_row(event)
-        return self._write(lambda conn: self.dialect.insert_id(conn, INSERT_EVENT, row))
+        row = event_row(event, self.dialect.event_uids)
+        by_uid = "SELECT id FROM events WHERE uid = ?"  # stored by a try whose commit was lost
+
+        def write(conn: SqlConnection) -> int:
+            pk = self.dialect.insert_id(self._lock_events(conn), INSERT_EVENT, row)
+            return pk or int(conn.execute(by_uid, (row[-1],)).fetchone()[0])
+
+        return self._write(write)
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        rows = [_event_row(event) for event in events]
-        self._write(lambda conn: conn.executemany(INSERT_EVENT, rows))
+        rows = [event_row(event, self.dialect.event_uids) for event in events]
+        self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
 
     def get_event_records(
         self,
@@ -482,11 +462,11 @@ class SqlStorage(InstanceStorage, QueueReader):
         if step_key is not None:
             where += " AND step_key = ?"
             params = (run_id, step_key)
-        rows = [_event_row(event) for event in events]
+        rows = [event_row(event, self.dialect.event_uids) for event in events]
 
         def write(conn: SqlConnection) -> int:
             if rows:
-                conn.executemany(INSERT_EVENT, rows)
+                self._lock_events(conn).executemany(INSERT_EVENT, rows)
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
 

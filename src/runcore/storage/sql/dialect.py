@@ -33,6 +33,7 @@ cross-run event cursor            ids commit in order         only below the old
 from __future__ import annotations
 
 import functools
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -87,12 +88,21 @@ class Dialect(ABC):
     integrity_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Values the core binds at most in one ``IN (...)`` list.
     max_in_list: ClassVar[int] = 500
+    #: Whether events get a client-generated ``uid`` (a retried insert is then ignored): where
+    #: a write may be retried after its commit was lost (a server), not SQLite.
+    event_uids: ClassVar[bool] = False
+    #: Statements run before the tables are created (helper functions the dialect's SQL uses).
+    schema_preamble: ClassVar[tuple[str, ...]] = ()
 
     # --- the catalogue ----------------------------------------------------------------------
 
     @abstractmethod
     def tables_sql(self) -> str:
         """A query listing the names of the tables of runcore's schema space (one column)."""
+
+    @abstractmethod
+    def has_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        """Whether ``table`` of runcore's schema space has ``column`` (for migrations)."""
 
     # --- JSON in ``body`` columns -----------------------------------------------------------
 
@@ -131,9 +141,14 @@ class Dialect(ABC):
         ``name``: what a check-then-write (a limit, a pool slot) takes first. A database whose
         write transactions already exclude each other (SQLite) does nothing."""
 
+    def notify(self, conn: SqlConnection, kind: str) -> None:  # noqa: B027 - optional hook
+        """Tell listening processes, once the transaction commits, that a run was ``kind``
+        (``queued`` or ``ended``): see :class:`~runcore.storage.base.StorageNotifier`."""
+
     @abstractmethod
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
-        """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id."""
+        """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id, or 0
+        if ``ON CONFLICT DO NOTHING`` inserted none."""
 
     def now(self, conn: SqlConnection) -> float:
         """The storage's clock, in Unix seconds: this host's unless the database has one that
@@ -145,6 +160,19 @@ class Dialect(ABC):
         event is passed over and committed later with a lower id. Empty where ids commit in
         the order they are handed out (one writer at a time)."""
         return ""
+
+
+def tags_of(value: Any) -> dict[str, str]:
+    """A run's tags from a JSON field read back (text, or decoded by the driver); ``{}`` for
+    anything that is not a mapping of strings (a corrupt run is still counted, tag-less)."""
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 @functools.lru_cache(maxsize=512)
@@ -170,4 +198,4 @@ def format_placeholders(sql: str) -> str:
     return "".join(out)
 
 
-__all__ = ["Dialect", "SqlConnection", "SqlCursor", "format_placeholders"]
+__all__ = ["Dialect", "SqlConnection", "SqlCursor", "format_placeholders", "tags_of"]

@@ -61,8 +61,18 @@ def _migrate_1_to_2(conn: SqlConnection, dialect: Dialect) -> None:
     )
 
 
+def _migrate_2_to_3(conn: SqlConnection, dialect: Dialect) -> None:
+    """Add ``events.uid`` (NULL for the events stored so far) and its unique index."""
+    if not dialect.has_column(conn, "events", "uid"):
+        conn.execute("ALTER TABLE events ADD COLUMN uid TEXT")
+    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_by_uid ON events (uid)")
+
+
 #: Upgrades by the version they start from; each moves the schema up by one, in one transaction.
-MIGRATIONS: dict[int, Callable[[SqlConnection, Dialect], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[SqlConnection, Dialect], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 def tables(conn: SqlConnection, dialect: Dialect) -> set[str]:

@@ -11,14 +11,21 @@ SQLite's ``WITHOUT ROWID``. Everything else is plain SQL both speak.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from runcore import _serde
 
 if TYPE_CHECKING:
+    from runcore.events import Event
+    from runcore.runs import Run
     from runcore.storage.sql.dialect import Dialect
 
 #: 1: the first release. 2: worker records in their own table (``workers``); the
-#: ``runcore/worker_*`` tags of version 1 are deleted, never read again.
-SCHEMA_VERSION = 2
+#: ``runcore/worker_*`` tags of version 1 are deleted, never read again. 3: ``events.uid``, a
+#: client-generated id under a unique index, so an insert retried after a lost commit is
+#: ignored instead of stored twice (NULL where the dialect needs none: SQLite).
+SCHEMA_VERSION = 3
 
 #: What ``runcore_meta.app`` says in a database runcore wrote.
 APP_ID = "runcore"
@@ -77,10 +84,12 @@ _TABLES = (
         event_type TEXT NOT NULL,
         step_key TEXT,
         timestamp {real} NOT NULL,
-        body TEXT NOT NULL
+        body TEXT NOT NULL,
+        uid TEXT
     )
     """,
     "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_by_uid ON events (uid)",
     "CREATE TABLE IF NOT EXISTS pool_limits (pool TEXT PRIMARY KEY, slot_limit INTEGER NOT NULL)",
     """
     CREATE TABLE IF NOT EXISTS pool_slots (
@@ -128,8 +137,9 @@ def render(statement: str, dialect: Dialect) -> str:
 
 
 def create_statements(dialect: Dialect) -> list[str]:
-    """The statements that create every table and index of :data:`SCHEMA_VERSION`."""
-    return [render(statement, dialect) for statement in _TABLES]
+    """The statements that create every table and index of :data:`SCHEMA_VERSION` (after the
+    dialect's own helpers, such as PostgreSQL's JSON parse function)."""
+    return [*dialect.schema_preamble, *(render(statement, dialect) for statement in _TABLES)]
 
 
 # --- statements the queries share ----------------------------------------------------------
@@ -142,7 +152,8 @@ INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
-    "INSERT INTO events (run_id, event_type, step_key, timestamp, body) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO events (run_id, event_type, step_key, timestamp, body, uid) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING"
 )
 INSERT_SLOT = "INSERT INTO pool_slots (pool, run_id, step_key, claimed_at) VALUES (?, ?, ?, ?)"
 UPSERT_WAITER = (
@@ -169,3 +180,25 @@ UPSERT_HEARTBEAT = (
 
 #: Whether a run's worker record is of a given attempt.
 WORKER_OF_ATTEMPT = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ?"
+
+
+def run_row(run: Run) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_RUN` for ``run``."""
+    return (
+        run.run_id,
+        run.job_name,
+        run.status.value,
+        run.parent_run_id,
+        run.root_run_id,
+        run.created_at,
+        run.updated_at,
+        _serde.dumps_run(run),
+    )
+
+
+def event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one,
+    made once so that a retried insert carries the same (and is ignored)."""
+    body = _serde.dumps_event(event)
+    key = uuid.uuid4().hex if uid else None
+    return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
