@@ -166,6 +166,7 @@ class Daemons:
         self.log_dir = log_dir
         self.tally = tally
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._started: dict[int, float] = {}  # pid -> time.monotonic() at start
         self._lock = threading.Lock()
 
     def start(self, fault: str | None = None) -> subprocess.Popen[bytes]:
@@ -190,7 +191,18 @@ class Daemons:
         log.close()
         with self._lock:
             self.procs.append(proc)
+            self._started[proc.pid] = time.monotonic()
         return proc
+
+    def settled(self, age: float = 2.0) -> int:
+        """How many daemons are alive and have been up for ``age`` seconds (booted)."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(
+                1
+                for p in self.procs
+                if p.poll() is None and now - self._started.get(p.pid, now) >= age
+            )
 
     def reap_fault_deaths(self) -> int:
         """Forget daemons that died by themselves (at a fault point); how many."""
@@ -388,7 +400,9 @@ class DaemonKiller(threading.Thread):
                 # A daemon that died at its fault point is replaced at once (two keep serving).
                 for _ in range(self.daemons.reap_fault_deaths()):
                     self.daemons.start(self.fault())
-                if time.monotonic() >= next_kill:
+                # Kill only while both daemons are up: a replacement still booting (after a
+                # kill or a death at a fault point) would leave no daemon to find the orphans.
+                if time.monotonic() >= next_kill and self.daemons.settled() >= 2:
                     self._once()
                     next_kill = time.monotonic() + self.rng.uniform(low, high)
             except Exception as exc:
@@ -791,7 +805,8 @@ def render(outcome: Outcome) -> str:
         f"`run_retries`: `max_retries: {MAX_RETRIES}` (strategy `from_failure`, 20% of runs "
         "`all_steps`).",
         "- Two `runcore daemon --interval 0.05` processes on the file; every "
-        f"{low:g}-{high:g} s one (at random among those hosting running workers) is killed "
+        f"{low:g}-{high:g} s (once both have been up for 2 s) one (at random among those "
+        "hosting running workers) is killed "
         "with SIGKILL, each running worker it had started is killed within 0.15 s with "
         f"probability {s.orphan_kill_probability:g} (at least one), and a new daemon is "
         "started. With probability "
@@ -975,6 +990,12 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         "--drain-timeout", type=float, default=90.0, help="seconds to wait for the runs to end"
     )
     parser.add_argument("--keep", action="store_true", help="keep the instance directory")
+    parser.add_argument(
+        "--stranded",
+        type=float,
+        default=0.3,
+        help="chance that a new daemon dies mid-launch, stranding a run in STARTING (0.3)",
+    )
     args = parser.parse_args(None if argv is None else list(argv))
     runs = args.runs if args.runs is not None else (60 if args.quick else 500)
     if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0:
@@ -991,7 +1012,7 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         kill_window=0.25,
         daemon_kill_every=(1.0, 2.5) if args.quick else (3.0, 8.0),
         orphan_kill_probability=0.75,
-        stranded_probability=0.3,
+        stranded_probability=args.stranded,
         fail_probability=0.15,
         drain_timeout=args.drain_timeout,
         keep=args.keep,
