@@ -46,9 +46,11 @@ from runcore.runs import (
 from runcore.storage.base import move_run
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from runcore.config import RunMonitoringConfig
     from runcore.launchers.base import RunLauncher
-    from runcore.storage.base import InstanceStorage
+    from runcore.storage.base import InstanceStorage, WorkerRecord
 
 
 log = logging.getLogger("runcore.daemon.monitoring")
@@ -140,7 +142,13 @@ class RunMonitor(Duty):
             and r.run.attempt_id is not None
             and now - (r.run.updated_at or r.run.created_at) > self.launch_grace
         ]
-        workers = self.storage.get_worker_records([run.run_id for run in waiting])
+        # One read of the worker records this pass needs: those of launches that may have been
+        # abandoned, and, when heartbeats are judged, those of every STARTED run.
+        judged = self.config.worker_heartbeat_timeout_seconds is not None
+        wanted = [run.run_id for run in waiting] + [
+            r.run.run_id for r in records if judged and r.run.status is RunStatus.STARTED
+        ]
+        workers = self.storage.get_worker_records(wanted) if wanted else {}
         for run in waiting:
             worker = workers.get(run.run_id)
             if (worker is None or worker.attempt_id != run.attempt_id) and self._abandon(
@@ -166,7 +174,7 @@ class RunMonitor(Duty):
                 continue
             to_check.append(run)
         healths = self._healths(to_check)
-        for run_id, silence in self._silent_workers(to_check, now).items():
+        for run_id, silence in self._silent_workers(to_check, workers, now).items():
             if healths.get(run_id, WorkerHealth.unknown()).status is not HealthStatus.DEAD:
                 healths[run_id] = silence
         for run in to_check:
@@ -256,14 +264,15 @@ class RunMonitor(Duty):
             log.exception("run monitoring: the launcher's health check failed")
             return {}
 
-    def _silent_workers(self, runs: list[Run], now: float) -> dict[str, WorkerHealth]:
+    def _silent_workers(
+        self, runs: list[Run], records: Mapping[str, WorkerRecord], now: float
+    ) -> dict[str, WorkerHealth]:
         """STARTED runs whose worker has heartbeat before but not within the timeout: dead,
         wherever they run (the only sign of life a worker on another host gives)."""
         timeout = self.config.worker_heartbeat_timeout_seconds
         started = [run for run in runs if run.status is RunStatus.STARTED]
         if timeout is None or not started:
             return {}
-        records = self.storage.get_worker_records([run.run_id for run in started])
         out: dict[str, WorkerHealth] = {}
         for run in started:
             record = records.get(run.run_id)
