@@ -237,56 +237,90 @@ class EcsAgent:
         return arn
 
 
-class RunTaskFaults:
+class _PatchedAction:
+    """Replaces one action of moto's ECS responses in this process's server while in a
+    ``with`` block (what AWS does and moto does not, injected server side)."""
+
+    action = ""
+
+    def __enter__(self) -> Any:
+        from moto.ecs.responses import EC2ContainerServiceResponse
+
+        original = getattr(EC2ContainerServiceResponse, self.action)
+        self._original = original
+        setattr(
+            EC2ContainerServiceResponse,
+            self.action,
+            lambda response: self.answer(response, original),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from moto.ecs.responses import EC2ContainerServiceResponse
+
+        setattr(EC2ContainerServiceResponse, self.action, self._original)
+
+    def answer(self, response: Any, original: Any) -> Any:
+        raise NotImplementedError
+
+
+class RunTaskFaults(_PatchedAction):
     """Server-side faults in moto's RunTask: ``throttles`` ThrottlingException answers, then
     ``failures`` answers with a capacity failure, then ``empty`` answers with no task and no
     failure, then moto's own behaviour. Counts every RunTask the server received."""
+
+    action = "run_task"
 
     def __init__(self, throttles: int = 0, failures: int = 0, empty: int = 0) -> None:
         self.throttles = throttles
         self.failures = failures
         self.empty = empty
         self.calls = 0
-        self._original: Any = None
 
-    def __enter__(self) -> RunTaskFaults:
+    def answer(self, response: Any, original: Any) -> Any:
         from moto.core.exceptions import JsonRESTError
         from moto.core.responses import ActionResult
-        from moto.ecs.responses import EC2ContainerServiceResponse
 
-        self._original = original = EC2ContainerServiceResponse.run_task
-        faults = self
+        self.calls += 1
+        if self.throttles > 0:
+            self.throttles -= 1
+            raise JsonRESTError("ThrottlingException", "Rate exceeded")
+        if self.failures > 0:
+            self.failures -= 1
+            failure = {
+                "arn": "arn:aws:ecs:us-east-1:123456789012:container-instance/x",
+                "reason": "RESOURCE:MEMORY",
+            }
+            return ActionResult({"tasks": [], "failures": [failure]})
+        if self.empty > 0:
+            self.empty -= 1
+            return ActionResult({"tasks": [], "failures": []})
+        return original(response)
 
-        def run_task(response: Any) -> Any:
-            faults.calls += 1
-            if faults.throttles > 0:
-                faults.throttles -= 1
-                raise JsonRESTError("ThrottlingException", "Rate exceeded")
-            if faults.failures > 0:
-                faults.failures -= 1
-                return ActionResult(
-                    {
-                        "tasks": [],
-                        "failures": [
-                            {
-                                "arn": "arn:aws:ecs:us-east-1:123456789012:container-instance/x",
-                                "reason": "RESOURCE:MEMORY",
-                            }
-                        ],
-                    }
-                )
-            if faults.empty > 0:
-                faults.empty -= 1
-                return ActionResult({"tasks": [], "failures": []})
-            return original(response)
 
-        EC2ContainerServiceResponse.run_task = run_task  # type: ignore[method-assign]
-        return self
+class MissingTasks(_PatchedAction):
+    """DescribeTasks as AWS answers it: a task the cluster does not know (never started, or
+    stopped long ago and forgotten) is listed in ``failures`` with reason ``MISSING``; moto
+    leaves it out of both lists."""
 
-    def __exit__(self, *exc: object) -> None:
-        from moto.ecs.responses import EC2ContainerServiceResponse
+    action = "describe_tasks"
 
-        EC2ContainerServiceResponse.run_task = self._original  # type: ignore[method-assign]
+    def answer(self, response: Any, original: Any) -> Any:
+        result = original(response)
+        known = {task.task_arn for task in result.result["tasks"]}
+        result.result["failures"] = [
+            {"arn": arn, "reason": "MISSING"}
+            for arn in response._get_param("tasks", [])
+            if arn not in known
+        ]
+        return result
+
+
+def forget_task(cluster: str, arn: str) -> None:
+    """Make the server forget a task, as ECS forgets a task about an hour after it stopped."""
+    from moto.ecs.models import ecs_backends
+
+    del ecs_backends[ACCOUNT][REGION].tasks[cluster][arn]
 
 
 class ApiCalls:

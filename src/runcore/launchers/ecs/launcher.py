@@ -86,8 +86,6 @@ class EcsRunLauncher(RunLauncher):
         retry_initial_wait: float = 0.5,
         retry_max_wait: float = 10.0,
     ) -> None:
-        from runcore._retry import RetrySettings
-
         if cluster is None and not use_current_ecs_task_config:
             raise ConfigError(
                 "EcsRunLauncher needs a cluster (or use_current_ecs_task_config: true)"
@@ -110,7 +108,7 @@ class EcsRunLauncher(RunLauncher):
             raise ConfigError(
                 "EcsRunLauncher needs a task_definition (or use_current_ecs_task_config: true)"
             )
-        self.container_name = container_name
+        self.container_name = _settings.optional_name("container_name", container_name)
         self.launch_type = _settings.launch_type(launch_type)
         self.capacity_provider_strategy = _settings.capacity_provider_strategy(
             capacity_provider_strategy
@@ -121,11 +119,11 @@ class EcsRunLauncher(RunLauncher):
             )
         self.subnets = _settings.strings("subnets", subnets)
         self.security_groups = _settings.strings("security_groups", security_groups)
-        if assign_public_ip is not None and not isinstance(assign_public_ip, bool):
-            raise ConfigError(
-                f"EcsRunLauncher assign_public_ip must be true or false, got {assign_public_ip!r}"
-            )
-        self.assign_public_ip = assign_public_ip
+        self.assign_public_ip = (
+            None
+            if assign_public_ip is None
+            else _settings.flag("assign_public_ip", assign_public_ip)
+        )
         self.run_resources = _settings.run_resources(run_resources)
         self.env = _settings.string_map("env", env)
         self.secrets = _settings.string_map("secrets", secrets)
@@ -139,16 +137,16 @@ class EcsRunLauncher(RunLauncher):
         reserved = [key for key in self.task_tags if key.startswith("runcore/")]
         if reserved:
             raise ConfigError(f"EcsRunLauncher task_tags: {reserved} are runcore's own tags")
-        self.use_current_ecs_task_config = bool(use_current_ecs_task_config)
+        self.use_current_ecs_task_config = _settings.flag(
+            "use_current_ecs_task_config", use_current_ecs_task_config
+        )
         self.code_location_map = _settings.string_map("code_location_map", code_location_map)
         self.command = _settings.strings("command", command)
         if not self.command:
             raise ConfigError("EcsRunLauncher command must not be empty")
-        self.region_name = region_name
-        self.endpoint_url = endpoint_url
-        self.retry = RetrySettings(
-            attempts=run_task_attempts, initial_wait=retry_initial_wait, max_wait=retry_max_wait
-        )
+        self.region_name = _settings.optional_name("region_name", region_name)
+        self.endpoint_url = _settings.optional_name("endpoint_url", endpoint_url)
+        self.retry = _settings.retry(run_task_attempts, retry_initial_wait, retry_max_wait)
         self._client = client
         self._ec2_client = ec2_client
         self._secrets_client: Any = None

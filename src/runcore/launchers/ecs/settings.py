@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runcore._retry import RetrySettings
 from runcore.errors import ConfigError
 
 #: The worker kind this launcher records.
@@ -48,6 +49,35 @@ def string_map(name: str, value: Any) -> dict[str, str]:
     ):
         raise ConfigError(f"EcsRunLauncher {name} must map strings to strings, got {value!r}")
     return dict(value)
+
+
+def optional_name(name: str, value: Any) -> str | None:
+    """A non-empty string, or None (``container_name``, ``region_name``, ``endpoint_url``)."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"EcsRunLauncher {name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def flag(name: str, value: Any) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"EcsRunLauncher {name} must be true or false, got {value!r}")
+    return value
+
+
+def retry(attempts: Any, initial_wait: Any, max_wait: Any) -> RetrySettings:
+    """RunTask's retries (``run_task_attempts``, ``retry_initial_wait``, ``retry_max_wait``)."""
+    try:
+        return RetrySettings(attempts=attempts, initial_wait=initial_wait, max_wait=max_wait)
+    except ConfigError as exc:  # name the launcher's settings, not RetrySettings'
+        text = str(exc)
+        for field, setting in (
+            ("attempts", "run_task_attempts"),
+            ("initial_wait", "retry_initial_wait"),
+            ("max_wait", "retry_max_wait"),
+        ):
+            text = text.replace(f"RetrySettings.{field}", f"EcsRunLauncher {setting}")
+        raise ConfigError(text) from None
 
 
 def launch_type(value: Any) -> str | None:
