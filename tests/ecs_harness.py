@@ -431,8 +431,9 @@ def e2e_instance_config(endpoint: str, database_url: str, token_arn: str) -> dic
                 "launch_type": "EC2",
                 # The agent runs the command on this machine: this interpreter, not "python".
                 "command": [sys.executable, "-m", "runcore"],
-                # The task loads the job from the file (its own path), not the module path.
-                "code_location_map": {E2E_LOCATION: f"{E2E_FILE}:defs"},
+                # A location by this host's file path is the module path in the task; a
+                # module path goes as it is.
+                "code_location_map": {f"{E2E_FILE}:defs": E2E_LOCATION},
                 "secrets": {"RUNCORE_POSTGRES_URL": POSTGRES_SECRET, "ECS_TEST_TOKEN": token_arn},
                 "endpoint_url": endpoint,
                 "region_name": REGION,
@@ -567,7 +568,7 @@ def _e2e_cases(tmp: str, endpoint: str, config: dict[str, Any], task_logs: str) 
                 return ecs.describe_tasks(cluster="runs", tasks=[arn])["tasks"][0]
 
             # 1. A queued run goes QUEUED -> STARTING -> STARTED -> SUCCESS as a task.
-            run = inst.submit_run("quick", code_location=E2E_LOCATION)
+            run = inst.submit_run("quick", code_location=f"{E2E_FILE}:defs")
             queued = run.status.value
             done = inst.wait_for_run(run.run_id, timeout=60)
             record = inst.storage.get_worker_record(run.run_id)
@@ -584,6 +585,7 @@ def _e2e_cases(tmp: str, endpoint: str, config: dict[str, Any], task_logs: str) 
                 "exit_code": agent.exit_codes[agent.task_of(run.run_id)],
                 "output": store.get(run.run_id, "total"),
                 "task_tags_run_id": run.run_id,
+                "command": task_of(run.run_id)["overrides"]["containerOverrides"][0]["command"],
             }
 
             # 2. A task killed mid-run fails its run with the stopped reason; run
@@ -638,6 +640,7 @@ def _e2e_cases(tmp: str, endpoint: str, config: dict[str, Any], task_logs: str) 
                 "exit_code": agent.exit_codes[arn],
                 "stopped_reason": task.get("stoppedReason", ""),
                 "run_id": run.run_id,
+                "command": task["overrides"]["containerOverrides"][0]["command"],
             }
 
             # 4. Throttling and `failures` are retried; the run succeeds.

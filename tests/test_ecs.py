@@ -332,6 +332,7 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
         )
         launcher = EcsRunLauncher(
             use_current_ecs_task_config=True,
+            run_resources={"cpu": 1024, "memory": 4096},
             client=h.client("ecs", endpoint),
             ec2_client=h.client("ec2", endpoint),
         )
@@ -340,6 +341,8 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
         request = launcher.run_task_request(run)
         assert request["cluster"] == cluster_arn
         assert request["taskDefinition"] == definition
+        # The daemon's task is 256/512; its run tasks are sized by run_resources.
+        assert (request["overrides"]["cpu"], request["overrides"]["memory"]) == ("1024", "4096")
         assert request["launchType"] == "FARGATE"
         assert request["overrides"]["containerOverrides"][0]["name"] == "daemon"
         awsvpc = request["networkConfiguration"]["awsvpcConfiguration"]
@@ -498,6 +501,45 @@ def test_capacity_provider_strategy_request_shape_is_accepted_by_ecs(
     launcher.terminate(run.run_id)
 
 
+def test_a_task_definition_named_by_arn_is_used_as_it_is(
+    endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
+) -> None:
+    ecs = h.client("ecs", endpoint)
+    arn = ecs.register_task_definition(
+        family="handmade",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {"name": "etl", "image": "example/etl:1", "memoryReservation": 256},
+            {"name": "sidecar", "image": "example/proxy:1", "memoryReservation": 64},
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    calls = h.ApiCalls(ecs)
+    launcher = EcsRunLauncher(
+        cluster=fargate_cluster,
+        task_definition=arn,
+        launch_type="FARGATE",
+        subnets=network[0],
+        security_groups=network[1],
+        client=ecs,
+    )
+    storage = _started(launcher, tmp_path)
+    run = _starting_run(storage)
+    launcher.launch_run(run)
+    assert calls["RegisterTaskDefinition"] == 0
+    request = launcher.run_task_request(run)
+    assert request["taskDefinition"] == arn
+    assert request["overrides"]["containerOverrides"][0]["name"] == "etl"  # the first
+    named = EcsRunLauncher(
+        cluster=fargate_cluster, task_definition=arn, container_name="sidecar", client=ecs
+    )
+    _started(named, tmp_path)
+    assert named.run_task_request(run)["overrides"]["containerOverrides"][0]["name"] == "sidecar"
+    launcher.terminate(run.run_id)
+
+
 def test_the_task_definition_is_registered_again_only_when_its_config_changes(
     endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
 ) -> None:
@@ -611,8 +653,10 @@ def test_a_missing_task_is_unknown_then_dead_once_its_worker_stops_heartbeating(
 
         clock = Clock()
         daemon = rc.Daemon(inst, clock=clock)
+        calls = h.ApiCalls(launcher.client)
         first = daemon.monitor_once()
         assert first is not None and first.dead_workers == ()
+        assert calls.describe_sizes == [2]  # one batched call for both runs
         assert inst.get_run(forgotten.run_id).status is RunStatus.STARTED
         clock.offset = 6  # past worker_heartbeat_timeout_seconds
         later = daemon.monitor_once()

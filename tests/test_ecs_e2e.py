@@ -88,6 +88,9 @@ def test_a_queued_run_succeeds_as_an_ecs_task(seen: dict[str, Any]) -> None:
     assert case["record_is_the_task"]
     assert case["exit_code"] == 0
     assert case["output"] == 6  # read back from S3
+    # Submitted by this host's file path: the task imports the module code_location_map names.
+    command = case["command"]
+    assert command[command.index("--code-location") + 1] == "fixtures_defs.ecs_jobs:defs"
 
 
 def test_a_killed_task_fails_its_run_with_the_stopped_reason_and_is_retried(
@@ -108,6 +111,7 @@ def test_cancel_stops_the_task(seen: dict[str, Any]) -> None:
     assert case["final"] == "CANCELED"
     assert case["exit_code"] == 3  # the worker canceled its run on the task's SIGTERM
     assert case["run_id"] in case["stopped_reason"]
+    assert "--code-location" not in case["command"]  # a module path goes as it is
 
 
 def test_run_task_throttling_and_failures_are_retried(seen: dict[str, Any]) -> None:
