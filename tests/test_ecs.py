@@ -278,6 +278,19 @@ def test_secrets_go_into_the_task_definition_only(
     ]
 
 
+def _register_fargate(ecs: Any, family: str, containers: list[dict[str, Any]]) -> str:
+    """A FARGATE task definition registered by hand (not by runcore): its ARN."""
+    answer = ecs.register_task_definition(
+        family=family,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=containers,
+    )
+    return str(answer["taskDefinition"]["taskDefinitionArn"])
+
+
 class _Metadata(http.server.BaseHTTPRequestHandler):
     docs: dict[str, dict[str, Any]] = {}
 
@@ -302,14 +315,9 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
 ) -> None:
     subnets, groups = network
     ecs = h.client("ecs", endpoint)
-    definition = ecs.register_task_definition(
-        family="daemon",
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[{"name": "daemon", "image": "example/etl:1", "memory": 512}],
-    )["taskDefinition"]["taskDefinitionArn"]
+    definition = _register_fargate(
+        ecs, "daemon", [{"name": "daemon", "image": "example/etl:1", "memory": 512}]
+    )
     current = ecs.run_task(
         cluster=fargate_cluster,
         taskDefinition=definition,
@@ -505,17 +513,14 @@ def test_a_task_definition_named_by_arn_is_used_as_it_is(
     endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
 ) -> None:
     ecs = h.client("ecs", endpoint)
-    arn = ecs.register_task_definition(
-        family="handmade",
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
+    arn = _register_fargate(
+        ecs,
+        "handmade",
+        [
             {"name": "etl", "image": "example/etl:1", "memoryReservation": 256},
             {"name": "sidecar", "image": "example/proxy:1", "memoryReservation": 64},
         ],
-    )["taskDefinition"]["taskDefinitionArn"]
+    )
     calls = h.ApiCalls(ecs)
     launcher = EcsRunLauncher(
         cluster=fargate_cluster,
