@@ -476,6 +476,15 @@ def _fargate_definition(family: str, **changes: Any) -> dict[str, Any]:
     }
 
 
+def _fargate_launcher(
+    cluster: str, network: tuple[list[str], list[str]], **config: Any
+) -> EcsRunLauncher:
+    """A launcher of FARGATE tasks in moto's default VPC."""
+    if "capacity_provider_strategy" not in config:
+        config.setdefault("launch_type", "FARGATE")
+    return EcsRunLauncher(cluster=cluster, subnets=network[0], security_groups=network[1], **config)
+
+
 def test_capacity_provider_strategy_request_shape_is_accepted_by_ecs(
     endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
 ) -> None:
@@ -484,12 +493,11 @@ def test_capacity_provider_strategy_request_shape_is_accepted_by_ecs(
         {"capacityProvider": "FARGATE", "weight": 1, "base": 1},
         {"capacityProvider": "FARGATE_SPOT", "weight": 3},
     ]
-    launcher = EcsRunLauncher(
-        cluster=fargate_cluster,
+    launcher = _fargate_launcher(
+        fargate_cluster,
+        network,
         task_definition=_fargate_definition("runcore-cp"),
         capacity_provider_strategy=strategy,
-        subnets=network[0],
-        security_groups=network[1],
         assign_public_ip=True,
         client=ecs,
     )
@@ -522,14 +530,7 @@ def test_a_task_definition_named_by_arn_is_used_as_it_is(
         ],
     )
     calls = h.ApiCalls(ecs)
-    launcher = EcsRunLauncher(
-        cluster=fargate_cluster,
-        task_definition=arn,
-        launch_type="FARGATE",
-        subnets=network[0],
-        security_groups=network[1],
-        client=ecs,
-    )
+    launcher = _fargate_launcher(fargate_cluster, network, task_definition=arn, client=ecs)
     storage = _started(launcher, tmp_path)
     run = _starting_run(storage)
     launcher.launch_run(run)
@@ -556,13 +557,10 @@ def test_the_task_definition_is_registered_again_only_when_its_config_changes(
 
     def resolve(**config: Any) -> str:
         """A new launcher (a daemon restarting with this config): its run tasks' definition."""
-        spec = config.pop("task_definition", _fargate_definition(family))
-        launcher = EcsRunLauncher(
-            cluster=fargate_cluster,
-            task_definition=spec,
-            launch_type="FARGATE",
-            subnets=network[0],
-            security_groups=network[1],
+        config.setdefault("task_definition", _fargate_definition(family))
+        launcher = _fargate_launcher(
+            fargate_cluster,
+            network,
             client=ecs,
             endpoint_url=endpoint,
             region_name=h.REGION,
