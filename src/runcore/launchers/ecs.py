@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from runcore import _aws
+from runcore import config as _config
 from runcore.errors import ConfigError, RunLaunchError
 from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
 from runcore.storage.base import WorkerRecord
@@ -113,7 +114,6 @@ class TaskDefinitionSpec:
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> TaskDefinitionSpec:
         """From config data; :class:`ConfigError` naming the bad key."""
-        from runcore import config as _config
 
         raw = dict(data)
         for key in ("cpu", "memory"):
