@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py --base b1b0f1f                 # every runcore row, base vs HEAD
     python benchmarks/compare.py --base b1b0f1f --only queued   # rows matching, as run.py --only
+    python benchmarks/compare.py --base b1b0f1f --head main     # two commits, neither the tree
     python benchmarks/compare.py --base v0.1.0 --rounds 3 --out benchmarks/COMPARE.md
 
 Figures recorded on another day are not comparable: this machine's speed drifts with its load
@@ -18,6 +19,7 @@ Dagster is not run. Exits 1 if a row is slower or a case fails for head, 0 other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -41,6 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the commit (or tag) to compare with")
+    parser.add_argument(
+        "--head", default=None, help="the commit to compare (default: the working tree)"
+    )
     parser.add_argument("--only", help="run only rows whose name or case key contains this")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each case per side (2)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
@@ -56,7 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @contextmanager
 def base_tree(commit: str) -> Iterator[Path]:
-    """A temporary worktree of ``commit``; yields its ``src/``."""
+    """A temporary worktree of ``commit`` (so edits made meanwhile change nothing); yields its
+    ``src/``."""
     top = BENCH_DIR.parent
     with tempfile.TemporaryDirectory(prefix="runcore-base-") as tmp:
         tree = Path(tmp) / "tree"
@@ -106,8 +112,10 @@ def compare(args: argparse.Namespace) -> tuple[list[str], bool]:
     rows = [r for r in select(all_rows(), args.only) if r.case.runcore is not None]
     cases = [c for c in unique_cases(rows) if c.runcore is not None]
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
-    with base_tree(args.base) as base_src:
-        trees = {"base": env_for(base_src), "head": env_for(REPO_SRC)}
+    with contextlib.ExitStack() as stack:
+        base_src = stack.enter_context(base_tree(args.base))
+        head_src = REPO_SRC if args.head is None else stack.enter_context(base_tree(args.head))
+        trees = {"base": env_for(base_src), "head": env_for(head_src)}
         for number, case in enumerate(cases, 1):
             assert case.runcore is not None
             params = case.runcore.resolve(args.quick)
@@ -163,12 +171,13 @@ def main(argv: list[str]) -> int:
     table, ok = compare(args)
     after = os.getloadavg()
     load = " / ".join(f"{x:.2f}" for x in before), " / ".join(f"{x:.2f}" for x in after)
+    head = args.head or f"{_head()} (working tree)"
     header = [
         "# runcore: base vs head, side by side",
         "",
         f"`python benchmarks/compare.py {' '.join(argv)}` on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cpus, Python "
-        f"{platform.python_version()}; base `{args.base}`, head `{_head()}` (working tree); "
+        f"{platform.python_version()}; base `{args.base}`, head `{head}`; "
         f"{args.rounds} alternating rounds per side, medians; load average {load[0]} before, "
         f"{load[1]} after. *change*: how much worse head is than base (time: head/base - 1; "
         f"rate: base/head - 1); *SLOWER* beyond {args.tolerance:.0%}.",
