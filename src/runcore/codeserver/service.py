@@ -500,7 +500,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 DaemonHeartbeat(
                     daemon_id=f"code-server/{self.address}",
                     daemon_type=CODE_SERVER_TYPE,
-                    timestamp=time.time(),
+                    timestamp=self.resources.storage.clock(),
                     info={
                         **self.utilization().as_dict(),
                         "draining": self._draining,
