@@ -54,9 +54,13 @@ def _edges(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         target = imported
         while target and target not in known:
             target = target.rpartition(".")[0]
-        # The root package only gathers the public names; every module may import it last.
-        if target and target not in ("runcore", name):
+        # Importing ``a.b.c`` first runs the package ``a.b``'s ``__init__``: an edge to each
+        # enclosing package, except the importer's own (already under way when it runs).
+        while target and not f"{name}.".startswith(f"{target}."):
             edges.add(target)
+            target = target.rpartition(".")[0]
+    # The root package only gathers the public names; every module may import it last.
+    edges.discard("runcore")
     return edges
 
 
@@ -112,3 +116,59 @@ def test_import_runcore_loads_no_heavy_dependency() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == ""
+
+
+# Function-local imports that would close a cycle if hoisted, each an upward call on purpose:
+# (importer, imported): why.
+UPWARD_CALLS = {
+    ("runcore.definitions", "runcore.worker.execution"): "Job.execute_in_process runs the job",
+    ("runcore.definitions", "runcore.executors.base"): "job() checks its executor; the "
+    "executors package loads the multiprocess executor, which loads code locations",
+    ("runcore.worker.execution", "runcore.instance"): "execute_in_process opens an ephemeral "
+    "instance, which executes runs",
+    ("runcore.worker.execution", "runcore.worker.result"): "the in-process result reads events "
+    "through the instance",
+}
+
+
+def _function_local_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    out: set[str] = set()
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                candidates = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                target = candidate
+                while target and target not in known:
+                    target = target.rpartition(".")[0]
+                if target and target not in ("runcore", name):
+                    out.add(target)
+    return out
+
+
+def test_function_local_imports_only_defer_what_import_runcore_does_not_load() -> None:
+    """A function-local import must keep something heavy or optional out of ``import runcore``.
+
+    Importing any ``runcore`` module first runs ``runcore/__init__``, which loads the modules
+    listed by ``import runcore``: deferring one of those saves nothing and hides the real
+    dependency. The exceptions are the upward calls above, which would close a cycle.
+    """
+    code = "import sys, runcore\nprint(' '.join(m for m in sys.modules if m.startswith('runcore')))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(done.stdout.split())
+    known = _modules()
+    pointless = sorted(
+        f"{name} imports {imported} inside a function"
+        for name, path in known.items()
+        for imported in _function_local_imports(name, path, known)
+        if imported in loaded and (name, imported) not in UPWARD_CALLS
+    )
+    assert pointless == [], "hoist these to the top of their module:\n" + "\n".join(pointless)

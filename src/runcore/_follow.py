@@ -13,7 +13,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from runcore.errors import RunTimeoutError
 from runcore.runs import RunStatus
+from runcore.storage.base import move_run
+from runcore.worker.plan import build_plan
 
 if TYPE_CHECKING:
     from runcore.definitions import Job
@@ -56,7 +59,6 @@ class _PlainView:
 
 
 def _step_keys(job: Job, run: Run) -> list[str]:
-    from runcore.worker.plan import build_plan
 
     try:
         plan = build_plan(job, run.step_keys_to_execute)
@@ -88,7 +90,6 @@ def follow_run(
 
     The instance is closed on the way out (forced: without waiting for a run thread here).
     """
-    from runcore.errors import RunTimeoutError
 
     presses: list[int] = []
     on_main = threading.current_thread() is threading.main_thread()
@@ -166,7 +167,6 @@ def _duration(start: float | None, end: float | None) -> str:
 
 def _force(inst: Instance, run_id: str) -> None:
     """Kill the run's worker, then make sure the run is marked CANCELED."""
-    from runcore.storage.base import move_run
 
     with contextlib.suppress(Exception):
         inst.launcher.terminate(run_id, force=True)

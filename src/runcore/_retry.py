@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import attrs
 
+from runcore import _validate
+
 T = TypeVar("T")
 
 
@@ -27,7 +29,6 @@ class RetrySettings:
     max_wait: float = 2.0
 
     def __attrs_post_init__(self) -> None:
-        from runcore import _validate
 
         _validate.integer("RetrySettings.attempts", self.attempts, minimum=1)
         _validate.delay("RetrySettings.initial_wait", self.initial_wait)

@@ -12,6 +12,7 @@ from typing import TextIO
 import attrs
 
 from runcore.events import Event, EventType
+from runcore.instance import Instance
 from runcore.runs import RunStatus
 
 DEMO_LOCATION = "runcore.examples.etl:defs"
@@ -108,7 +109,6 @@ class LiveView:
 
 def run_demo(*, db_path: str, out: TextIO, live: bool = True) -> int:
     """Run the demo job once on SQLite at ``db_path``, showing its progress; exit code."""
-    from runcore.instance import Instance
 
     inst = Instance.from_config({"storage": {"sqlite": {"path": db_path}}})
     with inst:

@@ -19,8 +19,10 @@ import attrs
 
 from runcore import _validate
 from runcore import config as _config
-from runcore.coordinators.base import CoordinatorContext, RunCoordinator
+from runcore.coordinators.base import CoordinatorContext, QueuingCoordinator, RunCoordinator
 from runcore.coordinators.default import DefaultRunCoordinator
+from runcore.coordinators.queued import QueueExplanation
+from runcore.daemon import daemon_statuses
 from runcore.definitions import (
     Definitions,
     Job,
@@ -471,9 +473,6 @@ class Instance:
         ``str()`` of the answer is a readable report. Under a coordinator that does not queue,
         the explanation says so.
         """
-        from runcore.coordinators.base import QueuingCoordinator
-        from runcore.coordinators.queued import QueueExplanation
-        from runcore.daemon import daemon_statuses
 
         _validate.run_id(run_id)
         self.ensure_started()

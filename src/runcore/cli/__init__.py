@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from runcore import _validate
 from runcore.cli.common import UsageError, config_source, resolve_run_id
 from runcore.cli.parser import build_parser
 from runcore.errors import RuncoreError
@@ -39,7 +40,6 @@ __all__ = ["UsageError", "build_parser", "check_argv", "config_source", "main", 
 def check_argv(argv: Sequence[str]) -> None:
     """Refuse command-line arguments that are not valid UTF-8 (Python carries undecodable
     bytes as lone surrogates): :class:`~runcore.errors.ConfigError` naming the argument."""
-    from runcore import _validate
 
     previous = ""
     for index, arg in enumerate(argv, start=1):

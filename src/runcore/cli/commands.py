@@ -13,6 +13,7 @@ from runcore.definitions import absolute_location
 
 if TYPE_CHECKING:
     pass
+from runcore import _serde, _validate
 from runcore.cli.common import (
     UsageError,
     _instance,
@@ -20,10 +21,12 @@ from runcore.cli.common import (
     _parse_tags,
     resolve_run_id,
 )
+from runcore.daemon import Daemon, daemon_statuses
+from runcore.definitions import load_code_location
+from runcore.runs import RunsFilter, RunStatus
 
 
 def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.definitions import load_code_location
 
     defs = load_code_location(args.location)
     if args.json:
@@ -47,8 +50,6 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore._follow import follow_run
-    from runcore.definitions import load_code_location
-    from runcore.runs import RunStatus
 
     tags = _parse_tags(args.tag)
     location = absolute_location(args.location)
@@ -57,20 +58,16 @@ def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     inst.ensure_started()
     run = inst.submit_run(job, tags=tags, code_location=location)
     out.write(f"run {run.run_id} of {job.name} submitted\n")
-    if run.status is RunStatus.QUEUED:
-        from runcore.daemon import daemon_statuses
-
-        if not any(s.alive for s in daemon_statuses(inst.storage)):
-            out.write(
-                "the run is queued and no daemon is alive to start it: run `runcore daemon` "
-                "(or pass --timeout to stop waiting)\n"
-            )
+    if run.status is RunStatus.QUEUED and not any(s.alive for s in daemon_statuses(inst.storage)):
+        out.write(
+            "the run is queued and no daemon is alive to start it: run `runcore daemon` "
+            "(or pass --timeout to stop waiting)\n"
+        )
     out.flush()
     return follow_run(inst, run, job, out, plain=args.plain, timeout=args.timeout)
 
 
 def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.runs import RunsFilter, RunStatus
 
     try:
         statuses = [RunStatus(s.upper()) for s in args.status] if args.status else None
@@ -81,8 +78,6 @@ def cmd_runs_list(args: argparse.Namespace, out: TextIO) -> int:
     with _instance(args, read_only=True) as inst:
         runs = inst.get_runs(filters, limit=args.limit)
     if args.json:
-        from runcore import _serde
-
         _json(out, [_serde.to_jsonable(r) for r in runs])
         return 0
     if not runs:
@@ -107,8 +102,6 @@ def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
         run = inst.get_run(run_id)
         events = inst.get_events(run_id)
     if args.json:
-        from runcore import _serde
-
         _json(
             out,
             {"run": _serde.to_jsonable(run), "events": [_serde.to_jsonable(e) for e in events]},
@@ -139,7 +132,7 @@ def cmd_runs_show(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_runs_logs(args: argparse.Namespace, out: TextIO) -> int:
     import time
 
-    from runcore import _serde, _terminal
+    from runcore import _terminal
 
     with _instance(args, read_only=True) as inst:
         run_id = resolve_run_id(inst, args.run_id)
@@ -288,9 +281,6 @@ def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import time
 
-    from runcore import _validate
-    from runcore.daemon import Daemon
-
     interval = _validate.interval("--interval", args.interval)
     # The handler only appends: setting a threading.Event from a signal handler can deadlock
     # (the main thread may hold the Event's lock when the signal lands).
@@ -327,7 +317,6 @@ def _daemon_log_handler(out: TextIO) -> logging.Handler:
 
 
 def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
-    from runcore.daemon import daemon_statuses
 
     with _instance(args, read_only=True) as inst:
         statuses = daemon_statuses(inst.storage)

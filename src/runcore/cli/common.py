@@ -8,7 +8,9 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from runcore.errors import RuncoreError
+from runcore import _validate
+from runcore.errors import RuncoreError, RunNotFoundError
+from runcore.instance import Instance
 
 if TYPE_CHECKING:
     from runcore.instance import Instance
@@ -54,7 +56,6 @@ class AmbiguousRunIdError(UsageError):
 def _instance(args: argparse.Namespace, *, read_only: bool = False) -> Instance:
     """The command's instance. ``read_only`` commands never create a database: a SQLite file
     that does not exist is an error naming it (a typo must not look like an empty instance)."""
-    from runcore.instance import Instance
 
     source = config_source(args.config)
     inst = Instance.from_config(source)
@@ -83,8 +84,6 @@ MIN_PREFIX = 4
 def resolve_run_id(inst: Instance, text: str) -> str:
     """The run id ``text`` names: a whole run id, or a unique prefix of at least
     :data:`MIN_PREFIX` characters (like git's short ids)."""
-    from runcore import _validate
-    from runcore.errors import RunNotFoundError
 
     wanted = text.strip().lower()
     if _validate.is_run_id(wanted):
@@ -131,7 +130,6 @@ def _duration(start: float | None, end: float | None) -> str:
 def _int_flag(minimum: int, maximum: int | None = None) -> Any:
     """An argparse ``type`` for an integer flag in ``[minimum, maximum]``: a bad value exits 2
     with ``argument --flag: ...``."""
-    from runcore import _validate
 
     def parse(text: str) -> int:
         try:
@@ -145,7 +143,6 @@ def _int_flag(minimum: int, maximum: int | None = None) -> Any:
 
 def _seconds_or_off_flag(text: str) -> float:
     """An argparse ``type`` for a number of seconds where 0 means "off": finite and >= 0."""
-    from runcore import _validate
 
     try:
         value = _validate.float_text("value", text, above=None)
@@ -156,7 +153,6 @@ def _seconds_or_off_flag(text: str) -> float:
 
 def _seconds_flag(text: str) -> float:
     """An argparse ``type`` for a number of seconds: finite and > 0."""
-    from runcore import _validate
 
     try:
         return _validate.float_text("value", text, above=0)

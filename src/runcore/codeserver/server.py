@@ -58,6 +58,7 @@ import grpc
 from runcore.codeserver import tokens
 from runcore.codeserver.client import pb2_grpc
 from runcore.codeserver.service import RUN_MODES, CodeServer
+from runcore.config import without_secrets
 from runcore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -168,8 +169,6 @@ def _server_token(
 def _without_secrets(instance: str) -> str:
     """The instance config text for worker processes' command lines: JSON without secrets."""
     import json
-
-    from runcore.config import without_secrets
 
     if not instance.lstrip().startswith("{"):
         return instance  # a file path: only the path travels

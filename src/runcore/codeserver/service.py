@@ -36,9 +36,11 @@ from runcore.codeserver.client import (
 )
 from runcore.codeserver.held import HeldRun, RunWorkers
 from runcore.errors import ConfigError, RuncoreError, UnknownJobError
+from runcore.launchers.base import hostname
 from runcore.launchers.processes import end_run_after_exit, spawn_run_worker
 from runcore.runs import FailureKind, RunStatus
-from runcore.storage.base import move_run
+from runcore.storage.base import DaemonHeartbeat, move_run
+from runcore.worker.execution import execute_run
 
 if TYPE_CHECKING:
     from runcore.definitions import Definitions
@@ -372,8 +374,6 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             if self.run_mode == "process":
                 self._execute_in_child(held)
             else:
-                from runcore.worker.execution import execute_run
-
                 assert held.job is not None
                 execute_run(
                     held.run,
@@ -494,15 +494,13 @@ class CodeServer(pb2_grpc.CodeServerServicer):
             self._heartbeat()
 
     def _heartbeat(self, *, stopped: bool = False) -> None:
-        from runcore.launchers.base import hostname
-        from runcore.storage.base import DaemonHeartbeat
 
         try:
             self.resources.storage.add_daemon_heartbeat(
                 DaemonHeartbeat(
                     daemon_id=f"code-server/{self.address}",
                     daemon_type=CODE_SERVER_TYPE,
-                    timestamp=time.time(),
+                    timestamp=self.resources.storage.clock(),
                     info={
                         **self.utilization().as_dict(),
                         "draining": self._draining,

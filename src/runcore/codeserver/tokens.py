@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from runcore.config import HOME_ENV, home_dir
+from runcore.config import HOME_ENV, home_dir, import_class
 from runcore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -219,7 +219,6 @@ def config_token(cfg: InstanceConfig, address: str) -> str | None:
 
 
 def _is_code_server_launcher(plugin: PluginConfig) -> bool:
-    from runcore.config import import_class
     from runcore.launchers.code_server import CodeServerRunLauncher
 
     try:

@@ -225,24 +225,22 @@ class RunMonitor(Duty):
             "launch)"
         )
         if self.requeue:
-            moved = move_run(
-                self.storage,
-                run.run_id,
-                [RunStatus.STARTING],
+            to_status, message, kind = (
                 RunStatus.QUEUED,
                 f"{reason}; back to the queue for a new attempt",
-                attempt_id=run.attempt_id,
+                None,
             )
         else:
-            moved = move_run(
-                self.storage,
-                run.run_id,
-                [RunStatus.STARTING],
-                RunStatus.FAILURE,
-                reason,
-                kind=FailureKind.LAUNCH_FAILURE,
-                attempt_id=run.attempt_id,
-            )
+            to_status, message, kind = RunStatus.FAILURE, reason, FailureKind.LAUNCH_FAILURE
+        moved = move_run(
+            self.storage,
+            run.run_id,
+            [RunStatus.STARTING],
+            to_status,
+            message,
+            kind=kind,
+            attempt_id=run.attempt_id,
+        )
         return moved is not None
 
     def _start_timeout(self, run: Run, waited: float) -> bool:

@@ -32,10 +32,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from runcore import _serde
+from runcore.definitions import infer_code_location, load_code_location
 from runcore.errors import CodeLocationError, DefinitionError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.executors.base import CANCELED_REASON, Executor
 from runcore.worker.outputs import FileOutputStore, OutputStore
+from runcore.worker.plan import build_plan
+from runcore.worker.steps import StepRunner
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,9 +66,6 @@ def _worker_main(
 ) -> None:  # pragma: no cover - runs in the child process
     """A worker's loop: load the job, say so, then receive a step key, run it, send its events
     and outcome, until told to stop."""
-    from runcore.definitions import load_code_location
-    from runcore.worker.plan import build_plan
-    from runcore.worker.steps import StepRunner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about interrupts
     spec = json.loads(spec_json)
@@ -169,7 +169,6 @@ class MultiprocessExecutor(Executor):
     def _code_location(self, execution: RunExecution) -> str | None:
         if self.start_method == "fork":
             return execution.run.code_location
-        from runcore.definitions import infer_code_location
 
         location = execution.run.code_location or infer_code_location(execution.plan.job)
         if not location:

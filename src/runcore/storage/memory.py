@@ -23,6 +23,8 @@ from runcore.storage.base import (
     LimitCheck,
     SlotLease,
     WorkerRecord,
+)
+from runcore.storage.rows import (
     apply_transition,
     attempt_allows,
     now,

@@ -44,6 +44,7 @@ from pathlib import Path
 import pytest
 
 from runcore.coordinators.base import RunCoordinator
+from runcore.daemon import Daemon
 from runcore.errors import RunLaunchError, RunNotFoundError
 from runcore.instance import Instance
 from runcore.launchers.base import RunLauncher, WorkerHealth
@@ -132,7 +133,6 @@ class CoordinatorContract:
         coordinator the daemon does not dequeue for). Override it for a coordinator that
         something else drives.
         """
-        from runcore.daemon import Daemon
 
         Daemon(instance).dequeue_once()
 

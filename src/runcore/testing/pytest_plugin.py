@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from runcore.instance import Instance
+
 if TYPE_CHECKING:
     from runcore.instance import Instance
     from runcore.testing.clock import VirtualClock
@@ -50,7 +52,6 @@ def runcore_instance(
     request: pytest.FixtureRequest, runcore_instance_config: dict[str, Any]
 ) -> Iterator[Instance]:
     """A started instance from ``runcore_instance_config``, closed after the test."""
-    from runcore.instance import Instance
 
     config = dict(runcore_instance_config)
     if _RECORDING in request.fixturenames:

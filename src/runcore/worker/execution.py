@@ -22,6 +22,7 @@ from runcore import _validate
 from runcore.definitions import Job
 from runcore.errors import RunFailedError
 from runcore.events import Event, EventType
+from runcore.executors.in_process import InProcessExecutor
 from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import move_run
 from runcore.worker import heartbeats as _heartbeats
@@ -418,7 +419,6 @@ def _execute_started(
     sink: OutputSink | None = None,
     fds: FdCapture | None = None,
 ) -> tuple[Run, RunExecution | None]:
-    from runcore.executors.in_process import InProcessExecutor
 
     storage = options.storage
     begun = time.monotonic()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from runcore import _aws
+from runcore import _aws, _validate
 from runcore.errors import ConfigError, OutputStoreError
 from runcore.worker.outputs import OutputStore
 
@@ -69,7 +69,6 @@ class S3OutputStore(OutputStore):
 
     def key(self, run_id: str, step_key: str) -> str:
         """The object key of an output; a :class:`ConfigError` for a malformed id or key."""
-        from runcore import _validate
 
         _validate.run_id(run_id)
         _validate.path_name(step_key, "step key")

@@ -39,9 +39,18 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
+from runcore import _serde, _validate
+from runcore import config as _config
 from runcore.errors import ConfigError, RuncoreError
-from runcore.runs import FailureKind, RunStatus
-from runcore.storage.base import move_run
+from runcore.events import Event, EventType
+from runcore.instance import WORKER_ENV, JobRegistry
+from runcore.launchers.base import hostname
+from runcore.launchers.processes import PROCESS, process_handle
+from runcore.runs import FailureKind, Run, RunStatus
+from runcore.storage.base import WorkerRecord, move_run
+from runcore.wiring import build_run_hooks, build_storage_and_outputs, step_pools_for
+from runcore.worker.execution import execute_run
+from runcore.worker.steps import RunInterrupted, main_thread_in_op
 
 if TYPE_CHECKING:
     from runcore.config import InstanceConfig
@@ -90,7 +99,6 @@ class WorkerResources:
 
 def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
     """The instance config given as JSON text, a file path or a dict, and its base directory."""
-    from runcore import config as _config
 
     source: Any = config
     if isinstance(config, str) and config.lstrip().startswith("{"):
@@ -103,8 +111,6 @@ def parse_instance(config: str | dict[str, Any]) -> tuple[InstanceConfig, str]:
 
 def load_resources(config: str | dict[str, Any]) -> WorkerResources:
     """Build the worker's storage, output store, pool settings and job registry."""
-    from runcore.instance import JobRegistry
-    from runcore.wiring import build_run_hooks, build_storage_and_outputs, step_pools_for
 
     cfg, base_dir = parse_instance(config)
     storage, outputs = build_storage_and_outputs(cfg, base_dir)
@@ -123,7 +129,6 @@ def _install_cancel_handler(cancel: threading.Event) -> None:
     Event's lock, which the main thread may hold at that instant (inside ``Event.wait``), and
     the handler, running on the main thread, would wait for it forever. It records the request,
     and a small relay thread sets the cancel."""
-    from runcore.worker.steps import RunInterrupted, main_thread_in_op
 
     requested: list[int] = []
 
@@ -146,9 +151,6 @@ def _record_self(storage: InstanceStorage, run: Run) -> None:
     """Record this process as the run's worker if its launcher has not (it may have died
     between starting this process and recording it), so that the run is never STARTED with
     no worker on record. A launcher's record (a code server's, say) is left as it is."""
-    from runcore.launchers.base import hostname
-    from runcore.launchers.processes import PROCESS, process_handle
-    from runcore.storage.base import WorkerRecord
 
     if run.attempt_id is None:
         return
@@ -182,7 +184,6 @@ def execute_run_in_worker(
     worker loads the job from, when the launcher maps the run's recorded location to a path
     of the worker's own (default: the recorded one).
     """
-    from runcore.worker.execution import execute_run
 
     storage = resources.storage
     cancel = threading.Event()
@@ -255,7 +256,6 @@ def worker_env(
     """The environment for a run worker started from this process: this environment, with
     ``PYTHONPATH`` such that the worker imports what this process can (same ``sys.path``,
     the current directory included), marked as a worker, plus ``extra``."""
-    from runcore.instance import WORKER_ENV
 
     env = dict(os.environ)
     paths = [os.getcwd() if p == "" else p for p in sys.path]
@@ -290,7 +290,6 @@ def run_execute_command(
     code_location: str | None = None,
 ) -> int:
     """``runcore worker execute-run``."""
-    from runcore import _validate
 
     _die_with_parent()
     try:
@@ -310,10 +309,6 @@ def _warm_up() -> None:
     """Pay first-use costs before the run arrives: the JSON converters of runs and events
     (built on first use) and the output store's pickle."""
     import pickle  # noqa: F401 - imported ahead for FileOutputStore
-
-    from runcore import _serde
-    from runcore.events import Event, EventType
-    from runcore.runs import Run
 
     _serde.loads_run(_serde.dumps_run(Run(job_name="warm_up")))
     _serde.loads_event(_serde.dumps_event(Event(run_id="warm_up", event_type=EventType.LOG)))

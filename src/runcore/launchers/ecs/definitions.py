@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from runcore import _aws
+from runcore import config as _config
 from runcore.errors import RunLaunchError
 from runcore.launchers.ecs.settings import size
 
@@ -49,8 +50,6 @@ class TaskDefinitionSpec:
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> TaskDefinitionSpec:
         """From config data; :class:`~runcore.errors.ConfigError` naming the bad key."""
-        from runcore import config as _config
-
         raw = dict(data)
         for key in ("cpu", "memory"):
             if raw.get(key) is not None:

@@ -30,6 +30,8 @@ from runcore.storage.base import (
     QueueReader,
     SlotLease,
     WorkerRecord,
+)
+from runcore.storage.rows import (
     apply_transition,
     attempt_allows,
     queued_row_ok,
