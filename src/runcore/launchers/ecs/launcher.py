@@ -54,7 +54,8 @@ class EcsRunLauncher(RunLauncher):
 
     AWS: ``client`` (a boto3 ECS client; tests, custom sessions), else one built on first use
     from ``region_name`` and ``endpoint_url`` (``ec2_client`` likewise, for
-    ``use_current_ecs_task_config``); ``run_task_attempts``, ``retry_initial_wait``,
+    ``use_current_ecs_task_config``; a Secrets Manager client, built the same way, turns
+    secret names into ARNs); ``run_task_attempts``, ``retry_initial_wait``,
     ``retry_max_wait``: RunTask's retries.
     """
 
