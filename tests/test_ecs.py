@@ -278,6 +278,19 @@ def test_secrets_go_into_the_task_definition_only(
     ]
 
 
+def _register_fargate(ecs: Any, family: str, containers: list[dict[str, Any]]) -> str:
+    """A FARGATE task definition registered by hand (not by runcore): its ARN."""
+    answer = ecs.register_task_definition(
+        family=family,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=containers,
+    )
+    return str(answer["taskDefinition"]["taskDefinitionArn"])
+
+
 class _Metadata(http.server.BaseHTTPRequestHandler):
     docs: dict[str, dict[str, Any]] = {}
 
@@ -302,14 +315,9 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
 ) -> None:
     subnets, groups = network
     ecs = h.client("ecs", endpoint)
-    definition = ecs.register_task_definition(
-        family="daemon",
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[{"name": "daemon", "image": "example/etl:1", "memory": 512}],
-    )["taskDefinition"]["taskDefinitionArn"]
+    definition = _register_fargate(
+        ecs, "daemon", [{"name": "daemon", "image": "example/etl:1", "memory": 512}]
+    )
     current = ecs.run_task(
         cluster=fargate_cluster,
         taskDefinition=definition,
@@ -332,6 +340,7 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
         )
         launcher = EcsRunLauncher(
             use_current_ecs_task_config=True,
+            run_resources={"cpu": 1024, "memory": 4096},
             client=h.client("ecs", endpoint),
             ec2_client=h.client("ec2", endpoint),
         )
@@ -340,6 +349,8 @@ def test_use_current_ecs_task_config_reads_the_metadata_endpoint(
         request = launcher.run_task_request(run)
         assert request["cluster"] == cluster_arn
         assert request["taskDefinition"] == definition
+        # The daemon's task is 256/512; its run tasks are sized by run_resources.
+        assert (request["overrides"]["cpu"], request["overrides"]["memory"]) == ("1024", "4096")
         assert request["launchType"] == "FARGATE"
         assert request["overrides"]["containerOverrides"][0]["name"] == "daemon"
         awsvpc = request["networkConfiguration"]["awsvpcConfiguration"]
@@ -448,3 +459,289 @@ def test_run_task_failures_are_retried_then_fail_with_aws_reason(
             launcher.launch_run(run)
     assert faults.calls == 4
     assert storage.get_worker_record(run.run_id) is None
+
+
+# --- capacity providers, the registered definition, MISSING tasks, bad config -----------------
+
+
+def _fargate_definition(family: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "family": family,
+        "image": "example/etl:1",
+        "cpu": 256,
+        "memory": 512,
+        "network_mode": "awsvpc",
+        "requires_compatibilities": ["FARGATE"],
+        **changes,
+    }
+
+
+def _fargate_launcher(
+    cluster: str, network: tuple[list[str], list[str]], **config: Any
+) -> EcsRunLauncher:
+    """A launcher of FARGATE tasks in moto's default VPC."""
+    if "capacity_provider_strategy" not in config:
+        config.setdefault("launch_type", "FARGATE")
+    return EcsRunLauncher(cluster=cluster, subnets=network[0], security_groups=network[1], **config)
+
+
+def test_capacity_provider_strategy_request_shape_is_accepted_by_ecs(
+    endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
+) -> None:
+    ecs = h.client("ecs", endpoint)
+    strategy = [
+        {"capacityProvider": "FARGATE", "weight": 1, "base": 1},
+        {"capacityProvider": "FARGATE_SPOT", "weight": 3},
+    ]
+    launcher = _fargate_launcher(
+        fargate_cluster,
+        network,
+        task_definition=_fargate_definition("runcore-cp"),
+        capacity_provider_strategy=strategy,
+        assign_public_ip=True,
+        client=ecs,
+    )
+    storage = _started(launcher, tmp_path)
+    run = _starting_run(storage, **{"ecs/cpu": "1024"})
+    request = launcher.run_task_request(run)
+    assert request["capacityProviderStrategy"] == strategy
+    assert "launchType" not in request  # RunTask refuses both
+    assert request["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"] == "ENABLED"
+    assert request["overrides"]["cpu"] == "1024"  # the run's tag
+    launcher.launch_run(run)
+    record = storage.get_worker_record(run.run_id)
+    assert record is not None
+    task = ecs.describe_tasks(cluster=fargate_cluster, tasks=[record.handle["task_arn"]])
+    assert task["tasks"][0]["capacityProviderName"] == "FARGATE"
+    assert task["tasks"][0]["overrides"]["cpu"] == "1024"
+    launcher.terminate(run.run_id)
+
+
+def test_a_task_definition_named_by_arn_is_used_as_it_is(
+    endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
+) -> None:
+    ecs = h.client("ecs", endpoint)
+    arn = _register_fargate(
+        ecs,
+        "handmade",
+        [
+            {"name": "etl", "image": "example/etl:1", "memoryReservation": 256},
+            {"name": "sidecar", "image": "example/proxy:1", "memoryReservation": 64},
+        ],
+    )
+    calls = h.ApiCalls(ecs)
+    launcher = _fargate_launcher(fargate_cluster, network, task_definition=arn, client=ecs)
+    storage = _started(launcher, tmp_path)
+    run = _starting_run(storage)
+    launcher.launch_run(run)
+    assert calls["RegisterTaskDefinition"] == 0
+    request = launcher.run_task_request(run)
+    assert request["taskDefinition"] == arn
+    assert request["overrides"]["containerOverrides"][0]["name"] == "etl"  # the first
+    named = EcsRunLauncher(
+        cluster=fargate_cluster, task_definition=arn, container_name="sidecar", client=ecs
+    )
+    _started(named, tmp_path)
+    assert named.run_task_request(run)["overrides"]["containerOverrides"][0]["name"] == "sidecar"
+    launcher.terminate(run.run_id)
+
+
+def test_the_task_definition_is_registered_again_only_when_its_config_changes(
+    endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
+) -> None:
+    ecs = h.client("ecs", endpoint)
+    calls = h.ApiCalls(ecs)
+    family = f"runcore-reg-{uuid.uuid4().hex[:6]}"
+    sm = h.client("secretsmanager", endpoint)
+    secret = sm.create_secret(Name=f"{family}/token", SecretString="s3cr3t-token")["ARN"]
+
+    def resolve(**config: Any) -> str:
+        """A new launcher (a daemon restarting with this config): its run tasks' definition."""
+        config.setdefault("task_definition", _fargate_definition(family))
+        launcher = _fargate_launcher(
+            fargate_cluster,
+            network,
+            client=ecs,
+            endpoint_url=endpoint,
+            region_name=h.REGION,
+            **config,
+        )
+        storage = _started(launcher, tmp_path)
+        run = _starting_run(storage)
+        definition = str(launcher.run_task_request(run)["taskDefinition"])
+        assert launcher.target().task_definition == definition  # resolved once per launcher
+        return definition
+
+    first = resolve()
+    assert first.endswith(f"{family}:1") and calls["RegisterTaskDefinition"] == 1
+    assert resolve() == first  # unchanged: reused
+    assert calls["RegisterTaskDefinition"] == 1
+    changes: list[tuple[str, dict[str, Any]]] = [
+        ("image", {"task_definition": _fargate_definition(family, image="example/etl:2")}),
+        ("container", {"task_definition": _fargate_definition(family, container_name="main")}),
+        ("size", {"task_definition": _fargate_definition(family, memory=1024)}),
+        ("secrets", {"secrets": {"TOKEN": secret}}),
+    ]
+    seen = {first}
+    for what, config in changes:
+        arn = resolve(**dict(config))
+        assert arn not in seen, f"a changed {what} registered no new revision"
+        seen.add(arn)
+        assert resolve(**dict(config)) == arn, f"an unchanged {what} was registered again"
+    assert calls["RegisterTaskDefinition"] == 1 + len(changes)
+    latest = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+    assert latest["containerDefinitions"][0]["secrets"] == [{"name": "TOKEN", "valueFrom": secret}]
+    assert latest["containerDefinitions"][0]["name"] == "run"
+    # The container's name goes into the run's override; a new family is a new definition.
+    other = resolve(task_definition=_fargate_definition(family + "-b", container_name="main"))
+    assert other.endswith(f"{family}-b:1")
+    # A revision someone else registered later is not runcore's: runcore registers its own.
+    ecs.register_task_definition(
+        family=family,
+        containerDefinitions=[{"name": "run", "image": "hand/made:1", "memoryReservation": 64}],
+    )
+    again = resolve(secrets={"TOKEN": secret})
+    assert again not in seen and again.startswith(latest["taskDefinitionArn"].rsplit(":", 1)[0])
+
+
+def test_a_missing_task_is_unknown_then_dead_once_its_worker_stops_heartbeating(
+    endpoint: str, fargate_cluster: str, network: tuple[list[str], list[str]], tmp_path: Any
+) -> None:
+    """ECS answers MISSING for a task it does not know (eventual consistency right after
+    RunTask; a task stopped long ago). That alone fails no run: the run's heartbeats decide,
+    as they do for a task ECS reports RUNNING whose worker went silent."""
+    from tests.test_worker_records import Clock
+
+    config = {
+        "storage": {"sqlite": {"path": str(tmp_path / "runs.db")}},
+        "run_launcher": {
+            "class": "runcore.launchers.ecs:EcsRunLauncher",
+            "config": {
+                "cluster": fargate_cluster,
+                "task_definition": _fargate_definition("runcore-missing"),
+                "launch_type": "FARGATE",
+                "subnets": network[0],
+                "security_groups": network[1],
+                "endpoint_url": endpoint,
+                "region_name": h.REGION,
+            },
+        },
+        "run_monitoring": {
+            "worker_heartbeat_interval_seconds": 1,
+            "worker_heartbeat_timeout_seconds": 5,
+        },
+    }
+    with rc.Instance.from_config(config) as inst, h.MissingTasks():
+        launcher = inst.run_launcher
+        assert isinstance(launcher, EcsRunLauncher)
+        started = []
+        for _ in range(2):  # launched at once (no queue); the worker's part done by hand
+            run = inst.submit_run("quick", code_location=LOCATION)
+            moved = inst.storage.transition(
+                run.run_id, [RunStatus.STARTING], RunStatus.STARTED, attempt_id=run.attempt_id
+            )
+            assert moved is not None
+            assert inst.storage.worker_heartbeat(run.run_id, run.attempt_id or "")
+            started.append(moved)
+        forgotten, silent = started
+        record = inst.storage.get_worker_record(forgotten.run_id)
+        assert record is not None
+        h.forget_task(fargate_cluster, record.handle["task_arn"])
+
+        healths = launcher.check_workers_health(started)
+        assert healths[forgotten.run_id].status is HealthStatus.UNKNOWN
+        assert "MISSING" in healths[forgotten.run_id].reason
+        assert record.handle["task_arn"] in healths[forgotten.run_id].reason
+        assert healths[silent.run_id].status is HealthStatus.RUNNING
+
+        clock = Clock()
+        daemon = rc.Daemon(inst, clock=clock)
+        calls = h.ApiCalls(launcher.client)
+        first = daemon.monitor_once()
+        assert first is not None and first.dead_workers == ()
+        assert calls.describe_sizes == [2]  # one batched call for both runs
+        assert inst.get_run(forgotten.run_id).status is RunStatus.STARTED
+        clock.offset = 6  # past worker_heartbeat_timeout_seconds
+        later = daemon.monitor_once()
+        assert later is not None
+        assert set(later.dead_workers) == {forgotten.run_id, silent.run_id}
+        gone = inst.get_run(forgotten.run_id)
+        assert gone.status is RunStatus.FAILURE and gone.failure_kind is rc.FailureKind.WORKER_DIED
+        assert "sent no heartbeat" in (gone.failure_reason or "")
+        assert "MISSING" in (gone.failure_reason or "")
+        quiet = inst.get_run(silent.run_id)  # ECS said RUNNING; the heartbeats still count
+        assert quiet.status is RunStatus.FAILURE
+        assert "sent no heartbeat" in (quiet.failure_reason or "")
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"cluster": ""}, "cluster"),
+        ({"task_definition": 7}, "task_definition"),
+        ({"task_definition": {"family": "f"}}, "image"),
+        (
+            {"task_definition": {"family": "f", "image": "i", "cpu": "lots"}},
+            r"task_definition\.cpu",
+        ),
+        ({"launch_type": "fargate"}, "launch_type"),
+        (
+            {"launch_type": "EC2", "capacity_provider_strategy": [{"capacityProvider": "A"}]},
+            "not both",
+        ),
+        ({"capacity_provider_strategy": "FARGATE"}, "capacity_provider_strategy"),
+        ({"capacity_provider_strategy": []}, "capacity_provider_strategy"),
+        ({"capacity_provider_strategy": [{"weight": 1}]}, r"\[0\]\.capacityProvider"),
+        ({"capacity_provider_strategy": [{"capacityProvider": "A", "wieght": 1}]}, "wieght"),
+        (
+            {"capacity_provider_strategy": [{"capacityProvider": "A", "weight": 1001}]},
+            r"\[0\]\.weight",
+        ),
+        ({"capacity_provider_strategy": [{"capacityProvider": "A", "base": -1}]}, r"\[0\]\.base"),
+        (
+            {
+                "capacity_provider_strategy": [
+                    {"capacityProvider": "A", "base": 1},
+                    {"capacityProvider": "B", "base": 2},
+                ]
+            },
+            "only one capacity provider may have a base",
+        ),
+        ({"subnets": "subnet-1"}, "subnets"),
+        ({"security_groups": [""]}, "security_groups"),
+        ({"assign_public_ip": "yes"}, "assign_public_ip"),
+        ({"retry_initial_wait": -1}, "retry_initial_wait"),
+        ({"run_resources": {"cpu": 0}}, r"run_resources\.cpu"),
+        ({"run_resources": {"gpu": 1}}, "run_resources"),
+        ({"run_resources": 512}, "run_resources"),
+        ({"env": {"A": 1}}, "env"),
+        ({"secrets": ["arn:x"]}, "secrets"),
+        ({"task_tags": {"runcore/run_id": "x"}}, "task_tags"),
+        ({"code_location_map": {"a": None}}, "code_location_map"),
+        ({"command": []}, "command"),
+        ({"run_task_attempts": 0}, "run_task_attempts"),
+        ({"retry_max_wait": "x"}, "retry_max_wait"),
+        ({"container_name": ""}, "container_name"),
+        ({"region_name": 5}, "region_name"),
+        ({"endpoint_url": ""}, "endpoint_url"),
+        ({"use_current_ecs_task_config": "yes"}, "use_current_ecs_task_config"),
+    ],
+)
+def test_bad_config_is_a_config_error_naming_the_field(config: dict[str, Any], named: str) -> None:
+    settings = {
+        "cluster": "c",
+        "task_definition": {"family": "f", "image": "i"},
+        **config,
+    }
+    with pytest.raises(ConfigError, match=named):
+        EcsRunLauncher(**settings)
+    with pytest.raises(rc.RuncoreError, match=named):  # and through the instance config
+        rc.Instance.from_config(
+            {
+                "storage": {"in_memory": {}},
+                "run_launcher": {
+                    "class": "runcore.launchers.ecs:EcsRunLauncher",
+                    "config": settings,
+                },
+            }
+        )

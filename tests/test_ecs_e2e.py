@@ -1,15 +1,23 @@
 """End to end: runs as ECS tasks on moto's server, executed by a test agent (ecs_harness).
 
 The agent plays the container runtime: it starts each task's command override as a local
-process (the run worker, on the test instance's SQLite storage and moto's S3 for outputs) and
-stops the task with the process's exit code. It kills and signals processes, so the whole
-scenario runs as pid 1 of a new pid namespace (``unshare``), one process for all cases.
+process and stops the task with the process's exit code. The run worker in the task reaches
+the instance's PostgreSQL storage, a test-owned cluster that wants a password
+(``tests/_pg_cluster.py``), from the config in its command, which carries no password: the
+password reaches it only as the ECS secret ``RUNCORE_POSTGRES_URL`` of the task definition,
+read from moto's Secrets Manager by the agent as ECS's agent does. Outputs go to moto's S3.
+The agent kills and signals processes, so the whole scenario runs as pid 1 of a new pid
+namespace (``unshare``), one process for all cases (about 25 s).
+
+Needs ``unshare``, PostgreSQL's server binaries (and ``runuser`` when run as root): skipped
+without them, except on CI (``CI=true``), where that is a failure.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +32,15 @@ else:
 
 pytestmark = pytest.mark.slow
 
+
+def _missing() -> str | None:
+    from _pg_cluster import missing
+
+    if shutil.which("unshare") is None:
+        return "no unshare"
+    return missing()
+
+
 SCENARIO = """
 import json, sys
 import ecs_harness
@@ -33,6 +50,11 @@ print(json.dumps(ecs_harness.e2e_scenario(sys.argv[1])))
 
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the ECS end-to-end test cannot run on CI: {missing}")
+        pytest.skip(missing)
     tmp = tmp_path_factory.mktemp("ecs_e2e")
     proc = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", SCENARIO, str(tmp)],
@@ -63,8 +85,12 @@ def test_a_queued_run_succeeds_as_an_ecs_task(seen: dict[str, Any]) -> None:
         assert events.index(earlier) < events.index(later), events
     assert case["record_kind"] == "ecs"
     assert case["record_handle"] == ["cluster", "task_arn"]
+    assert case["record_is_the_task"]
     assert case["exit_code"] == 0
     assert case["output"] == 6  # read back from S3
+    # Submitted by this host's file path: the task imports the module code_location_map names.
+    command = case["command"]
+    assert command[command.index("--code-location") + 1] == "fixtures_defs.ecs_jobs:defs"
 
 
 def test_a_killed_task_fails_its_run_with_the_stopped_reason_and_is_retried(
@@ -85,6 +111,7 @@ def test_cancel_stops_the_task(seen: dict[str, Any]) -> None:
     assert case["final"] == "CANCELED"
     assert case["exit_code"] == 3  # the worker canceled its run on the task's SIGTERM
     assert case["run_id"] in case["stopped_reason"]
+    assert "--code-location" not in case["command"]  # a module path goes as it is
 
 
 def test_run_task_throttling_and_failures_are_retried(seen: dict[str, Any]) -> None:
@@ -102,3 +129,38 @@ def test_a_launch_that_keeps_failing_fails_the_run_with_aws_reason(seen: dict[st
 
 def test_the_agent_saw_no_error(seen: dict[str, Any]) -> None:
     assert seen["agent_errors"] == []
+
+
+def test_the_worker_reaches_postgres_with_the_password_only_as_an_ecs_secret(
+    seen: dict[str, Any],
+) -> None:
+    case = seen["postgres"]
+    # The cluster wants a password: without one it refuses, and so it refuses the task's own
+    # command run without the task's secrets.
+    assert "no password supplied" in case["without_password"]
+    assert case["command_without_secrets_exit"] != 0
+    assert "no password supplied" in case["command_without_secrets_said"]
+    # The command carries the storage config, with the URL but not the password...
+    assert case["command_storage"]["postgres"]["url"] == case["url_shown"]
+    # ...which the task got as ECS secrets of its definition (one by name, one by ARN).
+    assert case["secret_names"] == ["ECS_TEST_TOKEN", "RUNCORE_POSTGRES_URL"]
+    by_name = {s["name"]: s["valueFrom"] for s in case["definition_secrets"]}
+    assert by_name["ECS_TEST_TOKEN"] == case["token_arn"]
+    assert by_name["RUNCORE_POSTGRES_URL"].startswith("arn:aws:secretsmanager:")
+    # And every run above succeeded or failed on that storage: the secret was passed.
+    assert seen["success"]["final"] == "SUCCESS"
+
+
+def test_no_password_in_describe_tasks_the_event_log_or_the_logs(seen: dict[str, Any]) -> None:
+    case = seen["postgres"]
+    assert case["leaks"] == {
+        "runcore logs": [],
+        "task output": [],
+        "DescribeTasks": [],
+        "task definitions": [],
+        "event log": [],
+    }
+    looked = case["looked_at"]
+    assert looked["DescribeTasks"] > 1000 and looked["event log"] > 1000, looked
+    assert looked["runcore logs"] > 0, looked
+    assert seen["tasks_described"] >= 5

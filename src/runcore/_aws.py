@@ -7,9 +7,12 @@ translated (``raise ... from exc``) by the caller with the code and message read
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from runcore.errors import ConfigError
+
+T = TypeVar("T")
 
 #: botocore's own retries are turned off: runcore retries in one place (tenacity, see
 #: :mod:`runcore._retry`), so a throttled call is counted and logged where it is retried.
@@ -56,3 +59,14 @@ def describe(exc: BaseException) -> str:
 def is_botocore_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from botocore (an AWS answer or a connection failure)."""
     return any(cls.__module__.startswith("botocore") for cls in type(exc).__mro__)
+
+
+def call(error: type[Exception], what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """``fn(**kwargs)``, a botocore error raised as ``error`` (``"<what> failed: <AWS's
+    reason>"``, ``raise ... from``); other exceptions pass through."""
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        if not is_botocore_error(exc):
+            raise
+        raise error(f"{what} failed: {describe(exc)}") from exc

@@ -175,7 +175,11 @@ class RunMonitor(Duty):
             to_check.append(run)
         healths = self._healths(to_check)
         for run_id, silence in self._silent_workers(to_check, workers, now).items():
-            if healths.get(run_id, WorkerHealth.unknown()).status is not HealthStatus.DEAD:
+            said = healths.get(run_id, WorkerHealth.unknown())
+            if said.status is HealthStatus.UNKNOWN and said.reason:
+                # What the launcher could not tell goes with the verdict (an ECS task MISSING).
+                healths[run_id] = WorkerHealth.dead(f"{silence.reason}; {said.reason}")
+            elif said.status is not HealthStatus.DEAD:
                 healths[run_id] = silence
         for run in to_check:
             if self._dead_worker(run, healths.get(run.run_id)):
