@@ -541,6 +541,19 @@ def _wait_exited(pid: int) -> None:
     _until(lambda: not psutil.pid_exists(pid), f"worker process {pid} to exit")
 
 
+def _worker_pid(inst: rc.Instance, run_id: str) -> int:
+    """The pid of the run's worker process, from its worker record (or, for runcore before
+    worker records, which ``compare.py`` may run, from the run's ``runcore/worker_pid`` tag)."""
+    storage = inst.storage
+    if not hasattr(storage, "get_worker_record"):
+        run = storage.get_run(run_id)
+        assert run is not None and "runcore/worker_pid" in run.tags, "no worker was recorded"
+        return int(run.tags["runcore/worker_pid"])
+    worker = storage.get_worker_record(run_id)
+    assert worker is not None, "the launcher recorded no worker"
+    return int(worker.handle["pid"])
+
+
 def case_launch(params: dict[str, Any]) -> dict[str, Any]:
     """Submit-to-first-step latency of one launcher, on a SQLite instance.
 
@@ -573,9 +586,7 @@ def case_launch(params: dict[str, Any]) -> dict[str, Any]:
             assert done.status is rc.RunStatus.SUCCESS, done.failure_reason
             (step, *_) = inst.get_events(run.run_id, event_types=[rc.EventType.STEP_START])
             if launcher in ("warm", "cold"):
-                worker = inst.storage.get_worker_record(run.run_id)
-                assert worker is not None, "the launcher recorded no worker"
-                pid = int(worker.handle["pid"])
+                pid = _worker_pid(inst, run.run_id)
                 assert launcher == "cold" or pid in warm_pids, "the run did not get a warm worker"
                 _wait_exited(pid)
             if i >= params["warmup"]:
