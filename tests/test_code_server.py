@@ -25,7 +25,6 @@ from typing import Any
 
 import attrs
 import pytest
-from tests.test_worker_records import Clock
 
 import runcore as rc
 from runcore.codeserver.client import CodeServerClient, CodeServerError, RemoteRunState
@@ -34,7 +33,7 @@ from runcore.daemon.monitoring import RunMonitor
 from runcore.launchers.base import HealthStatus, LaunchContext
 from runcore.launchers.code_server import CODE_SERVER_KIND, CodeServerRunLauncher
 from runcore.storage.base import WorkerRecord
-from runcore.testing import LauncherContract
+from runcore.testing import LauncherContract, VirtualClock
 from runcore.testing.contract_jobs import LOCATION as CONTRACT_LOCATION
 
 LAUNCHER_CLASS = "runcore.launchers.code_server:CodeServerRunLauncher"
@@ -499,13 +498,13 @@ def test_an_unreachable_server_on_another_host_leaves_its_runs_to_their_heartbea
             assert unjudged.check_run_worker_health(remote).status is HealthStatus.DEAD
 
             # Run monitoring: the remote run lives until its heartbeats stop for the timeout.
-            clock = Clock()
+            clock = VirtualClock()
             assert inst.config is not None
             monitor = RunMonitor(storage, judged, inst.config.run_monitoring, clock)
             first = monitor.run_once()
             assert remote.run_id not in first.dead_workers
             assert set(first.dead_workers) == {local.run_id, loopback.run_id, silent.run_id}
-            clock.offset = 6
+            clock.advance(6)
             assert monitor.run_once().dead_workers == (remote.run_id,)
         finally:
             judged.close()
