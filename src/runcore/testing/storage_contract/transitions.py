@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 
 from runcore.errors import (
@@ -118,8 +119,9 @@ class TransitionsContract:
             error=error,
         )
         moved = storage.transition(run.run_id, [_S.STARTED], _S.FAILURE, event=event)
-        assert moved is not None
-        assert [r.event for r in storage.get_event_records(run.run_id)] == [event]
+        assert moved is not None and moved.updated_at is not None
+        stamped = attrs.evolve(event, timestamp=moved.updated_at)  # the transition's time
+        assert [r.event for r in storage.get_event_records(run.run_id)] == [stamped]
         assert moved.failure_reason == "step load failed"
 
     def test_transition_records_the_failure_reason(self, storage: InstanceStorage) -> None:
