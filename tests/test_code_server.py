@@ -29,9 +29,11 @@ import pytest
 import runcore as rc
 from runcore.codeserver.client import CodeServerClient, CodeServerError, RemoteRunState
 from runcore.codeserver.server import is_loopback
+from runcore.daemon.monitoring import RunMonitor
 from runcore.launchers.base import HealthStatus, LaunchContext
 from runcore.launchers.code_server import CODE_SERVER_KIND, CodeServerRunLauncher
-from runcore.testing import LauncherContract
+from runcore.storage.base import WorkerRecord
+from runcore.testing import LauncherContract, VirtualClock
 from runcore.testing.contract_jobs import LOCATION as CONTRACT_LOCATION
 
 LAUNCHER_CLASS = "runcore.launchers.code_server:CodeServerRunLauncher"
@@ -296,6 +298,7 @@ def test_a_run_executes_to_success_on_a_server_thread(
     worker = inst.storage.get_worker_record(run.run_id)
     assert worker is not None and worker.kind == CODE_SERVER_KIND
     assert worker.handle == {"address": server.address}
+    assert worker.host == socket.gethostname()  # the host name the server reports
     assert not any(key.startswith("runcore/") for key in done.tags)
     health = inst.run_launcher.check_run_worker_health(done)
     assert health.status is HealthStatus.UNKNOWN
@@ -425,6 +428,92 @@ def test_a_killed_server_makes_its_runs_dead(env: Env, inst_closer: list[rc.Inst
     failed = inst.get_run(run.run_id)
     assert failed.status is rc.RunStatus.FAILURE
     assert server.address in (failed.failure_reason or "")
+
+
+def test_an_unreachable_server_on_another_host_leaves_its_runs_to_their_heartbeats(
+    tmp_path: Path,
+) -> None:
+    """Unreachable from here is not dead on another host (the network between may have
+    failed): such a run is UNKNOWN while it heartbeats, and heartbeat silence fails it."""
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there: UNAVAILABLE at once
+    cfg = {
+        "storage": {"sqlite": {"path": str(tmp_path / "runs.db")}},
+        "run_launcher": {"class": "runcore.testing:RecordingLauncher"},
+        "run_monitoring": {
+            "worker_heartbeat_interval_seconds": 1,
+            "worker_heartbeat_timeout_seconds": 5,
+        },
+    }
+    with rc.Instance.from_config(cfg) as inst:
+        storage = inst.storage
+
+        def started(host: str, *, beat: bool) -> rc.Run:
+            """A STARTED run held, as its worker record says, by the code server at
+            ``address`` on ``host``."""
+            run = inst.submit_run("pid", code_location=CONTRACT_LOCATION)
+            moved = storage.transition(
+                run.run_id, [rc.RunStatus.STARTING], rc.RunStatus.STARTED,
+                attempt_id=run.attempt_id,
+            )  # fmt: skip
+            assert moved is not None
+            attempt = moved.attempt_id or ""
+            storage.record_worker(
+                WorkerRecord(
+                    run_id=run.run_id,
+                    attempt_id=attempt,
+                    kind=CODE_SERVER_KIND,
+                    host=host,
+                    handle={"address": address},
+                )
+            )
+            assert not beat or storage.worker_heartbeat(run.run_id, attempt)
+            return moved
+
+        remote = started("host-b", beat=True)
+        local = started(socket.gethostname(), beat=True)
+        loopback = started("127.0.0.1", beat=True)  # recorded for a server before host names
+        silent = started("host-b", beat=False)  # no heartbeat yet: nothing else to judge by
+
+        def launcher(heartbeat_timeout: float | None) -> CodeServerRunLauncher:
+            made = CodeServerRunLauncher([address], timeout=2.0)
+            made.start(
+                LaunchContext(
+                    storage=storage,
+                    resolve_job=inst.jobs.resolve,
+                    output_store=inst.output_store,
+                    heartbeat_timeout=heartbeat_timeout,
+                )
+            )
+            return made
+
+        judged, unjudged = launcher(5.0), launcher(None)
+        try:
+            health = judged.check_workers_health([remote, local, loopback, silent])
+            assert health[remote.run_id].status is HealthStatus.UNKNOWN
+            assert address in health[remote.run_id].reason
+            assert "heartbeats decide" in health[remote.run_id].reason
+            for run in (local, loopback, silent):
+                assert health[run.run_id].status is HealthStatus.DEAD, run
+            # Heartbeats not judged: nothing else would ever end the run, so it is DEAD.
+            assert unjudged.check_run_worker_health(remote).status is HealthStatus.DEAD
+
+            # Run monitoring: the remote run lives until its heartbeats stop for the timeout.
+            clock = VirtualClock()
+            assert inst.config is not None
+            monitor = RunMonitor(storage, judged, inst.config.run_monitoring, clock)
+            first = monitor.run_once()
+            assert remote.run_id not in first.dead_workers
+            assert set(first.dead_workers) == {local.run_id, loopback.run_id, silent.run_id}
+            clock.advance(6)
+            assert monitor.run_once().dead_workers == (remote.run_id,)
+        finally:
+            judged.close()
+            unjudged.close()
+        failed = inst.get_run(remote.run_id)
+        assert failed.status is rc.RunStatus.FAILURE
+        assert failed.failure_kind is rc.FailureKind.WORKER_DIED
+        assert "sent no heartbeat" in (failed.failure_reason or "")
+        assert "worker_heartbeat_timeout_seconds" in (failed.failure_reason or "")
 
 
 def holder(inst: rc.Instance, run_id: str) -> str | None:

@@ -173,6 +173,7 @@ class Instance:
 
     def _start_components(self) -> None:
         self.storage.start()
+        cfg = self.config or _config.InstanceConfig()
         self.launcher.start(
             LaunchContext(
                 storage=self.storage,
@@ -180,13 +181,11 @@ class Instance:
                 output_store=self.output_store,
                 instance_config=self.config_for_workers(),
                 pools=self.step_pools,
-                heartbeat_interval=(
-                    self.config or _config.InstanceConfig()
-                ).run_monitoring.worker_heartbeat_interval_seconds,
+                heartbeat_interval=cfg.run_monitoring.worker_heartbeat_interval_seconds,
+                heartbeat_timeout=cfg.run_monitoring.worker_heartbeat_timeout_seconds,
                 hooks=(*self._config_hooks(), *self.run_hooks),
             )
         )
-        cfg = self.config or _config.InstanceConfig()
         self.run_coordinator.start(
             CoordinatorContext(
                 storage=self.storage,

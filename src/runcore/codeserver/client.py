@@ -36,6 +36,7 @@ except Exception as exc:  # ImportError; protobuf's VersionError; the stubs' grp
 
 __all__ = [
     "TOKEN_METADATA_KEY",
+    "AcceptedRun",
     "CodeServerClient",
     "CodeServerError",
     "JobInfo",
@@ -159,6 +160,15 @@ class RunStateInfo:
     state: RemoteRunState
     pid: int
     server_id: str
+
+
+@attrs.frozen
+class AcceptedRun:
+    """An ``ExecuteRun`` answer: the run's state on the server, and the host name of the
+    server's machine (empty from a server older than that field)."""
+
+    state: RemoteRunState
+    hostname: str
 
 
 def _describe(address: str, code: str, details: str) -> str:
@@ -344,15 +354,16 @@ class CodeServerClient:
             for job in reply.jobs
         ]
 
-    def execute_run(self, run_id: str) -> RemoteRunState:
-        """Hand the server stored run ``run_id`` (STARTING); returns once it is queued there.
+    def execute_run(self, run_id: str) -> AcceptedRun:
+        """Hand the server stored run ``run_id`` (STARTING); returns once it is queued there,
+        with the run's state and the server's host name.
 
         :class:`CodeServerError` with ``NOT_FOUND`` (unknown run or job),
         ``FAILED_PRECONDITION`` (not STARTING), ``ALREADY_EXISTS`` (held already),
         ``UNAVAILABLE`` (unreachable or draining).
         """
         reply = self._call("ExecuteRun", pb2.ExecuteRunRequest(run_id=run_id))
-        return RemoteRunState.from_proto(reply.state)
+        return AcceptedRun(state=RemoteRunState.from_proto(reply.state), hostname=reply.hostname)
 
     def cancel_run(self, run_id: str) -> bool:
         """Cancel a run the server holds; False if it does not hold it."""

@@ -23,7 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n runcore/codeserver/runcore.proto\x12\x15runcore.codeserver.v1"\x1b\n\x0bPingRequest\x12\x0c\n\x04\x65\x63ho\x18\x01 \x01(\t"v\n\tPingReply\x12\x0c\n\x04\x65\x63ho\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x10\n\x08location\x18\x04 \x01(\t\x12\x10\n\x08run_mode\x18\x05 \x01(\t\x12\x17\n\x0fruncore_version\x18\x06 \x01(\t"\x11\n\x0fListJobsRequest"\xa3\x01\n\x07JobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08op_names\x18\x03 \x03(\t\x12\x36\n\x04tags\x18\x04 \x03(\x0b\x32(.runcore.codeserver.v1.JobInfo.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"O\n\rListJobsReply\x12\x10\n\x08location\x18\x01 \x01(\t\x12,\n\x04jobs\x18\x02 \x03(\x0b\x32\x1e.runcore.codeserver.v1.JobInfo"#\n\x11\x45xecuteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"\x8a\x01\n\x0f\x45xecuteRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState\x12\x37\n\x0butilization\x18\x03 \x01(\x0b\x32".runcore.codeserver.v1.Utilization""\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"O\n\x0e\x43\x61ncelRunReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"b\n\x10GetRunStateReply\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x11\n\tserver_id\x18\x03 \x01(\t"\x17\n\x15GetUtilizationRequest"{\n\x0bUtilization\x12\x1f\n\x17max_concurrent_requests\x18\x01 \x01(\x05\x12\x1c\n\x14num_running_requests\x18\x02 \x01(\x05\x12\x1b\n\x13num_queued_requests\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08"*\n\x0fShutdownRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01"\'\n\rShutdownReply\x12\x16\n\x0ein_flight_runs\x18\x01 \x01(\x05*N\n\x08RunState\x12\x15\n\x11RUN_STATE_UNKNOWN\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x32\x92\x05\n\nCodeServer\x12L\n\x04Ping\x12".runcore.codeserver.v1.PingRequest\x1a .runcore.codeserver.v1.PingReply\x12X\n\x08ListJobs\x12&.runcore.codeserver.v1.ListJobsRequest\x1a$.runcore.codeserver.v1.ListJobsReply\x12^\n\nExecuteRun\x12(.runcore.codeserver.v1.ExecuteRunRequest\x1a&.runcore.codeserver.v1.ExecuteRunReply\x12[\n\tCancelRun\x12\'.runcore.codeserver.v1.CancelRunRequest\x1a%.runcore.codeserver.v1.CancelRunReply\x12\x61\n\x0bGetRunState\x12).runcore.codeserver.v1.GetRunStateRequest\x1a\'.runcore.codeserver.v1.GetRunStateReply\x12\x62\n\x0eGetUtilization\x12,.runcore.codeserver.v1.GetUtilizationRequest\x1a".runcore.codeserver.v1.Utilization\x12X\n\x08Shutdown\x12&.runcore.codeserver.v1.ShutdownRequest\x1a$.runcore.codeserver.v1.ShutdownReplyb\x06proto3'
+    b'\n runcore/codeserver/runcore.proto\x12\x15runcore.codeserver.v1"\x1b\n\x0bPingRequest\x12\x0c\n\x04\x65\x63ho\x18\x01 \x01(\t"v\n\tPingReply\x12\x0c\n\x04\x65\x63ho\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x10\n\x08location\x18\x04 \x01(\t\x12\x10\n\x08run_mode\x18\x05 \x01(\t\x12\x17\n\x0fruncore_version\x18\x06 \x01(\t"\x11\n\x0fListJobsRequest"\xa3\x01\n\x07JobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08op_names\x18\x03 \x03(\t\x12\x36\n\x04tags\x18\x04 \x03(\x0b\x32(.runcore.codeserver.v1.JobInfo.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01"O\n\rListJobsReply\x12\x10\n\x08location\x18\x01 \x01(\t\x12,\n\x04jobs\x18\x02 \x03(\x0b\x32\x1e.runcore.codeserver.v1.JobInfo"#\n\x11\x45xecuteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"\x9c\x01\n\x0f\x45xecuteRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState\x12\x37\n\x0butilization\x18\x03 \x01(\x0b\x32".runcore.codeserver.v1.Utilization\x12\x10\n\x08hostname\x18\x04 \x01(\t""\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"O\n\x0e\x43\x61ncelRunReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState"$\n\x12GetRunStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t"b\n\x10GetRunStateReply\x12.\n\x05state\x18\x01 \x01(\x0e\x32\x1f.runcore.codeserver.v1.RunState\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x11\n\tserver_id\x18\x03 \x01(\t"\x17\n\x15GetUtilizationRequest"{\n\x0bUtilization\x12\x1f\n\x17max_concurrent_requests\x18\x01 \x01(\x05\x12\x1c\n\x14num_running_requests\x18\x02 \x01(\x05\x12\x1b\n\x13num_queued_requests\x18\x03 \x01(\x05\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08"*\n\x0fShutdownRequest\x12\x17\n\x0ftimeout_seconds\x18\x01 \x01(\x01"\'\n\rShutdownReply\x12\x16\n\x0ein_flight_runs\x18\x01 \x01(\x05*N\n\x08RunState\x12\x15\n\x11RUN_STATE_UNKNOWN\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x32\x92\x05\n\nCodeServer\x12L\n\x04Ping\x12".runcore.codeserver.v1.PingRequest\x1a .runcore.codeserver.v1.PingReply\x12X\n\x08ListJobs\x12&.runcore.codeserver.v1.ListJobsRequest\x1a$.runcore.codeserver.v1.ListJobsReply\x12^\n\nExecuteRun\x12(.runcore.codeserver.v1.ExecuteRunRequest\x1a&.runcore.codeserver.v1.ExecuteRunReply\x12[\n\tCancelRun\x12\'.runcore.codeserver.v1.CancelRunRequest\x1a%.runcore.codeserver.v1.CancelRunReply\x12\x61\n\x0bGetRunState\x12).runcore.codeserver.v1.GetRunStateRequest\x1a\'.runcore.codeserver.v1.GetRunStateReply\x12\x62\n\x0eGetUtilization\x12,.runcore.codeserver.v1.GetUtilizationRequest\x1a".runcore.codeserver.v1.Utilization\x12X\n\x08Shutdown\x12&.runcore.codeserver.v1.ShutdownRequest\x1a$.runcore.codeserver.v1.ShutdownReplyb\x06proto3'
 )
 
 _globals = globals()
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
     DESCRIPTOR._loaded_options = None
     _globals["_JOBINFO_TAGSENTRY"]._loaded_options = None
     _globals["_JOBINFO_TAGSENTRY"]._serialized_options = b"8\001"
-    _globals["_RUNSTATE"]._serialized_start = 1142
-    _globals["_RUNSTATE"]._serialized_end = 1220
+    _globals["_RUNSTATE"]._serialized_start = 1160
+    _globals["_RUNSTATE"]._serialized_end = 1238
     _globals["_PINGREQUEST"]._serialized_start = 59
     _globals["_PINGREQUEST"]._serialized_end = 86
     _globals["_PINGREPLY"]._serialized_start = 88
@@ -50,23 +50,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
     _globals["_EXECUTERUNREQUEST"]._serialized_start = 474
     _globals["_EXECUTERUNREQUEST"]._serialized_end = 509
     _globals["_EXECUTERUNREPLY"]._serialized_start = 512
-    _globals["_EXECUTERUNREPLY"]._serialized_end = 650
-    _globals["_CANCELRUNREQUEST"]._serialized_start = 652
-    _globals["_CANCELRUNREQUEST"]._serialized_end = 686
-    _globals["_CANCELRUNREPLY"]._serialized_start = 688
-    _globals["_CANCELRUNREPLY"]._serialized_end = 767
-    _globals["_GETRUNSTATEREQUEST"]._serialized_start = 769
-    _globals["_GETRUNSTATEREQUEST"]._serialized_end = 805
-    _globals["_GETRUNSTATEREPLY"]._serialized_start = 807
-    _globals["_GETRUNSTATEREPLY"]._serialized_end = 905
-    _globals["_GETUTILIZATIONREQUEST"]._serialized_start = 907
-    _globals["_GETUTILIZATIONREQUEST"]._serialized_end = 930
-    _globals["_UTILIZATION"]._serialized_start = 932
-    _globals["_UTILIZATION"]._serialized_end = 1055
-    _globals["_SHUTDOWNREQUEST"]._serialized_start = 1057
-    _globals["_SHUTDOWNREQUEST"]._serialized_end = 1099
-    _globals["_SHUTDOWNREPLY"]._serialized_start = 1101
-    _globals["_SHUTDOWNREPLY"]._serialized_end = 1140
-    _globals["_CODESERVER"]._serialized_start = 1223
-    _globals["_CODESERVER"]._serialized_end = 1881
+    _globals["_EXECUTERUNREPLY"]._serialized_end = 668
+    _globals["_CANCELRUNREQUEST"]._serialized_start = 670
+    _globals["_CANCELRUNREQUEST"]._serialized_end = 704
+    _globals["_CANCELRUNREPLY"]._serialized_start = 706
+    _globals["_CANCELRUNREPLY"]._serialized_end = 785
+    _globals["_GETRUNSTATEREQUEST"]._serialized_start = 787
+    _globals["_GETRUNSTATEREQUEST"]._serialized_end = 823
+    _globals["_GETRUNSTATEREPLY"]._serialized_start = 825
+    _globals["_GETRUNSTATEREPLY"]._serialized_end = 923
+    _globals["_GETUTILIZATIONREQUEST"]._serialized_start = 925
+    _globals["_GETUTILIZATIONREQUEST"]._serialized_end = 948
+    _globals["_UTILIZATION"]._serialized_start = 950
+    _globals["_UTILIZATION"]._serialized_end = 1073
+    _globals["_SHUTDOWNREQUEST"]._serialized_start = 1075
+    _globals["_SHUTDOWNREQUEST"]._serialized_end = 1117
+    _globals["_SHUTDOWNREPLY"]._serialized_start = 1119
+    _globals["_SHUTDOWNREPLY"]._serialized_end = 1158
+    _globals["_CODESERVER"]._serialized_start = 1241
+    _globals["_CODESERVER"]._serialized_end = 1899
 # @@protoc_insertion_point(module_scope)

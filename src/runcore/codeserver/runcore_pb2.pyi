@@ -99,18 +99,21 @@ class ExecuteRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class ExecuteRunReply(_message.Message):
-    __slots__ = ("run_id", "state", "utilization")
+    __slots__ = ("run_id", "state", "utilization", "hostname")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     utilization: Utilization
+    hostname: str
     def __init__(
         self,
         run_id: _Optional[str] = ...,
         state: _Optional[_Union[RunState, str]] = ...,
         utilization: _Optional[_Union[Utilization, _Mapping]] = ...,
+        hostname: _Optional[str] = ...,
     ) -> None: ...
 
 class CancelRunRequest(_message.Message):

@@ -270,7 +270,10 @@ class CodeServer(pb2_grpc.CodeServerServicer):
         with self._lock:
             state = held.state
         return pb2.ExecuteRunReply(
-            run_id=run_id, state=_PROTO_STATE[state], utilization=self._proto_utilization()
+            run_id=run_id,
+            state=_PROTO_STATE[state],
+            utilization=self._proto_utilization(),
+            hostname=hostname(),
         )
 
     def _check_accepting(self, context: Any, run_id: str) -> None:
@@ -500,7 +503,7 @@ class CodeServer(pb2_grpc.CodeServerServicer):
                 DaemonHeartbeat(
                     daemon_id=f"code-server/{self.address}",
                     daemon_type=CODE_SERVER_TYPE,
-                    timestamp=self.resources.storage.clock(),
+                    timestamp=self.resources.storage.clock(),  # the clock every host shares
                     info={
                         **self.utilization().as_dict(),
                         "draining": self._draining,

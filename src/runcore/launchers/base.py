@@ -53,6 +53,11 @@ class LaunchContext:
     pools: StepPools | None = None
     #: Seconds between a run worker's heartbeats (None: runs here do not heartbeat).
     heartbeat_interval: float | None = None
+    #: Seconds of heartbeat silence after which run monitoring fails a run
+    #: (``run_monitoring.worker_heartbeat_timeout_seconds``; None: heartbeats are not judged).
+    #: A launcher that cannot tell whether a worker on another host is dead may answer
+    #: UNKNOWN and leave it to the heartbeats only when this is set.
+    heartbeat_timeout: float | None = None
     #: Hooks observing the runs executed in this process (see :mod:`runcore.worker.hooks`).
     hooks: tuple[RunHooks, ...] = ()
 

@@ -8,11 +8,14 @@
 
 ``launch_run`` asks every replica for its utilization at once and hands the run to the least
 loaded one that answers (held runs per run worker; ties rotate), trying the next if that one
-refuses because it is down or draining. The chosen address is remembered here and written on
-the run as the tag ``runcore/code_server``, so that ``terminate`` and
+refuses because it is down or draining. The chosen address is remembered here and written into
+the run's worker record (with the host name the replica reports), so that ``terminate`` and
 ``check_run_worker_health`` reach the right replica from this or any other process. A replica
 that cannot be reached makes the health of its runs DEAD, naming its address; the other
-replicas' runs are unaffected, and new runs go to the replicas that answer.
+replicas' runs are unaffected, and new runs go to the replicas that answer. Across hosts an
+unreachable replica may be a failed network, not a dead server: a run on another host whose
+worker heartbeats into storage, while run monitoring judges heartbeats, is UNKNOWN instead,
+and its heartbeats decide (silence past ``worker_heartbeat_timeout_seconds`` fails it).
 
 gRPC is imported on first use: importing this module (to check a config) does not load it.
 """
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from runcore import _validate
 from runcore.errors import ConfigError, RunLaunchError
-from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth
+from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hostname
 from runcore.storage.base import WorkerRecord
 
 if TYPE_CHECKING:
@@ -188,7 +191,7 @@ class CodeServerRunLauncher(RunLauncher):
         candidates, problems = self._ranked()
         for address in candidates:
             try:
-                self._client(address).execute_run(run.run_id)
+                accepted = self._client(address).execute_run(run.run_id)
             except CodeServerError as exc:
                 if exc.unreachable:
                     problems.append(str(exc))
@@ -202,7 +205,7 @@ class CodeServerRunLauncher(RunLauncher):
                     run_id=run.run_id,
                     attempt_id=run.attempt_id or "",
                     kind=CODE_SERVER_KIND,
-                    host=address.rpartition(":")[0],
+                    host=accepted.hostname or address.rpartition(":")[0],
                     handle={"address": address},
                 )
             )
@@ -239,10 +242,7 @@ class CodeServerRunLauncher(RunLauncher):
             state = self._client(address).get_run_state(run.run_id)
         except CodeServerError as exc:
             if exc.code == "UNAVAILABLE":
-                return WorkerHealth.dead(
-                    f"code server {address}, which holds run {run.run_id}, is unreachable: "
-                    f"{exc.details}"
-                )
+                return self._unreachable(run, address, exc.details)
             return WorkerHealth.unknown(_reason(address, exc))
         if state.state is not RemoteRunState.UNKNOWN:
             return WorkerHealth.running()
@@ -254,6 +254,37 @@ class CodeServerRunLauncher(RunLauncher):
             f"code server {address} does not hold run {run.run_id} (was it restarted? its "
             f"server id is now {state.server_id})"
         )
+
+    def _unreachable(self, run: Run, address: str, details: str) -> WorkerHealth:
+        """The health of a run whose code server cannot be reached: DEAD, unless the server is
+        on another host, the run's worker has heartbeat into storage and run monitoring judges
+        heartbeats (``heartbeat_timeout``): then UNKNOWN, and heartbeat silence decides, by the
+        storage's clock. From here a dead server and a cut network between two hosts look the
+        same; the heartbeats the worker writes into the shared storage tell them apart."""
+        reason = f"code server {address}, which holds run {run.run_id}, is unreachable: {details}"
+        if self.context.heartbeat_timeout is None:
+            return WorkerHealth.dead(reason)
+        record = self.context.storage.get_worker_record(run.run_id)
+        if (
+            record is None
+            or record.attempt_id != run.attempt_id
+            or record.heartbeat_at is None
+            or _on_this_host(record.host)
+        ):
+            return WorkerHealth.dead(reason)
+        return WorkerHealth.unknown(
+            f"{reason}; it runs on host {record.host!r}, so the run's heartbeats decide "
+            f"(run_monitoring.worker_heartbeat_timeout_seconds: "
+            f"{self.context.heartbeat_timeout:g})"
+        )
+
+
+def _on_this_host(recorded_host: str) -> bool:
+    """Whether a worker record's host is this host: its host name, or a loopback address (what
+    is recorded for a server older than the host name in ``ExecuteRun``'s answer)."""
+    from runcore.codeserver.server import is_loopback
+
+    return recorded_host == hostname() or is_loopback(recorded_host)
 
 
 def _reason(address: str, exc: CodeServerError) -> str:

@@ -166,8 +166,9 @@ class RunStorage(ABC):
 
         Writes, in one transaction: the new status and times (``started_at`` on STARTED,
         ``ended_at`` on a terminal status), the status event (``event``, or a plain one of
-        the matching type), and on a terminal status or back to QUEUED the release of every
-        pool slot the run holds. Returns the updated run, or ``None`` if the run was not in
+        the matching type; either way stamped with the transition's time, by :meth:`clock`'s
+        clock), and on a terminal status or back to QUEUED the release of every pool slot the
+        run holds. Returns the updated run, or ``None`` if the run was not in
         ``from_statuses`` (someone else moved it first).
 
         Attempts: a move to STARTING sets a new ``attempt_id`` on the run (the one given, else

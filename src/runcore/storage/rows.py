@@ -26,9 +26,11 @@ from runcore.storage.base import WorkerRecord
 
 
 def status_event(run: Run, to_status: RunStatus, event: Event | None, now: float) -> Event:
-    """The event recording ``run``'s move to ``to_status`` (``event`` if the caller gave one)."""
+    """The event recording ``run``'s move to ``to_status`` (``event`` if the caller gave one),
+    stamped ``now``, the transition's time by the storage's clock: not the clock of the host
+    that made the event, which may be off."""
     if event is not None:
-        return event
+        return attrs.evolve(event, timestamp=now)
     return Event(run_id=run.run_id, event_type=STATUS_EVENT_TYPES[to_status], timestamp=now)
 
 

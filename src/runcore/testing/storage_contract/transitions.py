@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 
 from runcore.errors import (
@@ -44,6 +45,24 @@ class TransitionsContract:
         assert storage.get_run(run.run_id) == moved
         assert _ids(storage.get_run_records(RunsFilter(statuses=[_S.STARTING]))) == [run.run_id]
         assert storage.get_run_records(RunsFilter(statuses=[_S.QUEUED])) == []
+
+    def test_transition_stamps_its_event_with_the_transition_time(
+        self, storage: InstanceStorage
+    ) -> None:
+        # An event made on a host whose clock is off (here: by a day) is stamped with the
+        # storage's time of the move, like the run's own times.
+        run = storage.add_run(_run(status=_S.STARTED))
+        skewed = Event(
+            run_id=run.run_id,
+            event_type=EventType.RUN_FAILURE,
+            message="failed elsewhere",
+            timestamp=time.time() + 86400,
+        )
+        moved = storage.transition(run.run_id, [_S.STARTED], _S.FAILURE, event=skewed)
+        assert moved is not None and moved.ended_at is not None
+        [stored] = storage.get_event_records(run.run_id)
+        assert stored.event.message == "failed elsewhere"
+        assert stored.event.timestamp == moved.ended_at == moved.updated_at
 
     def test_transition_from_another_status_returns_none_and_writes_nothing(
         self, storage: InstanceStorage
@@ -100,8 +119,9 @@ class TransitionsContract:
             error=error,
         )
         moved = storage.transition(run.run_id, [_S.STARTED], _S.FAILURE, event=event)
-        assert moved is not None
-        assert [r.event for r in storage.get_event_records(run.run_id)] == [event]
+        assert moved is not None and moved.updated_at is not None
+        stamped = attrs.evolve(event, timestamp=moved.updated_at)  # the transition's time
+        assert [r.event for r in storage.get_event_records(run.run_id)] == [stamped]
         assert moved.failure_reason == "step load failed"
 
     def test_transition_records_the_failure_reason(self, storage: InstanceStorage) -> None:
