@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +35,9 @@ def status_event(run: Run, to_status: RunStatus, event: Event | None, now: float
 
 
 def new_attempt_id() -> str:
-    """A fresh launch attempt id."""
-    return uuid.uuid4().hex
+    """A fresh launch attempt id: 32 random hex digits (what ``uuid.uuid4().hex`` gives, for a
+    fifth of its cost)."""
+    return os.urandom(16).hex()
 
 
 def attempt_allows(run: Run, to_status: RunStatus, attempt_id: str | None) -> bool:

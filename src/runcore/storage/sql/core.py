@@ -295,6 +295,11 @@ class SqlStorage(InstanceStorage, QueueReader):
             self._lock_events(conn).execute(INSERT_EVENT, change)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
+            # A run ending or going back to the queue frees its slots; one never started holds
+            # none (the common enqueue skips two writes).
+            if row[1] != RunStatus.NOT_STARTED.value and (
+                to_status.is_terminal or to_status is RunStatus.QUEUED
+            ):
                 conn.execute("DELETE FROM pool_slots WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
