@@ -96,8 +96,8 @@ try:
             in_progress.discard(e.run_id)
         peak = max(peak, len(in_progress))
     clients = sh("psql", "-h", f"{hosts['a']}.1", "-p", port, "-U", "postgres", "-tAc",
-                 "SELECT DISTINCT client_addr FROM pg_stat_activity WHERE application_name = "
-                 "'runcore' AND client_addr IS NOT NULL", "postgres").stdout.split()
+                 "SELECT DISTINCT client_addr FROM pg_stat_activity WHERE application_name LIKE "
+                 "'runcore:%' AND client_addr IS NOT NULL", "postgres").stdout.split()
     print(json.dumps({
         "statuses": sorted({r.status.value for r in runs}),
         "worker_hosts": sorted({w.host for w in workers.values()}),
