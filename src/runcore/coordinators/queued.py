@@ -257,11 +257,13 @@ class QueuedRunCoordinator(QueuingCoordinator):
             return [self._cache[i] for i in ids if i in self._cache]
 
     def _active(self) -> list[ActiveRun]:
+        storage = self.context.storage
+        narrow = storage.get_in_progress_tags() if isinstance(storage, QueueReader) else None
+        if narrow is not None:  # ids and tags only: no whole run parsed
+            return [ActiveRun(run_id=run_id, tags=tags) for run_id, tags in narrow]
         return [
             ActiveRun(run_id=r.run.run_id, tags=r.run.tags)
-            for r in self.context.storage.get_run_records(
-                RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
-            )
+            for r in storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
         ]
 
     def _holders(self) -> dict[str, list[str]]:

@@ -402,6 +402,12 @@ class QueueReader(ABC):
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
         """QUEUED runs (of ``run_ids``, if given), oldest first."""
 
+    def get_in_progress_tags(self) -> list[tuple[str, dict[str, str]]] | None:
+        """The id and tags of every run in progress (STARTING, STARTED, CANCELING; a run whose
+        stored data cannot be read: no tags), or ``None`` where the storage cannot tell (the
+        coordinator then reads whole runs)."""
+        return None
+
 
 class StorageNotifier(ABC):
     """An optional ability of a storage: telling every process that uses it, soon after it

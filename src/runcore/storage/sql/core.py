@@ -72,6 +72,7 @@ from runcore.storage.sql.schema import (
 T = TypeVar("T")
 
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
+_IN_PROGRESS_SQL = "(" + ", ".join(f"'{status}'" for status in _IN_PROGRESS) + ")"
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
 
 
@@ -199,6 +200,13 @@ class SqlStorage(InstanceStorage, QueueReader):
             for row in json.loads(text or "[]")
             if queued_row_ok(row)
         ]
+
+    def get_in_progress_tags(self) -> list[tuple[str, dict[str, str]]]:
+        d = self.dialect  # one JSON document for all rows, as for the queue
+        tags = f"CASE WHEN {d.json_valid('body')} THEN {d.json_field('body', ['tags'])} END"
+        inner = f"SELECT id, run_id, {tags} AS tags FROM runs WHERE status IN {_IN_PROGRESS_SQL}"
+        (text,) = self._read(d.json_rows(["run_id", "tags"], inner, "id"))[0]
+        return [(row[0], tags_of(row[1])) for row in json.loads(text or "[]")]
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._read(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import pytest
+
 from runcore.events import Event, EventType
 from runcore.runs import RunsFilter
-from runcore.storage.base import InstanceStorage, RunStart, WorkerRecord
+from runcore.storage.base import InstanceStorage, QueueReader, RunStart, WorkerRecord
 from runcore.testing.storage_contract._support import _S, _in_threads, _run
 
 
@@ -122,6 +124,18 @@ class BatchesContract:
         found = storage.get_worker_records([run.run_id for run in runs])
         assert [found[run.run_id].kind for run in runs] == ["k", "k", "x"]
         assert storage.record_workers([]) == []
+
+    def test_in_progress_tags_read_narrowly_match_the_runs(self, storage: InstanceStorage) -> None:
+        if not isinstance(storage, QueueReader):
+            pytest.skip("the storage does not read the queue narrowly (QueueReader)")
+        runs = [
+            storage.add_run(_run(status=status, tags={"s": status.value}))
+            for status in (_S.QUEUED, _S.STARTING, _S.STARTED, _S.CANCELING, _S.SUCCESS)
+        ]
+        narrow = storage.get_in_progress_tags()
+        if narrow is None:
+            pytest.skip("the storage cannot read in-progress tags narrowly")
+        assert sorted(narrow) == sorted((run.run_id, run.tags) for run in runs[1:4])
 
 
 __all__ = ["BatchesContract"]
