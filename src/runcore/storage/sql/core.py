@@ -60,6 +60,7 @@ from runcore.storage.sql.schema import (
     INSERT_RUN,
     INSERT_SLOT,
     INSERT_TAG,
+    INSERT_TAGS,
     SCHEMA_VERSION,
     UPSERT_HEARTBEAT,
     UPSERT_POOL_LIMIT,
@@ -152,8 +153,10 @@ class SqlStorage(InstanceStorage, QueueReader):
         except self.dialect.integrity_errors as exc:
             raise DuplicateRunError(runs[0].run_id) from exc  # which one: see add_runs
         tags = [(k, v, pk) for run, pk in zip(runs, pks, strict=True) for k, v in run.tags.items()]
-        if tags:
-            conn.executemany(INSERT_TAG, tags)
+        for first in range(0, len(tags), 300):  # a few multi-row INSERTs, not one per tag
+            chunk = tags[first : first + 300]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            conn.execute(f"{INSERT_TAGS} {values}", [value for tag in chunk for value in tag])
 
     def add_run(self, run: Run) -> Run:
         rows = [run_row(run)]

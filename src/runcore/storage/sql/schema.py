@@ -151,6 +151,8 @@ INSERT_RUN = (
     " updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
+#: The same for many tags: followed by ``(?, ?, ?)`` per tag, comma-separated.
+INSERT_TAGS = "INSERT INTO run_tags (key, value, run_pk) VALUES"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
