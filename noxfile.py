@@ -50,7 +50,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with Dagster; writes benchmarks/RESULTS.md."""
-    session.install("-e", ".", "-r", "benchmarks/requirements.txt")
+    session.install("-e", ".[postgres]", "-r", "benchmarks/requirements.txt")
+    session.install("--no-deps", "-r", "benchmarks/requirements-postgres.txt")
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 

@@ -6,9 +6,12 @@ worker can import it without paying for either library.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,3 +223,67 @@ def queue_blocked_run(i: int) -> QueueRun:
 def queue_free_run(i: int) -> QueueRun:
     """The ``i``-th run of the drain workload: free-form tags only, nothing limits it."""
     return None, {"team": FILL_TEAMS[i % len(FILL_TEAMS)], "env": "prod" if i % 2 else "dev"}
+
+
+# --- PostgreSQL: the server of the ``..., PostgreSQL`` rows ---------------------------------
+
+#: Where the PostgreSQL rows run: ``$RUNCORE_BENCH_POSTGRES_URL``, else the tests' server
+#: (``$RUNCORE_TEST_POSTGRES_URL``), else the local one. runcore's measurements each get a fresh
+#: schema on it, Dagster's a fresh database; both are dropped afterwards.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_url(database: str | None = None) -> str:
+    """The benchmark server's URL, or the same server's ``database``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = os.environ.get("RUNCORE_BENCH_POSTGRES_URL") or os.environ.get(
+        "RUNCORE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL
+    )
+    return url if database is None else urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def postgres_execute(sql: str, params: tuple[Any, ...] = (), url: str | None = None) -> list[Any]:
+    """Run one statement on the benchmark server (autocommit; on ``url``, a database of it,
+    if given); its rows, if any."""
+    import psycopg
+
+    with psycopg.connect(url or postgres_url(), autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _fresh_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """The name of a new schema on the benchmark server (created by its first user), dropped
+    with everything in it on exit."""
+    schema = _fresh_name("rcbench")
+    try:
+        yield schema
+    finally:
+        postgres_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database on the benchmark server, dropped on exit (its
+    connections closed by force)."""
+    name = _fresh_name("dgbench")
+    postgres_execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres_url(name)
+    finally:
+        postgres_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_server() -> dict[str, str]:
+    """The server's version and the settings single-commit rates depend on."""
+    rows = postgres_execute(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'fsync', "
+        "'synchronous_commit', 'wal_sync_method', 'shared_buffers', 'commit_delay')"
+    )
+    return {str(name): str(value) for name, value in rows}

@@ -21,6 +21,8 @@ DETAIL_KEYS = (
     "count",
     "seconds",
     "calls",
+    "lost_races",
+    "daemons",
     "fill_seconds",
     "n_ops",
     "submit_ms",
@@ -162,19 +164,22 @@ def render(
     machine: Mapping[str, str],
     errors: Mapping[str, str],
     notes: list[str],
+    title: str = "# runcore vs Dagster: benchmark results",
 ) -> str:
-    """The whole RESULTS.md text."""
-    out = ["# runcore vs Dagster: benchmark results", ""]
+    """The whole RESULTS.md text, or (``title`` a ``##`` heading) one section of it, its
+    parts one heading level down."""
+    sub = "#" * (len(title) - len(title.lstrip("#")) + 1)
+    out = [title, ""]
     out += ["| machine | |", "|---|---|"]
     out += [f"| {key} | {value} |" for key, value in machine.items()]
-    out += ["", "## Results", ""]
+    out += ["", f"{sub} Results", ""]
     out += _table(lines)
-    out += ["", "## Notes", ""]
+    out += ["", f"{sub} Notes", ""]
     out += [f"- {note}" for note in notes]
-    out += ["", "## Measurement details", ""]
+    out += ["", f"{sub} Measurement details", ""]
     out += _details(lines)
     if errors:
-        out += ["", "## Errors", ""]
+        out += ["", f"{sub} Errors", ""]
         for key, text in errors.items():
-            out += [f"### {key}", "", "```", text.strip(), "```", ""]
+            out += [f"{sub}# {key}", "", "```", text.strip(), "```", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -426,6 +426,154 @@ def _launch_rows() -> list[Row]:
     return rows
 
 
+# --- PostgreSQL: runcore's PostgresStorage beside dagster-postgres, on one server -----------
+
+#: The parameter that puts a storage case on the benchmark PostgreSQL server.
+PG = {"backend": "postgres"}
+#: What the label of every PostgreSQL row ends with (``--only postgres`` selects them).
+PG_LABEL = ", PostgreSQL"
+
+
+def is_postgres(row: Row) -> bool:
+    """Whether ``row`` is one of the PostgreSQL rows (their own section of RESULTS.md)."""
+    return row.case.key.startswith("postgres/")
+
+
+def _pg_side(params: dict[str, Any], quick: dict[str, Any]) -> Side:
+    return Side({**params, **PG}, quick=quick)
+
+
+def _pg_storage_rows() -> list[Row]:
+    add_run = Case(
+        "postgres/add_run",
+        "add_runs",
+        runcore=_pg_side({"count": 2_000, "batch": 0, **TRIALS}, {"count": 300, **TRIAL}),
+        dagster=_pg_side({"count": 200, **TRIALS}, {"count": 30, **TRIAL}),
+    )
+    add_runs = Case(
+        "postgres/add_runs",
+        "add_runs",
+        runcore=_pg_side({"count": 20_000, "batch": 100, **TRIALS}, {"count": 2_000, **TRIAL}),
+        dagster=None,
+    )
+    single_commit = Target("speedup", 5, binding=False)  # bound by fsync for both
+    rows = [
+        Row(
+            f"runs created/s, add_run (1 per transaction){PG_LABEL}", add_run, "rate", single_commit
+        ),
+        Row(
+            "runs created/s, add_runs (batches of 100) vs Dagster's add_run (it has no batch "
+            f"insert){PG_LABEL}",
+            add_runs,
+            "rate",
+            Target("speedup", 5),
+            baseline=add_run,
+        ),
+    ]
+    for batch, how in (
+        (0, "store_event (1 per transaction)"),
+        (100, "store_events (batches of 100; Dagster: store_event each)"),
+    ):
+        target = single_commit if batch == 0 else Target("speedup", 5)
+        count, writer_count = (5_000, 500) if batch == 0 else (20_000, 2_000)
+        one = Case(
+            f"postgres/events/1/{batch}",
+            "store_events",
+            runcore=_pg_side({"count": count, "batch": batch, **TRIALS}, {"count": 500, **TRIAL}),
+            dagster=_pg_side({"count": 200, "batch": batch, **TRIALS}, {"count": 30, **TRIAL}),
+        )
+        many = Case(
+            f"postgres/events/8/{batch}",
+            "writers",
+            runcore=_pg_side(
+                {"writers": 8, "count": writer_count, "batch": batch, **TRIALS},
+                {"count": 100, **TRIAL},
+            ),
+            dagster=_pg_side(
+                {"writers": 8, "count": 25, "batch": batch, **TRIALS}, {"count": 5, **TRIAL}
+            ),
+        )
+        rows += [
+            Row(f"events/s, 1 writer, {how}{PG_LABEL}", one, "rate", target),
+            Row(f"events/s, 8 writer processes, {how}{PG_LABEL}", many, "rate", target),
+        ]
+    for n_runs, quick_runs in ((100_000, 10_000), (1_000_000, 20_000)):
+        case = Case(
+            f"postgres/query/{n_runs}",
+            "query",
+            runcore=_pg_side({"n_runs": n_runs}, {"n_runs": quick_runs}),
+            dagster=_pg_side({"n_runs": n_runs}, {"n_runs": quick_runs}),
+            dagster_slow=SlowPlan() if n_runs > 100_000 else None,
+        )
+        what = f"query runs by status + tag, limit 100, {n_runs:,} runs"
+        rows.append(Row(f"{what}{PG_LABEL}", case, "time", Target("speedup", 5)))
+        if n_runs == 1_000_000:
+            bound = Target("max", 2, "ms")
+            rows.append(Row(f"{what}, absolute bound{PG_LABEL}", case, "time", bound))
+    return rows
+
+
+#: Queued runs the two racing daemons drain in the admissions case.
+ADMISSION_RUNS = 10_000
+
+
+def _pg_queue_rows() -> list[Row]:
+    rows = []
+    for n_queued, quick_queued in ((10_000, 1_000), (100_000, 2_000)):
+        big = n_queued > 10_000
+        case = Case(
+            f"postgres/queue/blocked/{n_queued}",
+            "dequeue_blocked",
+            runcore=_pg_side(
+                {"n_queued": n_queued, "blocker": "limits"}, {"n_queued": quick_queued}
+            ),
+            dagster=_pg_side(
+                {"n_queued": n_queued, "blocker": "limits", "reps": 3},
+                {"n_queued": quick_queued, "reps": 1},
+            ),
+            dagster_slow=SlowPlan() if big else None,
+        )
+        what = f"queued: dequeue pass, {n_queued:,} runs all held by 50 tag limits + 20 pools"
+        rows += [
+            Row(f"{what}, steady pass{PG_LABEL}", case, "steady", Target("speedup", 5)),
+            Row(
+                f"{what}, first pass{PG_LABEL}",
+                case,
+                "first",
+                Target("speedup", 5, binding=False),
+            ),
+        ]
+    admissions = Case(
+        "postgres/queue/admissions",
+        "admissions",
+        runcore=_pg_side(
+            {"n_queued": ADMISSION_RUNS, "daemons": 2, **TRIALS}, {"n_queued": 2_000, **TRIAL}
+        ),
+        dagster=None,
+        note="Dagster supports one daemon per deployment: see the notes",
+    )
+    rows.append(
+        Row(
+            f"queued: admissions/s, 2 daemon processes racing over {ADMISSION_RUNS:,} queued "
+            f"runs, RecordingLauncher{PG_LABEL}",
+            admissions,
+            "rate",
+            Target("min", 1_000, "/s"),
+        )
+    )
+    return rows
+
+
+#: A library-free context figure for the PostgreSQL rows: one-row commits/s of a bare psycopg
+#: loop on the benchmark server (what fsync allows a single-commit writer there).
+BARE_POSTGRES = Case(
+    key="postgres/bare",
+    case="postgres_baseline",
+    runcore=Side({"count": 2_000}, quick={"count": 300}),
+    dagster=None,
+)
+
+
 def all_rows() -> list[Row]:
     """Every row of the results table, in table order."""
     import_row = Row(
@@ -440,4 +588,6 @@ def all_rows() -> list[Row]:
         *_query_rows(),
         *_queue_rows(),
         *_launch_rows(),
+        *_pg_storage_rows(),
+        *_pg_queue_rows(),
     ]

@@ -4,7 +4,9 @@ An *event sink* (``bench_runcore.open_sink`` / ``bench_dagster.open_sink``) writ
 for one run, one at a time (``store_one``: one transaction each) or in batches
 (``store_batch``: one call per batch). The concurrent benchmark starts several writer processes
 with the ``spawn`` method, lets each open its own sink, then releases them together through a
-barrier and measures from the first writer's start to the last writer's end.
+barrier and measures from the first writer's start to the last writer's end. :func:`race` is
+that start-together machinery for any kind of racing process (the two daemons of the
+admission benchmark use it too).
 """
 
 from __future__ import annotations
@@ -72,24 +74,50 @@ def time_sink(sink: EventSink, count: int, batch: int) -> float:
     return elapsed
 
 
-def _writer_main(job: dict[str, Any], barrier: Any, queue: Any) -> None:
-    """Body of one writer process: open a sink, wait for the others, write, report.
+class Racer(Protocol):
+    """One process of a race: opened before the start, then ``run`` once, then closed."""
 
-    ``job`` holds the sink's ``module``, ``home`` and ``run_id``, and ``count`` and ``batch``.
-    """
-    sink: EventSink = importlib.import_module(job["module"]).open_sink(job["home"], job["run_id"])
+    def run(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class _Writer:
+    """A racer writing ``count`` events into a sink, ``batch`` per call."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        module = importlib.import_module(job["module"])
+        self.sink: EventSink = module.open_sink(job["target"], job["run_id"])
+        self.count, self.batch = job["count"], job["batch"]
+
+    def run(self) -> dict[str, Any]:
+        return {"errors": write_events(self.sink, self.count, self.batch)}
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+def open_writer(job: dict[str, Any]) -> Racer:
+    """The racer of the concurrent event writers (see :func:`run_concurrent_writers`)."""
+    return _Writer(job)
+
+
+def _racer_main(job: dict[str, Any], barrier: Any, queue: Any) -> None:
+    """Body of one racing process: open its racer (``job["opener"]``, ``module:function``),
+    wait for the others, run, report its start, end and what ``run`` returned."""
+    module, _, name = job["opener"].partition(":")
+    racer: Racer = getattr(importlib.import_module(module), name)(job)
     try:
         barrier.wait(timeout=BARRIER_TIMEOUT)
         start = time.monotonic()
-        errors = write_events(sink, job["count"], job["batch"])
+        report = racer.run()
         end = time.monotonic()
     finally:
-        sink.close()
-    queue.put({"start": start, "end": end, "errors": errors})
+        racer.close()
+    queue.put({**report, "start": start, "end": end})
 
 
 def _collect(queue: Any, procs: list[Any]) -> list[dict[str, Any]]:
-    """One report per writer; raises if a writer dies or they take too long."""
+    """One report per process; raises if one dies or they take too long."""
     reports: list[dict[str, Any]] = []
     deadline = time.monotonic() + FINISH_TIMEOUT
     while len(reports) < len(procs):
@@ -98,18 +126,20 @@ def _collect(queue: Any, procs: list[Any]) -> list[dict[str, Any]]:
         except queue_mod.Empty:
             failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
             if failed:
-                raise RuntimeError(f"writer processes failed with exit codes {failed}") from None
+                raise RuntimeError(f"racing processes failed with exit codes {failed}") from None
             if time.monotonic() > deadline:
-                raise TimeoutError("writer processes did not finish in time") from None
+                raise TimeoutError("racing processes did not finish in time") from None
     return reports
 
 
-def _one_trial(job: dict[str, Any], n_writers: int) -> tuple[float, int]:
-    """Start ``n_writers`` writer processes, release them together; (seconds, locked errors)."""
+def race(job: dict[str, Any], n_procs: int) -> tuple[float, list[dict[str, Any]]]:
+    """Start ``n_procs`` processes (``spawn``) that each open ``job["opener"](job)``, release
+    them together through a barrier; the seconds from the first start to the last end, and
+    each process's report."""
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(n_writers)
+    barrier = ctx.Barrier(n_procs)
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_writer_main, args=(job, barrier, queue)) for _ in range(n_writers)]
+    procs = [ctx.Process(target=_racer_main, args=(job, barrier, queue)) for _ in range(n_procs)]
     for proc in procs:
         proc.start()
     try:
@@ -120,26 +150,34 @@ def _one_trial(job: dict[str, Any], n_writers: int) -> tuple[float, int]:
                 proc.terminate()
             proc.join()
     seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    return seconds, sum(r["errors"] for r in reports)
+    return seconds, reports
 
 
 def run_concurrent_writers(
-    module: str, home: str, run_id: str, params: dict[str, Any]
+    module: str, target: Any, run_id: str, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run ``params["writers"]`` writer processes of ``module``'s sink on the same run.
+    """Run ``params["writers"]`` writer processes of ``module``'s sink on the same run
+    (``target``: where the sink's storage is, passed to ``module.open_sink``).
 
     Each of ``params["trials"]`` trials starts fresh writers. Returns the median over trials of
     the total events/s (from the first writer's start to the last one's end), and the number
     of "database is locked" errors the writers saw in all trials together.
     """
     n_writers, count, batch = params["writers"], params["count"], params["batch"]
-    job = {"module": module, "home": home, "run_id": run_id, "count": count, "batch": batch}
+    job = {
+        "opener": f"{__name__}:open_writer",
+        "module": module,
+        "target": target,
+        "run_id": run_id,
+        "count": count,
+        "batch": batch,
+    }
     errors = 0
 
     def trial() -> float:
         nonlocal errors
-        seconds, trial_errors = _one_trial(job, n_writers)
-        errors += trial_errors
+        seconds, reports = race(job, n_writers)
+        errors += sum(r["errors"] for r in reports)
         return seconds
 
     total_rate = median_rate(n_writers * count, trial, params["trials"])

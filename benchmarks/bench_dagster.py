@@ -5,6 +5,10 @@ Storage cases go through ``DagsterInstance`` (``add_run``, ``store_event``,
 ``get_run_records``), the way a Dagster user or Dagster itself writes; the only exception is the
 untimed bulk fill before the query benchmark, which inserts into Dagster's own run tables in
 large transactions because ``add_run`` alone would take minutes to write 10,000 runs.
+
+With ``backend="postgres"`` the instance's ``dagster.yaml`` puts every storage on
+dagster-postgres (``storage: postgres: postgres_url``), in a fresh database of the benchmark
+server, dropped afterwards; otherwise Dagster's default SQLite storages in a temp dir.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from _harness import (
     fill_row,
     latency_ms,
     median_rate,
+    postgres_database,
+    postgres_execute,
     queue_blocked_run,
     queue_free_run,
     queue_pool_names,
@@ -45,12 +51,46 @@ BENCH_DIR = str(Path(__file__).resolve().parent)
 
 
 def _instance(home: str) -> Any:
-    """A persistent, SQLite-backed Dagster instance rooted at ``home`` (default storage)."""
+    """A persistent Dagster instance rooted at ``home``: its ``dagster.yaml`` (written by
+    :func:`_home`, :func:`_queued_instance`), or an empty one: the default SQLite storages."""
     from dagster import DagsterInstance
 
     os.environ["DAGSTER_HOME"] = home
     Path(home, "dagster.yaml").touch()  # an empty config: defaults, without the warning
     return DagsterInstance.local_temp(tempdir=home)
+
+
+def _write_config(home: str, config: dict[str, Any]) -> None:
+    """Write ``home``/dagster.yaml: ``config`` plus the storage section already there."""
+    path = Path(home, "dagster.yaml")
+    text = path.read_text() if path.exists() else ""
+    storage = {"storage": json.loads(text)["storage"]} if "storage" in text else {}
+    path.write_text(json.dumps({**config, **storage}))  # JSON is YAML
+
+
+def _analyze(home: str) -> None:
+    """On PostgreSQL, ``ANALYZE`` the instance's database after a bulk fill (untimed): the
+    statistics autovacuum would gather soon after, so the planner knows the tables' sizes."""
+    config = json.loads(Path(home, "dagster.yaml").read_text() or "{}")
+    if "storage" in config:
+        url = config["storage"]["postgres"]["postgres_url"].replace("+psycopg2", "", 1)
+        postgres_execute("ANALYZE", url=url)
+
+
+@contextmanager
+def _home(params: dict[str, Any]) -> Iterator[str]:
+    """A temp dir for the instance; with ``backend="postgres"`` its ``dagster.yaml`` points
+    the run, event log and schedule storages at a fresh database (dropped on exit)."""
+    with tempfile.TemporaryDirectory() as home:
+        if params.get("backend", "sqlite") == "sqlite":
+            yield home
+            return
+        with postgres_database() as url:
+            # dagster-postgres is written for psycopg2 (its NOTIFY binds a parameter, which
+            # psycopg 3's server-side binding refuses); SQLAlchemy 2.1 would pick psycopg 3.
+            driver = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+            _write_config(home, {"storage": {"postgres": {"postgres_url": driver}}})
+            yield home
 
 
 def case_execute(params: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +147,7 @@ def _new_run(run_id: str, job_name: str, status: str, tags: dict[str, str]) -> A
 def case_add_runs(params: dict[str, Any]) -> dict[str, Any]:
     """Runs created per second with ``instance.add_run``, one call per run."""
     count = params["count"]
-    with tempfile.TemporaryDirectory() as home:
+    with _home(params) as home:
         instance = _instance(home)
         instance.add_run(_new_run(str(uuid.uuid4()), "etl", "NOT_STARTED", {}))  # warm-up
 
@@ -132,6 +172,10 @@ class DagsterEventSink:
     def __init__(self, home: str, run_id: str) -> None:
         self._instance = _instance(home)
         self._run_id = run_id
+        # dagster-postgres's store_event_batch takes asset materializations and observations
+        # only (it refuses LOG entries); its other events go one by one, as SQLite's do.
+        storage = type(self._instance.event_log_storage)
+        self._one_by_one = storage.__module__.startswith("dagster_postgres")
 
     def _entry(self, i: int) -> Any:
         from dagster import EventLogEntry
@@ -152,9 +196,14 @@ class DagsterEventSink:
         self._instance.store_event(self._entry(i))
 
     def store_batch(self, start: int, count: int) -> None:
-        """``event_log_storage.store_event_batch`` (SQLite storage stores them one by one)."""
+        """``event_log_storage.store_event_batch`` (SQLite storage stores them one by one);
+        on dagster-postgres, which has no batch write of LOG entries, ``store_event`` each."""
         entries = [self._entry(i) for i in range(start, start + count)]
-        self._instance.event_log_storage.store_event_batch(entries)
+        if self._one_by_one:
+            for entry in entries:
+                self._instance.store_event(entry)
+        else:
+            self._instance.event_log_storage.store_event_batch(entries)
 
     def close(self) -> None:
         """Dispose of the instance."""
@@ -178,7 +227,7 @@ def open_sink(home: str, run_id: str) -> DagsterEventSink:
 
 def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
     """Events stored per second by a single writer, one at a time or in batches."""
-    with tempfile.TemporaryDirectory() as home:
+    with _home(params) as home:
         run_id = prepare_events_home(home)
         sink = open_sink(home, run_id)
         try:
@@ -191,8 +240,9 @@ def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_writers(params: dict[str, Any]) -> dict[str, Any]:
-    """Events per second, in total, from several writer processes on the same run (one file)."""
-    with tempfile.TemporaryDirectory() as home:
+    """Events per second, in total, from several writer processes on the same run (one
+    SQLite file, or one PostgreSQL database)."""
+    with _home(params) as home:
         run_id = prepare_events_home(home)
         return run_concurrent_writers("bench_dagster", home, run_id, params)
 
@@ -206,8 +256,9 @@ def _insert_runs(instance: Any, runs: Sequence[Any], chunk: int = 5000) -> None:
 
     Rows are built by Dagster's run-row builder (``_get_run_insertion_values``), exactly what
     ``add_run`` would write; only the per-run transaction is skipped. The builder queries the
-    storage for each run (does the job snapshot exist, is there a backfill column), so runs
-    sharing a job snapshot reuse the first one's row, with their own id, status and body.
+    storage for each run (does the job snapshot exist, is there a backfill column; on
+    dagster-postgres each query opens a connection), so runs sharing a job snapshot (or
+    having none) reuse the first one's row, with their own id, job name, status and body.
     """
     from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
     from dagster._serdes import serialize_value
@@ -219,18 +270,17 @@ def _insert_runs(instance: Any, runs: Sequence[Any], chunk: int = 5000) -> None:
         rows: list[dict[str, Any]] = []
         tags: list[dict[str, str]] = []
         for run in runs[first : first + chunk]:
-            like = built.get(run.job_snapshot_id) if run.job_snapshot_id else None
+            like = built.get(run.job_snapshot_id)
             if like is None or run.tags.keys() & _ROW_TAGS:
                 values = storage._get_run_insertion_values(run, base)
-                if run.job_snapshot_id:
-                    built.setdefault(run.job_snapshot_id, values)
+                built.setdefault(run.job_snapshot_id, values)
             else:
-                body = serialize_value(run)
                 values = {
                     **like,
                     "run_id": run.run_id,
+                    "pipeline_name": run.job_name,
                     "status": run.status.value,
-                    "run_body": body,
+                    "run_body": serialize_value(run),
                 }
             rows.append(values)
             tags.extend({"run_id": run.run_id, "key": k, "value": v} for k, v in run.tags.items())
@@ -249,11 +299,12 @@ def case_query(params: dict[str, Any]) -> dict[str, Any]:
     """``get_run_records(RunsFilter(statuses=[SUCCESS], tags={"team": "a"}), limit=100)``."""
     from dagster import DagsterRunStatus, RunsFilter
 
-    with tempfile.TemporaryDirectory() as home:
+    with _home(params) as home:
         instance = _instance(home)
         fill_start = time.perf_counter()
         _bulk_fill(instance, params["n_runs"])
         fill_seconds = time.perf_counter() - fill_start
+        _analyze(home)
         runs_filter = RunsFilter(statuses=[DagsterRunStatus.SUCCESS], tags={"team": "a"})
 
         def once() -> None:
@@ -288,7 +339,7 @@ def _queued_instance(home: str, *, limits: bool, max_concurrent_runs: int = -1) 
         "run_launcher": {"module": "dagster_jobs", "class": "NoopRunLauncher"},
         "concurrency": concurrency,
     }
-    Path(home, "dagster.yaml").write_text(json.dumps(config))  # JSON is YAML
+    _write_config(home, config)
     return _instance(home)
 
 
@@ -415,7 +466,7 @@ def case_dequeue_blocked(params: dict[str, Any]) -> dict[str, Any]:
     n_queued = params["n_queued"]
     n_active = len(queue_saturating_runs())
     max_runs = n_active if params["blocker"] == "global" else -1
-    with tempfile.TemporaryDirectory() as home:
+    with _home(params) as home:
         fill_seconds = _fill_blocked_queue(home, n_queued)
         instance = _queued_instance(home, limits=True, max_concurrent_runs=max_runs)
         with _workspace(instance) as context:

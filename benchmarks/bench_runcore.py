@@ -1,7 +1,9 @@
 """runcore side of every benchmark case; run only inside a worker subprocess (see ``worker.py``).
 
 Each ``case_*`` function takes the case parameters and returns ``{metric: measurement}``.
-Storage cases use ``runcore.storage.SqliteStorage`` directly.
+Storage cases use the storage directly: ``SqliteStorage`` on a temp dir, or with
+``backend="postgres"`` ``PostgresStorage`` in a fresh schema of the benchmark server, dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 from _harness import (
     QUEUE_POOL_LIMIT,
     Repeat,
@@ -29,6 +32,9 @@ from _harness import (
     fill_row,
     latency_ms,
     median_rate,
+    postgres_execute,
+    postgres_schema,
+    postgres_url,
     queue_blocked_run,
     queue_free_run,
     queue_pool_names,
@@ -37,11 +43,11 @@ from _harness import (
     summary_ms,
     time_calls,
 )
-from _writers import run_concurrent_writers, time_sink
+from _writers import race, run_concurrent_writers, time_sink
 
 import runcore as rc
 from runcore.runs import ISOLATION_TAG
-from runcore.storage import SqliteStorage
+from runcore.storage import InstanceStorage, SqliteStorage
 
 FILL_BATCH = 1_000
 BENCH_DIR = str(Path(__file__).resolve().parent)
@@ -52,10 +58,34 @@ def _sqlite_instance(home: str) -> rc.Instance:
     return rc.Instance.from_config({"storage": {"sqlite": {"path": f"{home}/runs.db"}}})
 
 
+#: Where a case's storage lives, as the ``storage:`` section of an instance config:
+#: ``{"sqlite": {"path": ...}}`` or ``{"postgres": {"url": ..., "schema": ...}}``.
+StorageSpec = dict[str, Any]
+
+
 @contextmanager
-def _storage(path: str) -> Iterator[SqliteStorage]:
-    """A started ``SqliteStorage`` on ``path``, closed on exit."""
-    storage = SqliteStorage(path)
+def _storage_spec(params: dict[str, Any], home: str) -> Iterator[StorageSpec]:
+    """The storage of a case: ``home``/runs.db, or (``backend="postgres"``) a fresh schema on
+    the benchmark server, dropped with its tables on exit."""
+    if params.get("backend", "sqlite") == "sqlite":
+        yield {"sqlite": {"path": f"{home}/runs.db"}}
+        return
+    with postgres_schema() as schema:
+        yield {"postgres": {"url": postgres_url(), "schema": schema}}
+
+
+def _open(spec: StorageSpec) -> InstanceStorage:
+    if "postgres" in spec:
+        from runcore.storage.postgres import PostgresStorage
+
+        return PostgresStorage(spec["postgres"]["url"], schema=spec["postgres"]["schema"])
+    return SqliteStorage(spec["sqlite"]["path"])
+
+
+@contextmanager
+def _storage(spec: StorageSpec) -> Iterator[InstanceStorage]:
+    """A started storage at ``spec``, closed on exit."""
+    storage = _open(spec)
     storage.start()
     try:
         yield storage
@@ -113,7 +143,11 @@ def _new_run(job_name: str, status: str, tags: dict[str, str]) -> rc.Run:
 def case_add_runs(params: dict[str, Any]) -> dict[str, Any]:
     """Runs created per second: ``add_run`` one by one, or ``add_runs`` in batches."""
     count, batch = params["count"], params["batch"]
-    with tempfile.TemporaryDirectory() as home, _storage(f"{home}/runs.db") as storage:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        _storage_spec(params, home) as spec,
+        _storage(spec) as storage,
+    ):
         storage.add_run(_new_run("etl", "NOT_STARTED", {}))  # warm-up
 
         def trial() -> float:
@@ -131,10 +165,10 @@ def case_add_runs(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class RuncoreEventSink:
-    """Writes LOG events for one run into a ``SqliteStorage``."""
+    """Writes LOG events for one run into a storage (``SqliteStorage``, ``PostgresStorage``)."""
 
-    def __init__(self, path: str, run_id: str) -> None:
-        self._storage = SqliteStorage(path)
+    def __init__(self, spec: StorageSpec, run_id: str) -> None:
+        self._storage = _open(spec)
         self._storage.start()
         self._run_id = run_id
 
@@ -156,25 +190,24 @@ class RuncoreEventSink:
         self._storage.close()
 
 
-def prepare_events_db(home: str) -> tuple[str, str]:
-    """Create ``home``/runs.db with one STARTED run; return the path and the run's id."""
-    path = f"{home}/runs.db"
+def prepare_events_db(spec: StorageSpec) -> str:
+    """Create the storage at ``spec`` with one STARTED run; return the run's id."""
     run = _new_run("etl", "STARTED", {})
-    with _storage(path) as storage:
+    with _storage(spec) as storage:
         storage.add_run(run)
-    return path, run.run_id
+    return run.run_id
 
 
-def open_sink(path: str, run_id: str) -> RuncoreEventSink:
+def open_sink(spec: StorageSpec, run_id: str) -> RuncoreEventSink:
     """Entry point for writer processes (see ``_writers.py``)."""
-    return RuncoreEventSink(path, run_id)
+    return RuncoreEventSink(spec, run_id)
 
 
 def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
     """Events stored per second by a single writer, one at a time or in batches."""
-    with tempfile.TemporaryDirectory() as home:
-        path, run_id = prepare_events_db(home)
-        sink = open_sink(path, run_id)
+    with tempfile.TemporaryDirectory() as home, _storage_spec(params, home) as spec:
+        run_id = prepare_events_db(spec)
+        sink = open_sink(spec, run_id)
         try:
             sink.store_one(-1)  # warm-up
             count, batch = params["count"], params["batch"]
@@ -185,13 +218,13 @@ def case_store_events(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def case_writers(params: dict[str, Any]) -> dict[str, Any]:
-    """Events per second, in total, from several writer processes on the same database file."""
-    with tempfile.TemporaryDirectory() as home:
-        path, run_id = prepare_events_db(home)
-        return run_concurrent_writers("bench_runcore", path, run_id, params)
+    """Events per second, in total, from several writer processes on the same database."""
+    with tempfile.TemporaryDirectory() as home, _storage_spec(params, home) as spec:
+        run_id = prepare_events_db(spec)
+        return run_concurrent_writers("bench_runcore", spec, run_id, params)
 
 
-def _fill(storage: SqliteStorage, n_runs: int) -> None:
+def _fill(storage: InstanceStorage, n_runs: int) -> None:
     """Add ``n_runs`` runs shaped by ``fill_row`` with ``add_runs``, ``FILL_BATCH`` at a time."""
     for first in range(0, n_runs, FILL_BATCH):
         storage.add_runs(
@@ -202,10 +235,17 @@ def _fill(storage: SqliteStorage, n_runs: int) -> None:
 def case_query(params: dict[str, Any]) -> dict[str, Any]:
     """``get_run_records(RunsFilter(statuses=[SUCCESS], tags={"team": "a"}), limit=100)``."""
     runs_filter = rc.RunsFilter(statuses=[rc.RunStatus.SUCCESS], tags={"team": "a"})
-    with tempfile.TemporaryDirectory() as home, _storage(str(Path(home, "runs.db"))) as storage:
+    with (
+        tempfile.TemporaryDirectory() as home,
+        _storage_spec(params, home) as spec,
+        _storage(spec) as storage,
+    ):
         fill_start = time.perf_counter()
         _fill(storage, params["n_runs"])
         fill_seconds = time.perf_counter() - fill_start
+        if "postgres" in spec:  # the statistics autovacuum would gather soon after (untimed)
+            schema = spec["postgres"]["schema"]
+            postgres_execute(f'ANALYZE "{schema}".runs, "{schema}".run_tags')
 
         def once() -> None:
             records = storage.get_run_records(runs_filter, limit=100)
@@ -219,8 +259,11 @@ def case_query(params: dict[str, Any]) -> dict[str, Any]:
 # --- queued coordination ---------------------------------------------------------------------
 
 
-def _queued_instance(path: str, *, limits: bool, max_concurrent_runs: int = -1) -> rc.Instance:
-    """A SQLite instance with the queued coordinator and ``RecordingLauncher`` (runs nothing).
+def _queued_instance(
+    spec: StorageSpec, *, limits: bool, max_concurrent_runs: int = -1
+) -> rc.Instance:
+    """An instance on ``spec`` with the queued coordinator and ``RecordingLauncher`` (runs
+    nothing).
 
     With ``limits`` it carries the workload's 50 tag limits and run-granularity pools.
     """
@@ -230,7 +273,7 @@ def _queued_instance(path: str, *, limits: bool, max_concurrent_runs: int = -1) 
         concurrency["pools"] = {"granularity": "run"}
     return rc.Instance.from_config(
         {
-            "storage": {"sqlite": {"path": path}},
+            "storage": spec,
             "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
             "run_launcher": {"class": "runcore.testing:RecordingLauncher"},
             "concurrency": concurrency,
@@ -250,7 +293,7 @@ def case_enqueue(params: dict[str, Any]) -> dict[str, Any]:
     job = _queue_jobs()[None]
     with (
         tempfile.TemporaryDirectory() as home,
-        _queued_instance(f"{home}/runs.db", limits=False) as inst,
+        _queued_instance({"sqlite": {"path": f"{home}/runs.db"}}, limits=False) as inst,
     ):
         assert inst.submit_run(job).status is rc.RunStatus.QUEUED  # warm-up and check
         tags = [queue_free_run(i)[1] for i in range(count)]
@@ -267,12 +310,15 @@ def case_enqueue(params: dict[str, Any]) -> dict[str, Any]:
     return {"rate": result}
 
 
-def _fill_blocked_queue(path: str, n_queued: int) -> float:
-    """Fill ``path`` with in-progress runs saturating every limit (launched by a dequeue
-    pass), then ``n_queued`` queued runs each held by one of them; return the seconds taken."""
+def _fill_blocked_queue(spec: StorageSpec, n_queued: int) -> float:
+    """Fill ``spec`` with in-progress runs saturating every limit (launched by a dequeue
+    pass), then ``n_queued`` queued runs each held by one of them; return the seconds taken.
+
+    On SQLite the queued runs are submitted one by one; on PostgreSQL (a few hundred commits a
+    second) they are bulk-inserted as QUEUED (see :func:`_bulk_queue`)."""
     jobs = _queue_jobs()
     start = time.perf_counter()
-    with _queued_instance(path, limits=True) as inst:
+    with _queued_instance(spec, limits=True) as inst:
         for pool in queue_pool_names():
             inst.set_pool_limit(pool, QUEUE_POOL_LIMIT)
         saturating = queue_saturating_runs()
@@ -280,10 +326,31 @@ def _fill_blocked_queue(path: str, n_queued: int) -> float:
             inst.submit_run(jobs[pool], tags=tags)
         result = rc.Daemon(inst).dequeue_once()
         assert result is not None and len(result.launched) == len(saturating), result
-        for i in range(n_queued):
-            pool, tags = queue_blocked_run(i)
-            inst.submit_run(jobs[pool], tags=tags)
+        if "sqlite" in spec:
+            for i in range(n_queued):
+                pool, tags = queue_blocked_run(i)
+                inst.submit_run(jobs[pool], tags=tags)
+        else:
+            _bulk_queue(inst, [queue_blocked_run(i) for i in range(n_queued)])
     return time.perf_counter() - start
+
+
+def _bulk_queue(inst: rc.Instance, runs: list[tuple[str | None, dict[str, str]]]) -> None:
+    """Store ``runs`` (pool, tags) as QUEUED runs of the queue jobs, ``FILL_BATCH`` per
+    ``add_runs`` call: copies (new id and tags) of one run per job made by
+    ``Instance.create_run``, so pools and code location are what ``submit_run`` stores. The
+    templates themselves stay NOT_STARTED, outside the queue; the copies carry no QUEUED event
+    (no pass reads one)."""
+    jobs = _queue_jobs()
+    templates = {pool: inst.create_run(job) for pool, job in jobs.items()}
+    queued = [
+        attrs.evolve(
+            templates[pool], run_id=str(uuid.uuid4()), status=rc.RunStatus.QUEUED, tags=tags
+        )
+        for pool, tags in runs
+    ]
+    for first in range(0, len(queued), FILL_BATCH):
+        inst.storage.add_runs(queued[first : first + FILL_BATCH])
 
 
 def case_dequeue_blocked(params: dict[str, Any]) -> dict[str, Any]:
@@ -298,10 +365,9 @@ def case_dequeue_blocked(params: dict[str, Any]) -> dict[str, Any]:
     n_queued = params["n_queued"]
     n_active = len(queue_saturating_runs())
     max_runs = n_active if params["blocker"] == "global" else -1
-    with tempfile.TemporaryDirectory() as home:
-        path = f"{home}/runs.db"
-        fill_seconds = _fill_blocked_queue(path, n_queued)
-        with _queued_instance(path, limits=True, max_concurrent_runs=max_runs) as inst:
+    with tempfile.TemporaryDirectory() as home, _storage_spec(params, home) as spec:
+        fill_seconds = _fill_blocked_queue(spec, n_queued)
+        with _queued_instance(spec, limits=True, max_concurrent_runs=max_runs) as inst:
             daemon = rc.Daemon(inst)
 
             def once() -> None:
@@ -339,11 +405,11 @@ def case_drain(params: dict[str, Any]) -> dict[str, Any]:
 
     def trial() -> float:
         with tempfile.TemporaryDirectory() as home:
-            path = f"{home}/runs.db"
-            with _queued_instance(path, limits=False) as inst:
+            spec = {"sqlite": {"path": f"{home}/runs.db"}}
+            with _queued_instance(spec, limits=False) as inst:
                 for i in range(n_queued):
                     inst.submit_run(job, tags=queue_free_run(i)[1])
-            with _queued_instance(path, limits=False) as inst:
+            with _queued_instance(spec, limits=False) as inst:
                 inst.ensure_started()
                 daemon = rc.Daemon(inst)
                 launched = count = 0
@@ -361,6 +427,70 @@ def case_drain(params: dict[str, Any]) -> dict[str, Any]:
 
     result = median_rate(n_queued, trial, params["trials"])
     result["calls"] = max(passes)  # dequeue passes per drain
+    return {"rate": result}
+
+
+class _RacingDaemon:
+    """One of the daemons of :func:`case_admissions`, in a process of its own: a queued
+    instance on the shared storage, passes until a pass finds the queue empty."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.inst = _queued_instance(job["spec"], limits=False)
+        self.inst.ensure_started()
+        self.daemon = rc.Daemon(self.inst)
+
+    def run(self) -> dict[str, Any]:
+        launched: list[str] = []
+        passes = lost = 0
+        while True:
+            result = self.daemon.dequeue_once()
+            assert result is not None
+            passes += 1
+            launched += result.launched
+            lost += result.lost_races
+            if not result.queued:
+                return {"launched": launched, "passes": passes, "lost_races": lost}
+
+    def close(self) -> None:
+        self.inst.close()
+
+
+def open_racing_daemon(job: dict[str, Any]) -> _RacingDaemon:
+    """Entry point of the racing daemon processes (see ``_writers.race``)."""
+    return _RacingDaemon(job)
+
+
+def case_admissions(params: dict[str, Any]) -> dict[str, Any]:
+    """Admissions per second with ``daemons`` daemon processes racing over one queue.
+
+    ``n_queued`` free runs (no limits) are bulk-inserted as QUEUED; then ``daemons``
+    processes, each with its own instance (queued coordinator, ``RecordingLauncher``) on the
+    same storage, released together, run ``Daemon.dequeue_once()`` until a pass finds the
+    queue empty. Admitted runs / time from the first start to the last end. Every run must
+    be started exactly once: no run launched by two daemons, none left QUEUED.
+    """
+    n_queued, n_daemons = params["n_queued"], params["daemons"]
+    passes: list[int] = []
+    lost: list[int] = []
+
+    def trial() -> float:
+        with tempfile.TemporaryDirectory() as home, _storage_spec(params, home) as spec:
+            with _queued_instance(spec, limits=False) as inst:
+                _bulk_queue(inst, [queue_free_run(i) for i in range(n_queued)])
+            racer = {"opener": f"{__name__}:open_racing_daemon", "spec": spec}
+            seconds, reports = race(racer, n_daemons)
+            launched = [run_id for report in reports for run_id in report["launched"]]
+            assert len(launched) == len(set(launched)) == n_queued, (len(launched), n_queued)
+            with _storage(spec) as storage:
+                starting = storage.count_runs(rc.RunsFilter(statuses=[rc.RunStatus.STARTING]))
+                left = storage.count_runs(rc.RunsFilter(statuses=[rc.RunStatus.QUEUED]))
+            assert starting == n_queued and left == 0, (starting, left)
+        passes.append(max(report["passes"] for report in reports))
+        lost.append(sum(report["lost_races"] for report in reports))
+        return seconds
+
+    result = median_rate(n_queued, trial, params["trials"])
+    result.update(calls=max(passes), lost_races=max(lost), daemons=n_daemons)
     return {"rate": result}
 
 
@@ -667,6 +797,7 @@ CASES = {
     "enqueue": case_enqueue,
     "dequeue_blocked": case_dequeue_blocked,
     "drain": case_drain,
+    "admissions": case_admissions,
     "launch": case_launch,
     "code_server_memory": case_code_server_memory,
 }

@@ -8,6 +8,12 @@ imports neither runcore nor Dagster.
     python benchmarks/run.py --quick              # smoke test: fewer repetitions, smaller sizes
     python benchmarks/run.py --only execute       # rows whose name or case key contains it
     python benchmarks/run.py --dagster-skip-slow  # extrapolate / skip the slowest Dagster cases
+    python benchmarks/run.py --only postgres      # the PostgreSQL rows: their section only
+
+The PostgreSQL rows (runcore's ``PostgresStorage`` beside dagster-postgres, on the server
+``$RUNCORE_BENCH_POSTGRES_URL`` or ``$RUNCORE_TEST_POSTGRES_URL`` names) have their own section
+of RESULTS.md, between ``<!-- postgres:start -->`` and ``<!-- postgres:end -->``: a run that
+selects none of them keeps it as it is, and a run selecting only them rewrites only it.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _harness import postgres_server, postgres_url
 from _report import Line, Outcome, evaluate, render, verdict
 from _specs import (
+    ADMISSION_RUNS,
+    BARE_POSTGRES,
     BARE_PYTHON,
     BARE_SQLITE,
     CONTEXT_CASES,
@@ -36,6 +45,7 @@ from _specs import (
     Row,
     Side,
     all_rows,
+    is_postgres,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -162,6 +172,63 @@ NOTES = [
     "a cancel); once all have started their step, its RSS again (0.5 s after). (RSS with - RSS "
     f"idle) / {MEMORY_RUNS}, in KiB; then every run is canceled and must end CANCELED. "
     "runcore only: a Dagster run is a process of its own.",
+]
+
+
+PG_NOTES = [
+    "Same server for both: runcore `PostgresStorage` (psycopg 3, its pool) in a fresh schema "
+    "per measurement, dropped afterwards; Dagster `DagsterInstance` whose `dagster.yaml` puts "
+    "its run, event log and schedule storages on dagster-postgres (`storage: postgres: "
+    "postgres_url`, through psycopg2, the driver dagster-postgres is written for) in a fresh "
+    "database per measurement, dropped afterwards. Both with their defaults: Dagster's "
+    "storages open a connection per operation (SQLAlchemy `NullPool`, its default outside the "
+    "webserver), runcore's keep a pool.",
+    "The server's fsync is on and `synchronous_commit` is `on`: every commit waits for the "
+    "disk, so single-commit rates (`add_run`, `store_event`: one transaction per call) are "
+    "bound by what the disk allows (see *bare psycopg* under *machine*, measured in the same "
+    "run) for both libraries; their speed-up target (>= 5x) is informational. The binding "
+    "targets are the batched and per-call figures: >= 5x dagster-postgres, query < 2 ms at "
+    "1,000,000 runs, >= 1,000 admissions/s with two daemons.",
+    "Batched rows: runcore `add_runs` / `store_events` with 100 per call (one transaction, "
+    "rows sent pipelined) against Dagster's own way to write the same things: it has no batch "
+    "run insert (its figure is `add_run`'s), and dagster-postgres's `store_event_batch` takes "
+    "asset materializations and observations only, so LOG events go through `store_event` one "
+    "by one (what a Dagster user writing them gets).",
+    "8 writers: 8 processes (spawned, released together by a barrier) write LOG events of the "
+    "same run into the same schema / database. Total events over the time from the first "
+    "start to the last end; median of 3 trials.",
+    "Query: the SQLite rows' fill (N runs over 10 job names, statuses cycling "
+    "SUCCESS/FAILURE/STARTED/CANCELED, tag `team` cycling a..e, plus `env`), then `ANALYZE` "
+    "of the tables (untimed: the statistics autovacuum gathers soon after a bulk load); "
+    "`get_run_records(RunsFilter(statuses=[SUCCESS], tags={'team': 'a'}), limit=100)`, median "
+    "after warm-ups. runcore fills with `add_runs`, 1,000 a call; Dagster's fill writes rows "
+    "built by its own run storage (`_get_run_insertion_values`, reused for runs of the same "
+    "job with their own id, status and body) in transactions of 5,000 runs. With "
+    "`--dagster-skip-slow` Dagster's 1,000,000-run query is skipped (its fill alone takes "
+    "over ten minutes).",
+    "Dequeue pass: the SQLite rows' blocked-queue workload (50 tag limits, 20 pools, 170 runs "
+    "in progress filling them, N queued runs each held). The in-progress runs are submitted "
+    "and launched by a pass as on SQLite; the N queued runs are bulk-inserted as QUEUED "
+    "(runcore: copies of one run per job made by `Instance.create_run`, through `add_runs`; "
+    "Dagster: copies of runs made by `create_run_for_job`, as on SQLite), since submitting "
+    "100,000 runs one commit each would take many minutes. Steady pass: median after the first "
+    "pass; Dagster's passes: 3 after a warm-up. `--dagster-skip-slow` skips Dagster's "
+    "100,000-run pass.",
+    f"Admissions: {ADMISSION_RUNS:,} runs of `plain` (no limits) bulk-inserted as QUEUED; "
+    "then 2 processes, each with its own runcore instance on the schema (queued "
+    "coordinator, `runcore.testing:RecordingLauncher`), released together, each run "
+    "`Daemon(instance).dequeue_once()` until a pass finds the queue empty. Admitted runs / "
+    "time from the first start to the last end, median of 3 fills and races. Checked: every "
+    "run STARTING and launched by exactly one daemon. A pass starts its runs 100 per "
+    "transaction (`start_runs`: each still a compare-and-set; rows another daemon is moving "
+    "are skipped, not waited for) and writes the launcher's placeholder worker records in one "
+    "more. *lost_races* counts the starts that found a run already taken by the other daemon.",
+    "Dagster's admissions figure is n/a: Dagster supports one `dagster-daemon` per deployment "
+    "(a second one logs 'multiple daemon processes running at once, which is not "
+    "supported'), and its queued-run daemon checks a run is QUEUED and then launches it with "
+    "no lock or compare-and-set between, so two racing would be an unsupported setup that "
+    "can launch a run twice, not a figure to compare with. Its one-daemon launch rate is the "
+    "SQLite table's *drain* row.",
 ]
 
 
@@ -307,8 +374,10 @@ def select(rows: list[Row], only: str | None) -> list[Row]:
 
 
 def unique_cases(rows: list[Row]) -> list[Case]:
-    """The context cases, then the cases the rows read, in order, each once."""
-    cases = {case.key: case for case in CONTEXT_CASES}
+    """The context cases the rows need, then the cases the rows read, in order, each once."""
+    contexts = [*(CONTEXT_CASES if any(not is_postgres(r) for r in rows) else ())]
+    contexts += [BARE_POSTGRES] if any(is_postgres(r) for r in rows) else []
+    cases = {case.key: case for case in contexts}
     for row in rows:
         cases.setdefault(row.case.key, row.case)
         cases.setdefault(row.dagster_case.key, row.dagster_case)
@@ -370,6 +439,33 @@ def machine_info(
     return info
 
 
+def postgres_info(
+    args: argparse.Namespace,
+    outcomes: dict[tuple[str, str], Outcome],
+    env: dict[str, str],
+    load_before: str,
+) -> dict[str, str]:
+    """The machine, the PostgreSQL server and the drivers the PostgreSQL rows ran with."""
+    info = machine_info(args, outcomes, env, load_before)
+    server = postgres_server()
+    info["postgresql server"] = (
+        f"{server.get('server_version', '?')} at {postgres_url()} (same machine, loopback)"
+    )
+    info["server settings"] = ", ".join(
+        f"`{key}={server[key]}`"
+        for key in ("fsync", "synchronous_commit", "wal_sync_method", "commit_delay")
+        if key in server
+    )
+    info["drivers"] = ", ".join(
+        f"{dist} {_version(dist)}"
+        for dist in ("dagster-postgres", "psycopg", "psycopg-pool", "psycopg2-binary")
+    )
+    bare = outcomes.get((BARE_POSTGRES.key, "runcore"))
+    if bare and bare.metrics:
+        info["bare psycopg, 1-row commits"] = f"{bare.metrics['commits']['value']:,.0f}/s"
+    return info
+
+
 def main(argv: list[str]) -> int:
     """Run the selected benchmarks, write the report; exit 1 if a worker failed."""
     args = parse_args(argv)
@@ -390,23 +486,62 @@ def main(argv: list[str]) -> int:
         for (key, impl), outcome in outcomes.items()
         if outcome.error
     }
-    machine = machine_info(args, outcomes, env, load_before)
-    args.out.write_text(render(lines, machine, errors, NOTES) + _kept_sections(args.out))
+    main_lines = [line for line in lines if not is_postgres(line.row)]
+    pg_lines = [line for line in lines if is_postgres(line.row)]
+    main = postgres = None
+    if main_lines:
+        main_errors = {k: v for k, v in errors.items() if not k.startswith("postgres/")}
+        main = render(
+            main_lines, machine_info(args, outcomes, env, load_before), main_errors, NOTES
+        )
+    if pg_lines:
+        pg_errors = {k: v for k, v in errors.items() if k.startswith("postgres/")}
+        postgres = render(
+            pg_lines,
+            postgres_info(args, outcomes, env, load_before),
+            pg_errors,
+            PG_NOTES,
+            title="## PostgreSQL: runcore `PostgresStorage` vs dagster-postgres",
+        )
+    args.out.write_text(compose(args.out, main, postgres))
     for line in lines:
         log(f"{verdict(line):>8}  {line.row.name}: {line.runcore_cell} vs {line.dagster_cell}")
     log(f"wrote {args.out}")
     return 1 if errors else 0
 
 
-def _kept_sections(path: Path) -> str:
-    """Sections other scripts write into RESULTS.md between their markers (``ecs_calls.py``):
-    kept as they are when this script rewrites the rest."""
-    start, end = "<!-- ecs_calls:start -->", "<!-- ecs_calls:end -->"
-    text = path.read_text() if path.exists() else ""
+#: Sections of RESULTS.md between markers, after the main report, in this order: the
+#: PostgreSQL rows (written by this script) and the ECS calls (``ecs_calls.py``).
+SECTIONS = ("postgres", "ecs_calls")
+
+
+def _marked(name: str, body: str) -> str:
+    return f"<!-- {name}:start -->\n{body.strip()}\n<!-- {name}:end -->"
+
+
+def _section(text: str, name: str) -> str:
+    """The marked section ``name`` of ``text`` (markers included), or ``""``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
         return ""
-    body = text[text.index(start) : text.index(end) + len(end)]
-    return "\n" + body + "\n"
+    return text[text.index(start) : text.index(end) + len(end)]
+
+
+def compose(path: Path, main: str | None, postgres: str | None) -> str:
+    """RESULTS.md with the parts this run wrote (``None``: not run) and the rest kept as it
+    was: the main report before the first marked section, then the marked sections."""
+    old = path.read_text() if path.exists() else ""
+    if main is None:
+        first = min(
+            (old.index(f"<!-- {n}:start -->") for n in SECTIONS if _section(old, n)),
+            default=len(old),
+        )
+        main = old[:first]
+    sections = {name: _section(old, name) for name in SECTIONS}
+    if postgres is not None:
+        sections["postgres"] = _marked("postgres", postgres)
+    parts = [main.strip(), *(body for body in sections.values() if body)]
+    return "\n\n".join(part for part in parts if part) + "\n"
 
 
 if __name__ == "__main__":

@@ -58,7 +58,32 @@ def case_sqlite_baseline(params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-GENERIC_CASES = {"import": case_import, "sqlite_baseline": case_sqlite_baseline}
+def case_postgres_baseline(params: dict[str, Any]) -> dict[str, Any]:
+    """One-row commits per second of a bare psycopg loop on the benchmark PostgreSQL server,
+    in a fresh schema: what its fsync allows a single-commit writer."""
+    import psycopg
+    from _harness import postgres_schema, postgres_url
+
+    count = params["count"]
+    with (
+        postgres_schema() as schema,
+        psycopg.connect(postgres_url(), autocommit=True) as conn,
+    ):
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".t (id BIGSERIAL PRIMARY KEY, body TEXT)')
+        insert = f'INSERT INTO "{schema}".t (body) VALUES (%s)'
+        start = time.perf_counter()
+        for i in range(count):
+            with conn.transaction():
+                conn.execute(insert, (f"event {i}",))
+        return {"commits": rate(count, time.perf_counter() - start)}
+
+
+GENERIC_CASES = {
+    "import": case_import,
+    "sqlite_baseline": case_sqlite_baseline,
+    "postgres_baseline": case_postgres_baseline,
+}
 
 
 def run_case(impl: str, case: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -319,9 +319,10 @@ def test_terminated_backends_are_retried_without_losing_or_doubling_events(
             )
             if i % 5 == 0:
                 with psycopg.connect(URL, autocommit=True) as admin:
-                    admin.execute(
+                    admin.execute(  # this test's connections only, not other schemas'
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = 'runcore' AND pid <> pg_backend_pid()"
+                        "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                        (f"runcore:{pg_schema}",),
                     )
         messages = [r.event.message for r in storage.get_event_records("r1")]
     assert messages == [str(i) for i in range(20)]

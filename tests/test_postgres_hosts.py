@@ -106,7 +106,7 @@ with hosts(tag, bindir, ["a", "b"]) as net:
             in_progress.discard(e.run_id)
         peak = max(peak, len(in_progress))
     clients = net.psql("SELECT DISTINCT client_addr FROM pg_stat_activity WHERE application_name "
-                       "= 'runcore' AND client_addr IS NOT NULL").split()
+                       "LIKE 'runcore:%' AND client_addr IS NOT NULL").split()
     print(json.dumps({
         "statuses": sorted({r.status.value for r in runs}),
         "worker_hosts": sorted({w.host for w in workers.values()}),

@@ -143,12 +143,23 @@ class QueuingCoordinator(RunCoordinator):
 
 
 def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> None:
+    """Hand a run just moved to STARTING to ``launcher``, then store its placeholder worker
+    record if it needs one (see :func:`hand_over`)."""
+    placeholder = hand_over(storage, launcher, starting)
+    if placeholder is not None:
+        storage.record_worker(placeholder, replace=False)
+
+
+def hand_over(
+    storage: InstanceStorage, launcher: RunLauncher, starting: Run
+) -> WorkerRecord | None:
     """Hand a run just moved to STARTING to ``launcher``; on an error, fail it (see
     :func:`fail_launch`) and re-raise.
 
     A launcher that keeps no worker records (``records_workers`` false: one written before
-    they existed) gets a placeholder record here, naming it, so that the monitor does not take
-    the run for a launch that never happened.
+    they existed) needs a placeholder record naming it, so that the monitor does not take the
+    run for a launch that never happened: it is returned, for the caller to store with
+    ``record_worker(..., replace=False)`` (a batch of them with ``record_workers``); else None.
     """
     _faults.point("after_starting")
     try:
@@ -157,17 +168,13 @@ def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> No
         fail_launch(storage, starting, exc)
         raise
     if launcher.records_workers:
-        return
-    recorded = storage.get_worker_record(starting.run_id)
-    if recorded is None or recorded.attempt_id != starting.attempt_id:
-        storage.record_worker(
-            WorkerRecord(
-                run_id=starting.run_id,
-                attempt_id=starting.attempt_id or "",
-                kind=f"launched by {type(launcher).__name__}",
-                host=hostname(),
-            )
-        )
+        return None
+    return WorkerRecord(
+        run_id=starting.run_id,
+        attempt_id=starting.attempt_id or "",
+        kind=f"launched by {type(launcher).__name__}",
+        host=hostname(),
+    )
 
 
 def fail_launch(storage: InstanceStorage, run: Run, exc: BaseException) -> None:

@@ -32,7 +32,7 @@ from runcore.coordinators.admission import (
     queue_order,
     run_limits_apply,
 )
-from runcore.coordinators.base import QueuingCoordinator, launch
+from runcore.coordinators.base import QueuingCoordinator, hand_over
 from runcore.errors import ConfigError, RunNotFoundError
 from runcore.events import Event, EventType
 from runcore.runs import (
@@ -42,7 +42,14 @@ from runcore.runs import (
     RunStatus,
     priority_of,
 )
-from runcore.storage.base import LimitCheck, QueuedRunRow, QueueReader, move_run
+from runcore.storage.base import (
+    LimitCheck,
+    QueuedRunRow,
+    QueueReader,
+    RunStart,
+    WorkerRecord,
+    move_run,
+)
 
 _log = logging.getLogger("runcore.coordinator")
 
@@ -166,6 +173,11 @@ class QueueExplanation:
         return "\n".join(lines)
 
 
+#: Runs a dequeue pass starts per storage call (one transaction, one commit, on SQL storages:
+#: on a server, a commit per run would bound admissions by the disk's fsync rate).
+START_BATCH = 100
+
+
 class QueuedRunCoordinator(QueuingCoordinator):
     """Puts submitted runs in QUEUED; :meth:`dequeue_pass` starts them within the limits.
 
@@ -245,11 +257,13 @@ class QueuedRunCoordinator(QueuingCoordinator):
             return [self._cache[i] for i in ids if i in self._cache]
 
     def _active(self) -> list[ActiveRun]:
+        storage = self.context.storage
+        narrow = storage.get_in_progress_tags() if isinstance(storage, QueueReader) else None
+        if narrow is not None:  # ids and tags only: no whole run parsed
+            return [ActiveRun(run_id=run_id, tags=tags) for run_id, tags in narrow]
         return [
             ActiveRun(run_id=r.run.run_id, tags=r.run.tags)
-            for r in self.context.storage.get_run_records(
-                RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
-            )
+            for r in storage.get_run_records(RunsFilter(statuses=list(IN_PROGRESS_STATUSES)))
         ]
 
     def _holders(self) -> dict[str, list[str]]:
@@ -295,19 +309,27 @@ class QueuedRunCoordinator(QueuingCoordinator):
         lost = failed = 0
         with self._lock:  # the admission views of the runs to start (read by this pass)
             views = {run_id: self._cache.get(run_id) for run_id in decision.launch}
-        for run_id in decision.launch:
-            claims = [
-                (pool, limits.pool_limit(pool) or 0)
-                for pool in decision.pool_claims.get(run_id, ())
+        for first in range(0, len(decision.launch), START_BATCH):
+            batch = [
+                RunStart(
+                    run_id,
+                    event=Event(
+                        run_id=run_id,
+                        event_type=EventType.RUN_STARTING,
+                        message="dequeued: the limits allow it",
+                    ),
+                    claim_slots=tuple(
+                        (pool, limits.pool_limit(pool) or 0)
+                        for pool in decision.pool_claims.get(run_id, ())
+                    ),
+                    limit_check=_limit_check(views[run_id] or self._view_of(run_id), limits),
+                )
+                for run_id in decision.launch[first : first + START_BATCH]
             ]
-            view = views[run_id] or self._view_of(run_id)
-            outcome = self._start(run_id, claims, _limit_check(view, limits))
-            if outcome is None:
-                lost += 1
-            elif outcome:
-                launched.append(run_id)
-            else:
-                failed += 1
+            done, not_started = self._start(batch)
+            launched += done
+            lost += not_started
+            failed += len(batch) - not_started - len(done)
         return DequeueResult(
             launched=tuple(launched),
             queued=len(queued)
@@ -322,63 +344,52 @@ class QueuedRunCoordinator(QueuingCoordinator):
         run = self.context.storage.get_run(run_id)
         return queued_run_info(run, 0) if run is not None and run.corrupt is None else None
 
-    def _start(
-        self,
-        run_id: str,
-        claims: Sequence[tuple[str, int]],
-        limit_check: LimitCheck | None,
-    ) -> bool | None:
-        """Start one run; None if it was no longer startable (moved by someone else, or a
-        limit filled since the pass decided), False if its launch failed."""
-        storage = self.context.storage
-        event = Event(
-            run_id=run_id,
-            event_type=EventType.RUN_STARTING,
-            message="dequeued: the limits allow it",
-        )
-        if limit_check is None:  # a storage written before limit_check keeps working
-            starting = storage.transition(
-                run_id, [RunStatus.QUEUED], RunStatus.STARTING, event=event, claim_slots=claims
-            )
-        else:
-            starting = storage.transition(
-                run_id,
-                [RunStatus.QUEUED],
-                RunStatus.STARTING,
-                event=event,
-                claim_slots=claims,
-                limit_check=limit_check,
-            )
-        if starting is None:
-            return None
-        log_event(
-            _log,
-            "run_admitted",
-            run_id=run_id,
-            job=starting.job_name,
-            priority=starting.priority or None,
-            pools=",".join(pool for pool, _ in claims) or None,
-        )
-        try:
-            launch(storage, self.context.launcher, starting)
-        except Exception as exc:
+    def _start(self, batch: Sequence[RunStart]) -> tuple[list[str], int]:
+        """Start a batch of runs: one ``start_runs`` (one transaction on SQL storages), then
+        each started run to the launcher, then the placeholder worker records the launcher
+        needs, in one ``record_workers``. Returns the runs launched and how many were not
+        started (moved by someone else, or a limit filled since the pass decided); the rest
+        failed to launch."""
+        storage, launcher = self.context.storage, self.context.launcher
+        launched: list[str] = []
+        placeholders: list[WorkerRecord] = []
+        runs = storage.start_runs(batch)
+        for start, starting in zip(batch, runs, strict=True):
+            if starting is None:
+                continue
             log_event(
                 _log,
-                "run_launch_failed",
-                logging.WARNING,
-                run_id=run_id,
+                "run_admitted",
+                run_id=starting.run_id,
                 job=starting.job_name,
-                error=f"{type(exc).__name__}: {exc}",
+                priority=starting.priority or None,
+                pools=",".join(pool for pool, _ in start.claim_slots) or None,
             )
-            return False
-        log_event(
-            _log,
-            "run_launched",
-            run_id=run_id,
-            job=starting.job_name,
-            launcher=type(self.context.launcher).__name__,
-        )
-        return True
+            try:
+                placeholder = hand_over(storage, launcher, starting)
+            except Exception as exc:
+                log_event(
+                    _log,
+                    "run_launch_failed",
+                    logging.WARNING,
+                    run_id=starting.run_id,
+                    job=starting.job_name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            log_event(
+                _log,
+                "run_launched",
+                run_id=starting.run_id,
+                job=starting.job_name,
+                launcher=type(launcher).__name__,
+            )
+            launched.append(starting.run_id)
+            if placeholder is not None:
+                placeholders.append(placeholder)
+        if placeholders:
+            storage.record_workers(placeholders, replace=False)
+        return launched, sum(1 for run in runs if run is None)
 
     # --- explanations -----------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any, Self, TypeAlias
 
 import attrs
 
-from runcore.errors import DuplicateRunError
+from runcore.errors import DuplicateRunError, RunNotFoundError
 from runcore.events import STATUS_EVENT_TYPES, ErrorInfo, Event, EventRecord, EventType
 from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
 
@@ -40,6 +40,17 @@ WAITER_TTL = 30.0
 #: A limit check a transition makes inside its transaction (see :meth:`RunStorage.transition`):
 #: given the tags of every run in progress, whether the run may move.
 LimitCheck: TypeAlias = Callable[[Sequence[Mapping[str, str]]], bool]
+
+
+@attrs.frozen
+class RunStart:
+    """One run of a batch :meth:`RunStorage.start_runs` moves from QUEUED to STARTING, with
+    what :meth:`RunStorage.transition` would be given for it."""
+
+    run_id: str
+    event: Event | None = None
+    claim_slots: tuple[tuple[str, int], ...] = ()
+    limit_check: LimitCheck | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -194,6 +205,41 @@ class RunStorage(ABC):
         :class:`~runcore.errors.RunNotFoundError` for an unknown run.
         """
 
+    def start_runs(self, starts: Sequence[RunStart]) -> list[Run | None]:
+        """Move each run of ``starts`` from QUEUED to STARTING, in order, as :meth:`transition`
+        would (its event, a new attempt, its run-level pool slots, its limit check); the
+        started runs, with ``None`` where a run was not started: no longer QUEUED, unknown,
+        unreadable, being moved by another writer right now, or held by its limit check or a
+        pool.
+
+        Each start is still a compare-and-set of its own: one that is not started does not
+        stop the others, and a limit check counts, among the runs in progress, those started
+        before it in the batch. A backend may (SQL ones do) write the whole batch in one
+        transaction; this default moves the runs one by one.
+        """
+        started: list[Run | None] = []
+        queued, starting = [RunStatus.QUEUED], RunStatus.STARTING
+        for start in starts:
+            event, claims = start.event, start.claim_slots
+            try:
+                if start.limit_check is None:  # a storage written before limit_check works
+                    run = self.transition(
+                        start.run_id, queued, starting, event=event, claim_slots=claims
+                    )
+                else:
+                    run = self.transition(
+                        start.run_id,
+                        queued,
+                        starting,
+                        event=event,
+                        claim_slots=claims,
+                        limit_check=start.limit_check,
+                    )
+            except RunNotFoundError:
+                run = None
+            started.append(run)
+        return started
+
     @abstractmethod
     def delete_run(self, run_id: str) -> None:
         """Delete a run, its tags, events and slots. Unknown ids are ignored."""
@@ -301,6 +347,13 @@ class WorkerStorage(ABC):
         its worker will not be allowed to start the run.
         """
 
+    def record_workers(
+        self, records: Sequence[WorkerRecord], *, replace: bool = True
+    ) -> list[bool]:
+        """:meth:`record_worker` of each of ``records``, in order; whether each was stored.
+        A backend may (SQL ones do) write them in one transaction."""
+        return [self.record_worker(record, replace=replace) for record in records]
+
     @abstractmethod
     def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
         """The worker records of those of ``run_ids`` that have one, by run id."""
@@ -347,6 +400,12 @@ class QueueReader(ABC):
     @abstractmethod
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
         """QUEUED runs (of ``run_ids``, if given), oldest first."""
+
+    def get_in_progress_tags(self) -> list[tuple[str, dict[str, str]]] | None:
+        """The id and tags of every run in progress (STARTING, STARTED, CANCELING; a run whose
+        stored data cannot be read: no tags), or ``None`` where the storage cannot tell (the
+        coordinator then reads whole runs)."""
+        return None
 
 
 class StorageNotifier(ABC):
@@ -465,6 +524,7 @@ __all__ = [
     "InstanceStorage",
     "LimitCheck",
     "PoolStorage",
+    "RunStart",
     "RunStorage",
     "SlotLease",
     "StorageNotifier",

@@ -96,6 +96,7 @@ class PostgresDialect(Dialect):
     real_type = "DOUBLE PRECISION"
     bigint_type = "BIGINT"
     for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
     integrity_errors = (psycopg.errors.UniqueViolation,)
     schema_preamble = (_JSON_FUNCTION.strip(),)
     event_uids = True
@@ -145,6 +146,18 @@ class PostgresDialect(Dialect):
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
         row = conn.execute(sql + " RETURNING id", params).fetchone()
         return int(row[0]) if row is not None else 0
+
+    def insert_ids(self, conn: SqlConnection, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        # One pipelined batch (psycopg's executemany): no round trip per row.
+        assert isinstance(conn, _Connection)
+        cur = conn.raw.cursor()
+        cur.executemany(format_placeholders(sql + " RETURNING id"), rows, returning=True)
+        ids: list[int] = []
+        while True:
+            row = cur.fetchone()
+            ids.append(int(row[0]) if row is not None else 0)
+            if not cur.nextset():
+                return ids
 
     def now(self, conn: SqlConnection) -> float:
         return float(
@@ -321,7 +334,7 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "options": f"-c search_path={self.schema}",
-            "application_name": "runcore",
+            "application_name": f"runcore:{self.schema}",  # who is who in pg_stat_activity
         }
         if _password_of(self.url) is None:
             password = _password_of(os.environ.get(URL_ENV, ""))
@@ -344,7 +357,6 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             open=False,
             name=f"runcore-{self.schema}",
             timeout=30.0,
-            check=psycopg_pool.ConnectionPool.check_connection,
         )
         pool.open(wait=False)
         return pool
@@ -507,6 +519,13 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         except Exception as exc:
             if not _is_transient(exc):
                 raise
+        # Connections are not checked when borrowed (a round trip each time): after a failure,
+        # the idle ones are, once, so that a restarted server costs one retry, not one per
+        # pooled connection.
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            with suppress(Exception):
+                pool.check()
         import tenacity
 
         settings = self.retry

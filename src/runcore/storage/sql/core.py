@@ -28,6 +28,7 @@ from runcore.storage.base import (
     LimitCheck,
     QueuedRunRow,
     QueueReader,
+    RunStart,
     SlotLease,
     WorkerRecord,
 )
@@ -40,6 +41,8 @@ from runcore.storage.rows import (
     worker_record_from_row,
     writable,
 )
+from runcore.storage.sql.batch import record_workers as record_batch
+from runcore.storage.sql.batch import start_runs as start_batch
 from runcore.storage.sql.dialect import Dialect, SqlConnection, tags_of
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
@@ -59,19 +62,20 @@ from runcore.storage.sql.schema import (
     INSERT_RUN,
     INSERT_SLOT,
     INSERT_TAG,
+    INSERT_TAGS,
     SCHEMA_VERSION,
     UPSERT_HEARTBEAT,
     UPSERT_POOL_LIMIT,
     UPSERT_WAITER,
-    UPSERT_WORKER,
-    WORKER_OF_ATTEMPT,
     event_row,
     run_row,
+    worker_row,
 )
 
 T = TypeVar("T")
 
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
+_IN_PROGRESS_SQL = "(" + ", ".join(f"'{status}'" for status in _IN_PROGRESS) + ")"
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
 
 
@@ -146,13 +150,15 @@ class SqlStorage(InstanceStorage, QueueReader):
     def _insert_runs(
         self, conn: SqlConnection, runs: Sequence[Run], rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        for run, row in zip(runs, rows, strict=True):
-            try:
-                pk = self.dialect.insert_id(conn, INSERT_RUN, row)
-            except self.dialect.integrity_errors as exc:
-                raise DuplicateRunError(run.run_id) from exc
-            if run.tags:
-                conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
+        try:
+            pks = self.dialect.insert_ids(conn, INSERT_RUN, rows)
+        except self.dialect.integrity_errors as exc:
+            raise DuplicateRunError(runs[0].run_id) from exc  # which one: see add_runs
+        tags = [(k, v, pk) for run, pk in zip(runs, pks, strict=True) for k, v in run.tags.items()]
+        for first in range(0, len(tags), 300):  # a few multi-row INSERTs, not one per tag
+            chunk = tags[first : first + 300]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            conn.execute(f"{INSERT_TAGS} {values}", [value for tag in chunk for value in tag])
 
     def add_run(self, run: Run) -> Run:
         rows = [run_row(run)]
@@ -163,7 +169,14 @@ class SqlStorage(InstanceStorage, QueueReader):
         if not runs:
             return
         rows = [run_row(run) for run in runs]
-        self._write(lambda conn: self._insert_runs(conn, runs, rows))
+        try:
+            self._write(lambda conn: self._insert_runs(conn, runs, rows))
+        except DuplicateRunError as exc:  # the batch was rolled back: name the duplicate
+            ids = [run.run_id for run in runs]
+            again = [run_id for i, run_id in enumerate(ids) if run_id in ids[:i]]
+            raise DuplicateRunError((again or self.get_run_ids(RunsFilter(run_ids=ids)))[0]) from (
+                exc.__cause__
+            )
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
         # The database extracts the few fields and packs every row into one JSON array, which
@@ -192,6 +205,13 @@ class SqlStorage(InstanceStorage, QueueReader):
             for row in json.loads(text or "[]")
             if queued_row_ok(row)
         ]
+
+    def get_in_progress_tags(self) -> list[tuple[str, dict[str, str]]]:
+        d = self.dialect  # one JSON document for all rows, as for the queue
+        tags = f"CASE WHEN {d.json_valid('body')} THEN {d.json_field('body', ['tags'])} END"
+        inner = f"SELECT id, run_id, {tags} AS tags FROM runs WHERE status IN {_IN_PROGRESS_SQL}"
+        (text,) = self._read(d.json_rows(["run_id", "tags"], inner, "id"))[0]
+        return [(row[0], tags_of(row[1])) for row in json.loads(text or "[]")]
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._read(
@@ -305,6 +325,11 @@ class SqlStorage(InstanceStorage, QueueReader):
             return run
 
         return self._write(write)
+
+    def start_runs(self, starts: Sequence[RunStart]) -> list[Run | None]:
+        if not starts:
+            return []
+        return self._write(lambda conn: start_batch(self, conn, starts))
 
     def _in_progress_tags(self, conn: SqlConnection) -> list[dict[str, str]]:
         """The tags of every run in progress (a run whose JSON cannot be read: no tags)."""
@@ -506,31 +531,13 @@ class SqlStorage(InstanceStorage, QueueReader):
     # --- workers ----------------------------------------------------------------------------
 
     def record_worker(self, record: WorkerRecord, *, replace: bool = True) -> bool:
-        row = (
-            record.run_id,
-            record.attempt_id,
-            record.kind,
-            record.host,
-            json.dumps(record.handle),
-            record.started_at,
-            record.heartbeat_at,
-        )
-        d = self.dialect
-        current = (
-            f"SELECT 1 FROM runs WHERE run_id = ? AND {d.json_valid('body')} "
-            f"AND {d.json_text('body', ['attempt_id'])} = ?{d.for_update}"
-        )
+        return self.record_workers([record], replace=replace)[0]
 
-        def write(conn: SqlConnection) -> bool:
-            if conn.execute(current, (record.run_id, record.attempt_id)).fetchone() is None:
-                return False
-            held = conn.execute(WORKER_OF_ATTEMPT, (record.run_id, record.attempt_id)).fetchone()
-            if held is not None and not replace:
-                return False
-            conn.execute(UPSERT_WORKER, row)
-            return True
-
-        return self._write(write)
+    def record_workers(
+        self, records: Sequence[WorkerRecord], *, replace: bool = True
+    ) -> list[bool]:
+        rows = [(record, worker_row(record)) for record in records]
+        return self._write(lambda conn: record_batch(self, conn, rows, replace)) if rows else []
 
     def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
         ids = list(dict.fromkeys(run_ids))

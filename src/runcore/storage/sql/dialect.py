@@ -84,6 +84,8 @@ class Dialect(ABC):
     without_rowid: ClassVar[str] = ""
     #: Appended to a ``SELECT`` of rows a write transaction goes on to change.
     for_update: ClassVar[str] = ""
+    #: The same, leaving out rows another transaction has locked instead of waiting for them.
+    skip_locked: ClassVar[str] = ""
     #: The exceptions a unique constraint violation raises.
     integrity_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Values the core binds at most in one ``IN (...)`` list.
@@ -149,6 +151,11 @@ class Dialect(ABC):
     def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
         """Run the ``INSERT`` ``sql`` into a table with an ``id`` key; the new row's id, or 0
         if ``ON CONFLICT DO NOTHING`` inserted none."""
+
+    def insert_ids(self, conn: SqlConnection, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """:meth:`insert_id` of each of ``rows``, in order (a database with a cheaper way to
+        insert many rows and read their ids back overrides it)."""
+        return [self.insert_id(conn, sql, row) for row in rows]
 
     def now(self, conn: SqlConnection) -> float:
         """The storage's clock, in Unix seconds: this host's unless the database has one that

@@ -11,6 +11,7 @@ SQLite's ``WITHOUT ROWID``. Everything else is plain SQL both speak.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from runcore import _serde
 if TYPE_CHECKING:
     from runcore.events import Event
     from runcore.runs import Run
+    from runcore.storage.base import WorkerRecord
     from runcore.storage.sql.dialect import Dialect
 
 #: 1: the first release. 2: worker records in their own table (``workers``); the
@@ -149,6 +151,8 @@ INSERT_RUN = (
     " updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
+#: The same for many tags: followed by ``(?, ?, ?)`` per tag, comma-separated.
+INSERT_TAGS = "INSERT INTO run_tags (key, value, run_pk) VALUES"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
@@ -178,9 +182,6 @@ UPSERT_HEARTBEAT = (
     "daemon_type = excluded.daemon_type, timestamp = excluded.timestamp, info = excluded.info"
 )
 
-#: Whether a run's worker record is of a given attempt.
-WORKER_OF_ATTEMPT = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ?"
-
 
 def run_row(run: Run) -> tuple[Any, ...]:
     """The parameters of :data:`INSERT_RUN` for ``run``."""
@@ -193,6 +194,19 @@ def run_row(run: Run) -> tuple[Any, ...]:
         run.created_at,
         run.updated_at,
         _serde.dumps_run(run),
+    )
+
+
+def worker_row(record: WorkerRecord) -> tuple[Any, ...]:
+    """The parameters of :data:`UPSERT_WORKER` for ``record``."""
+    return (
+        record.run_id,
+        record.attempt_id,
+        record.kind,
+        record.host,
+        json.dumps(record.handle),
+        record.started_at,
+        record.heartbeat_at,
     )
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from runcore.storage.base import InstanceStorage
 from runcore.testing.storage_contract._support import THREAD_TIMEOUT
+from runcore.testing.storage_contract.batches import BatchesContract
 from runcore.testing.storage_contract.events import EventsContract
 from runcore.testing.storage_contract.lifecycle import LifecycleContract
 from runcore.testing.storage_contract.pools import PoolsContract
@@ -37,6 +38,7 @@ class StorageContract(
     EventsContract,
     PoolsContract,
     WorkersContract,
+    BatchesContract,
     LifecycleContract,
 ):
     """Checks that a storage keeps the contract of :mod:`runcore.storage.base`.
