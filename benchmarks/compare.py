@@ -47,6 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--head", default=None, help="the commit to compare (default: the working tree)"
     )
     parser.add_argument("--only", help="run only rows whose name or case key contains this")
+    parser.add_argument(
+        "--exclude", action="append", default=[], help="leave out rows containing this"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="runs of each case per side (2)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
     parser.add_argument(
@@ -109,7 +112,12 @@ def median_measurement(outcomes: list[Outcome], metric: str) -> dict[str, Any] |
 
 def compare(args: argparse.Namespace) -> tuple[list[str], bool]:
     """Run the cases for both trees; the report's lines and whether head held."""
-    rows = [r for r in select(all_rows(), args.only) if r.case.runcore is not None]
+    rows = [
+        r
+        for r in select(all_rows(), args.only)
+        if r.case.runcore is not None
+        and not any(x.lower() in f"{r.name} {r.case.key}".lower() for x in args.exclude)
+    ]
     cases = [c for c in unique_cases(rows) if c.runcore is not None]
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
     with contextlib.ExitStack() as stack:
