@@ -1,20 +1,29 @@
 """Chaos test of runcore's run layer: nothing stuck, nothing leaked, nothing lost.
 
-    python benchmarks/chaos.py                        # 500 runs, writes benchmarks/CHAOS.md
-    python benchmarks/chaos.py --quick --out /tmp/c.md   # 60 runs, a smoke test
+    python benchmarks/chaos.py                     # 500 runs on SQLite: benchmarks/CHAOS.md
+    python benchmarks/chaos.py --storage postgres  # on PostgreSQL: CHAOS-postgres.md
+    python benchmarks/chaos.py --quick --out /tmp/c.md  # 60 runs, a smoke test
     python benchmarks/chaos.py --runs 2000 --seed 7 --poll 0.5
 
-One SQLite instance in a temporary directory, with a queued coordinator (8 runs at a time), a
-pool of 2 slots at op granularity, isolated runs (one worker process per run, warm workers
-optional), run monitoring polling every ``--poll`` seconds and run retries (``max_retries: 1``).
-Two ``runcore daemon`` processes serve it and race for every queued run. This script submits
-runs of ``chaos_jobs.py`` over time (some fail in op code, on cue) while two chaos threads:
+One instance with a queued coordinator (8 runs at a time), a pool of 2 slots at op
+granularity, isolated runs (one worker process per run, warm workers optional), run
+monitoring polling every ``--poll`` seconds and run retries (``max_retries: 1``). Its storage
+is SQLite in a temporary directory (``--storage sqlite``, the default) or a PostgreSQL cluster
+of the script's own (``--storage postgres``: ``initdb`` into a temporary directory, ``pg_ctl``
+on a free port of 127.0.0.1; never the machine's shared server). Two ``runcore daemon``
+processes serve it and race for every queued run. This script submits runs of
+``chaos_jobs.py`` over time (some fail in op code, on cue) while two chaos threads:
 
-* kill -9 random run worker processes (their pid is the run's ``runcore/worker_pid`` tag) at
-  random points of their runs, recording when;
+* kill -9 random run worker processes (their pid is read from the run's worker record in
+  storage, and checked to be a live run worker) at random points of their runs, recording
+  when;
 * kill -9 a random daemon now and then and start a new one. A daemon is the host of the
   launcher: the workers it started survive it, and the other daemon's monitoring has to find
   their death by the worker record in storage. Some of the orphaned workers are killed too.
+
+On PostgreSQL a third one restarts the server once half of the runs are submitted (``pg_ctl
+stop -m fast``, ``--outage`` seconds down, start again on the same port), while runs, daemons
+and workers are live: every component has to ride through it on its retries.
 
 When every run is submitted, the chaos stops and the script waits (bounded) for every run,
 retries included, to end; then it checks from storage:
@@ -25,13 +34,17 @@ retries included, to end; then it checks from storage:
 * **double starts**: runs with more than one RUN_START event, more RUN_STARTING events than
   launch attempts (one, plus one per attempt monitoring gave up and requeued), or a step with
   more than one STEP_START (no op here has a retry policy);
+* **limits exceeded**: from the event log (RUN_STARTING to the run's end, in event order),
+  more than ``max_concurrent_runs`` runs in progress at once;
 * **missed retries**: failed runs the policy retries (``retry_number < max_retries`` and no
   ``Failure(allow_retry=False)``) with no child run; **duplicate retries**: runs with more than
   one child; **unwanted retries**: children of runs the policy does not retry;
 * **killed runs not failed**: runs whose worker was killed while they were in progress but
   that did not end FAILURE;
 * **death -> FAILURE latency**: RUN_FAILURE event time minus kill time, for killed runs that
-  had not ended when the kill landed; its p99 must be under 2 poll intervals.
+  had not ended when the kill landed; its p99 must be under 2 poll intervals. Kills whose
+  detection window overlaps the PostgreSQL outage are reported apart (nothing can be written
+  while the server is down) and left out of the bound.
 
 Prints a table, writes a Markdown report (``--out``), and exits 1 if any count above is not 0
 or the latency bound is missed.
@@ -42,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import platform
@@ -69,7 +83,8 @@ from runcore.runs import IN_PROGRESS_STATUSES, RETRY_NUMBER_TAG
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import chaos_jobs  # noqa: E402 - found beside this script
+import _pgcluster  # noqa: E402 - found beside this script
+import chaos_jobs  # noqa: E402
 
 LOCATION = f"{BENCH_DIR / 'chaos_jobs.py'}:defs"
 JOB_WEIGHTS = {"etl": 3, "pair": 2, "diamond": 3, "chain5": 2}
@@ -98,6 +113,8 @@ class Settings:
     fail_probability: float  # chance that a run has an op that fails on cue
     drain_timeout: float
     keep: bool
+    storage: str = "sqlite"  # or "postgres" (a test-owned cluster, restarted mid-run)
+    outage: float = 3.0  # seconds the PostgreSQL server stays down in its restart
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,19 @@ class Tally:
     sampled_leaks: set[tuple[str, str, str]] = field(default_factory=set)
     submit_errors: list[str] = field(default_factory=list)
     thread_errors: list[str] = field(default_factory=list)
+    submitted: int = 0  # runs submitted so far
+    restart: Restart | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The PostgreSQL server's restart in the middle of the chaos (``time.time()`` values)."""
+
+    began: float  # pg_ctl stop called
+    stopped: float  # the server is down
+    up: float  # pg_ctl start returned: the server accepts connections again
+    at_submitted: int  # runs submitted when it began
+    in_progress: int  # runs in progress just before it
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -437,6 +467,47 @@ class DaemonKiller(threading.Thread):
         self.daemons.start(self.fault())
 
 
+class ServerRestarter(threading.Thread):
+    """Once half of the runs are submitted: stop the PostgreSQL server (``pg_ctl stop -m
+    fast``: open transactions roll back, every connection is cut), keep it down for
+    ``settings.outage`` seconds, start it again on the same port."""
+
+    def __init__(
+        self,
+        *,
+        cluster: _pgcluster.TestCluster,
+        storage: rc.InstanceStorage,
+        settings: Settings,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="chaos-server-restarter", daemon=True)
+        self.cluster = cluster
+        self.storage = storage
+        self.settings = settings
+        self.tally = tally
+        self.stop_event = stop
+
+    def run(self) -> None:
+        half = max(1, self.settings.runs // 2)
+        while self.tally.submitted < half:
+            if self.stop_event.wait(0.05):
+                return
+        try:
+            in_progress = self.storage.count_runs(
+                rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
+            )
+            submitted = self.tally.submitted
+            began = time.time()
+            self.cluster.stop("fast")
+            stopped = time.time()
+            time.sleep(self.settings.outage)
+            self.cluster.start_server()
+            self.tally.restart = Restart(began, stopped, time.time(), submitted, in_progress)
+        except Exception as exc:
+            self.tally.thread_errors.append(f"server restarter: {type(exc).__name__}: {exc}")
+
+
 def submit_all(
     instance: rc.Instance, settings: Settings, tally: Tally, rng: random.Random
 ) -> list[str]:
@@ -465,6 +536,7 @@ def submit_all(
         try:
             run = instance.submit_run(job_name, tags=tags, code_location=LOCATION)
             submitted.append(run.run_id)
+            tally.submitted = len(submitted)
         except Exception as exc:
             tally.submit_errors.append(f"{type(exc).__name__}: {exc}")
             if len(tally.submit_errors) > 20:
@@ -556,6 +628,8 @@ class Outcome:
     daemon_tracebacks: int
     lease_samples: int
     notes: list[str]
+    restart: Restart | None = None
+    during_outage: list[float] = field(default_factory=list)
 
     @property
     def bound(self) -> float:
@@ -589,6 +663,7 @@ class Facts:
     latencies: list[float]
     by_detector: dict[str, list[float]]
     excluded: int
+    during_outage: list[float]
 
 
 def start_events(
@@ -628,19 +703,61 @@ def start_events(
     return double, first_failure
 
 
+_RUN_ENDS = (rc.EventType.RUN_SUCCESS, rc.EventType.RUN_FAILURE, rc.EventType.RUN_CANCELED)
+_STEP_ENDS = (rc.EventType.STEP_SUCCESS, rc.EventType.STEP_FAILURE)
+_POOL_OPS = frozenset({"transform", "fetch", "right", "c3"})
+
+
+def limits_exceeded(storage: rc.InstanceStorage) -> list[str]:
+    """Replays the event log in storage order (the order writes committed in): a run is in
+    progress from its RUN_STARTING until its end (or RUN_ENQUEUED: a launch given up and
+    requeued); a step of a pool op holds its slot from its STEP_START until its end or its
+    run's. Every moment at which more runs were in progress than ``max_concurrent_runs``, or
+    more steps held the pool than its limit, is described."""
+    in_progress: set[str] = set()
+    holding: dict[str, set[str]] = defaultdict(set)  # run -> pool steps holding a slot
+    over: list[str] = []
+    cursor = None
+    while records := storage.get_events_after(cursor, 2000):
+        for record in records:
+            event = record.event
+            kind = event.event_type
+            if kind is rc.EventType.RUN_STARTING:
+                in_progress.add(event.run_id)
+                if len(in_progress) > MAX_CONCURRENT_RUNS:
+                    over.append(f"event {record.storage_id}: {len(in_progress)} runs in progress")
+            elif kind in _RUN_ENDS or kind is rc.EventType.RUN_ENQUEUED:
+                in_progress.discard(event.run_id)
+                holding.pop(event.run_id, None)
+            elif kind is rc.EventType.STEP_START and (event.step_key or "") in _POOL_OPS:
+                holding[event.run_id].add(event.step_key or "")
+                held = sum(len(steps) for steps in holding.values())
+                if held > POOL_LIMIT:
+                    over.append(f"event {record.storage_id}: {held} slots of {chaos_jobs.POOL}")
+            elif kind in _STEP_ENDS:
+                holding[event.run_id].discard(event.step_key or "")
+        cursor = records[-1].storage_id
+    return over
+
+
 @dataclass
 class KillOutcomes:
     """The killed runs' fates: latency samples (all, and by who found the death), the kills
-    left out (the run had ended before), and killed runs that did not fail."""
+    left out (the run had ended before), those whose detection overlapped the server's outage
+    (reported apart), and killed runs that did not fail."""
 
     latencies: list[float] = field(default_factory=list)
     by_detector: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     excluded: int = 0
     not_failed: list[str] = field(default_factory=list)
+    during_outage: list[float] = field(default_factory=list)
 
 
 def kill_outcomes(
-    kills: Sequence[Kill], by_id: dict[str, rc.Run], first_failure: dict[str, rc.Event]
+    kills: Sequence[Kill],
+    by_id: dict[str, rc.Run],
+    first_failure: dict[str, rc.Event],
+    restart: Restart | None = None,
 ) -> KillOutcomes:
     result = KillOutcomes()
     for kill in kills:
@@ -655,6 +772,9 @@ def kill_outcomes(
             result.not_failed.append(f"{kill.run_id} {run.status.value} (pid {kill.pid})")
             continue
         latency = event.timestamp - kill.before
+        if restart is not None and kill.before < restart.up and event.timestamp > restart.began:
+            result.during_outage.append(latency)  # nothing could be written meanwhile
+            continue
         result.latencies.append(latency)
         result.by_detector[detector(event)].append(latency)
     return result
@@ -676,11 +796,12 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
     missed = [r for r in runs if checker.retry_expected(r) and not children.get(r.run_id)]
     duplicate = {p: c for p, c in children.items() if len(c) > 1}
     unwanted = [p for p in children if p in by_id and not checker.retry_expected(by_id[p])]
-    killed = kill_outcomes(tally.kills, by_id, first_failure)
+    killed = kill_outcomes(tally.kills, by_id, first_failure, tally.restart)
     examples = {
         "runs lost": [f"{r.run_id} {r.status.value}" for r in lost],
         "slots leaked": [f"{p} {run_id}/{step}" for p, run_id, step in sorted(leaks)],
         "double starts": double,
+        "limits exceeded": limits_exceeded(storage),
         "missed retries": [f"{r.run_id} ({r.failure_kind})" for r in missed],
         "duplicate retries": [f"{p}: {c}" for p, c in duplicate.items()],
         "unwanted retries": [f"{p} ({by_id[p].status.value})" for p in unwanted],
@@ -695,6 +816,7 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
         latencies=killed.latencies,
         by_detector=dict(killed.by_detector),
         excluded=killed.excluded,
+        during_outage=killed.during_outage,
     )
 
 
@@ -727,6 +849,46 @@ def result_table(outcome: Outcome) -> list[str]:
     return lines
 
 
+def storage_words(outcome: Outcome) -> str:
+    """The headline's words on the storage (and the server's restart)."""
+    restart = outcome.restart
+    if outcome.settings.storage == "sqlite":
+        return "on SQLite"
+    if restart is None:
+        return "on PostgreSQL (the server restart did not happen)"
+    return (
+        f"on PostgreSQL, whose server was restarted once in the middle "
+        f"({restart.up - restart.began:.1f} s without a server)"
+    )
+
+
+def command_args(s: Settings) -> str:
+    words = f"--runs {s.runs} --seed {s.seed} --poll {s.poll:g}"
+    if s.storage != "sqlite":
+        words += f" --storage {s.storage} --outage {s.outage:g}"
+    return words
+
+
+def setup_storage(outcome: Outcome) -> str:
+    """The Setup section's storage line."""
+    if outcome.settings.storage == "sqlite":
+        return "Storage: SQLite in a temporary directory"
+    line = (
+        "Storage: PostgreSQL, a cluster of the script's own (`initdb` into a temporary "
+        "directory, `pg_ctl` on a free port of 127.0.0.1, `fsync=off`), schema `runcore`"
+    )
+    restart = outcome.restart
+    if restart is not None:
+        line += (
+            f". Restarted once when {restart.at_submitted} runs had been submitted and "
+            f"{restart.in_progress} were in progress: `pg_ctl stop -m fast` took "
+            f"{restart.stopped - restart.began:.2f} s, the server stayed down "
+            f"{outcome.settings.outage:g} s, and accepted connections again "
+            f"{restart.up - restart.began:.2f} s after the stop began"
+        )
+    return line
+
+
 def render(outcome: Outcome) -> str:
     s = outcome.settings
     verdict = "PASS" if outcome.ok else "FAIL"
@@ -736,9 +898,9 @@ def render(outcome: Outcome) -> str:
         "# runcore chaos report",
         "",
         f"**{verdict}**: {s.runs} runs submitted, {outcome.kills} workers and "
-        f"{outcome.daemon_kills} daemons killed with SIGKILL, on SQLite. "
-        f"Generated by `python benchmarks/chaos.py --runs {s.runs} --seed {s.seed} "
-        f"--poll {s.poll:g}` on {dt.date.today().isoformat()}.",
+        f"{outcome.daemon_kills} daemons killed with SIGKILL, "
+        f"{storage_words(outcome)}. Generated by `python benchmarks/chaos.py "
+        f"{command_args(s)}` on {dt.date.today().isoformat()}.",
         "",
         *result_table(outcome),
         "",
@@ -786,6 +948,10 @@ def render(outcome: Outcome) -> str:
     ]
     for name, values in sorted(outcome.latency_by_detector.items()):
         lines.append(latency_row(name, values))
+    if outcome.restart is not None:
+        lines.append(
+            latency_row("left out: detection overlapped the outage", outcome.during_outage)
+        )
     lines += [
         "",
         "## Timing",
@@ -796,7 +962,7 @@ def render(outcome: Outcome) -> str:
         "",
         "## Setup",
         "",
-        f"- SQLite storage in a temporary directory; `QueuedRunCoordinator`, "
+        f"- {setup_storage(outcome)}; `QueuedRunCoordinator`, "
         f"`max_concurrent_runs: {MAX_CONCURRENT_RUNS}`; pool `{chaos_jobs.POOL}` with "
         f"{POOL_LIMIT} slots at op granularity.",
         f"- Isolated runs: `SubprocessRunLauncher` (`warm_workers: {s.warm_workers}`), one "
@@ -833,12 +999,22 @@ def render(outcome: Outcome) -> str:
         "- *double starts*: runs with more than one RUN_START event, more RUN_STARTING events "
         "than launch attempts (one, plus one per attempt monitoring gave up and requeued), or "
         "a step with more than one STEP_START.",
+        "- *limits exceeded*: replaying the event log in storage order, a moment with more "
+        f"than {MAX_CONCURRENT_RUNS} runs in progress (RUN_STARTING to the run's end or "
+        f"requeue) or more than {POOL_LIMIT} steps of pool ops between their STEP_START and "
+        "their end (or their run's).",
         "- *missed / duplicate / unwanted retries*: a FAILURE run the policy retries with no "
         "child run; a run with more than one child; a child of a run the policy does not retry.",
         "- *killed runs not failed*: runs whose worker was killed before they ended that did "
         "not end FAILURE.",
         "- *death -> FAILURE*: timestamp of the run's RUN_FAILURE event minus the time just "
-        "before `os.kill`; runs that ended before the kill landed are left out.",
+        "before `os.kill`; runs that ended before the kill landed are left out"
+        + (
+            ", and so are kills whose window (kill to RUN_FAILURE) overlaps the server's "
+            "outage, reported on their own row."
+            if s.storage != "sqlite"
+            else "."
+        ),
     ]
     if outcome.examples:
         lines += ["", "## Violations (first examples)", ""]
@@ -853,9 +1029,17 @@ def render(outcome: Outcome) -> str:
 # --- main -------------------------------------------------------------------------------------
 
 
-def instance_config(tmp: Path, settings: Settings) -> dict[str, Any]:
+def instance_config(
+    tmp: Path, settings: Settings, postgres_url: str | None = None
+) -> dict[str, Any]:
+    storage: dict[str, Any] = {"sqlite": {"path": str(tmp / "runs.db")}}
+    if postgres_url is not None:
+        storage = {"postgres": {"url": postgres_url, "schema": "runcore"}}
     config: dict[str, Any] = {
-        "storage": {"sqlite": {"path": str(tmp / "runs.db")}},
+        "storage": storage,
+        # Step outputs where every process finds them (a from_failure retry reuses them);
+        # SQLite's default is this very directory, a server's is memory.
+        "outputs": {"path": str(tmp / "outputs")},
         "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
         "concurrency": {
             "runs": {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
@@ -880,7 +1064,54 @@ def instance_config(tmp: Path, settings: Settings) -> dict[str, Any]:
 def run_chaos(settings: Settings) -> Outcome:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="runcore-chaos-"))
-    config = instance_config(tmp, settings)
+    cluster: _pgcluster.TestCluster | None = None
+    if settings.storage == "postgres":
+        cluster = _pgcluster.TestCluster(prefix="runcore-chaos-pg-").start()
+    try:
+        return _run_chaos(settings, started, tmp, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close(remove=not settings.keep)
+
+
+def chaos_threads(
+    *,
+    storage: rc.InstanceStorage,
+    daemons: Daemons,
+    settings: Settings,
+    tally: Tally,
+    stop: threading.Event,
+    cluster: _pgcluster.TestCluster | None,
+) -> list[threading.Thread]:
+    """The chaos threads (not started): the worker killer, the daemon killer and, on
+    PostgreSQL, the server restarter."""
+    killer = WorkerKiller(
+        storage=storage, daemons=daemons, settings=settings, tally=tally, stop=stop
+    )
+    threads: list[threading.Thread] = [
+        killer,
+        DaemonKiller(
+            storage=storage,
+            daemons=daemons,
+            killer=killer,
+            settings=settings,
+            tally=tally,
+            stop=stop,
+        ),
+    ]
+    if cluster is not None:
+        threads.append(
+            ServerRestarter(
+                cluster=cluster, storage=storage, settings=settings, tally=tally, stop=stop
+            )
+        )
+    return threads
+
+
+def _run_chaos(
+    settings: Settings, started: float, tmp: Path, cluster: _pgcluster.TestCluster | None
+) -> Outcome:
+    config = instance_config(tmp, settings, cluster.url if cluster is not None else None)
     config_path = tmp / "runcore.yaml"
     config_path.write_text(yaml.safe_dump(config))
     tally = Tally()
@@ -895,27 +1126,25 @@ def run_chaos(settings: Settings) -> Outcome:
         daemons.start()
         daemons.start()
         storage = instance.storage
-        killer = WorkerKiller(
-            storage=storage, daemons=daemons, settings=settings, tally=tally, stop=stop
-        )
-        daemon_killer = DaemonKiller(
+        threads = chaos_threads(
             storage=storage,
             daemons=daemons,
-            killer=killer,
             settings=settings,
             tally=tally,
             stop=stop,
+            cluster=cluster,
         )
-        killer.start()
-        daemon_killer.start()
+        for thread in threads:
+            thread.start()
         t0 = time.monotonic()
         try:
             submitted = submit_all(instance, settings, tally, random.Random(settings.seed))
         finally:
             submit_seconds = time.monotonic() - t0
             stop.set()
-            killer.join(10)
-            daemon_killer.join(30)
+            deadline = time.monotonic() + 120  # a restart under way is let finish
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
         # The chaos is over: daemons that died at their fault point since are replaced by
         # plain ones, so that two daemons serve the drain.
         for _ in range(daemons.reap_fault_deaths()):
@@ -959,7 +1188,14 @@ def run_chaos(settings: Settings) -> Outcome:
             daemon_tracebacks=0,
             lease_samples=tally.lease_samples,
             notes=[],
+            restart=tally.restart,
+            during_outage=facts.during_outage,
         )
+        if cluster is not None and tally.restart is None:
+            outcome.invariants["chaos thread errors"] += 1
+            outcome.examples.setdefault("chaos thread errors", []).append(
+                "the PostgreSQL server was not restarted"
+            )
     finally:
         stop.set()
         daemons.stop()
@@ -981,7 +1217,23 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         "--poll", type=float, default=0.5, help="run_monitoring.poll_interval_seconds (0.5)"
     )
     parser.add_argument(
-        "--out", type=Path, default=BENCH_DIR / "CHAOS.md", help="the Markdown report"
+        "--out",
+        type=Path,
+        default=None,
+        help="the Markdown report (default benchmarks/CHAOS.md, on PostgreSQL CHAOS-postgres.md)",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="SQLite in a temporary directory (default), or a PostgreSQL cluster of the "
+        "script's own (initdb/pg_ctl on a free port), restarted once mid-run",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=3.0,
+        help="seconds the PostgreSQL server stays down in its restart (3)",
     )
     parser.add_argument("--quick", action="store_true", help="60 runs, daemon kills more often")
     parser.add_argument("--rate", type=float, default=6.0, help="submissions per second (6)")
@@ -998,13 +1250,18 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
     )
     args = parser.parse_args(None if argv is None else list(argv))
     runs = args.runs if args.runs is not None else (60 if args.quick else 500)
-    if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0:
-        parser.error("--runs, --poll and --rate must be > 0, --warm >= 0")
+    if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0 or args.outage < 0:
+        parser.error("--runs, --poll and --rate must be > 0, --warm and --outage >= 0")
+    if args.storage == "postgres" and (problem := _pgcluster.missing()) is not None:
+        parser.error(f"--storage postgres needs a PostgreSQL cluster of its own: {problem}")
+    out = args.out
+    if out is None:
+        out = BENCH_DIR / ("CHAOS.md" if args.storage == "sqlite" else f"CHAOS-{args.storage}.md")
     return Settings(
         runs=runs,
         seed=args.seed,
         poll=args.poll,
-        out=args.out,
+        out=out,
         rate=args.rate,
         max_queued=16,
         warm_workers=args.warm,
@@ -1016,13 +1273,18 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         fail_probability=0.15,
         drain_timeout=args.drain_timeout,
         keep=args.keep,
+        storage=args.storage,
+        outage=args.outage,
     )
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     settings = parse_args(argv)
+    # The connection pool's warnings while the server is down: the report counts what matters.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     print(
-        f"chaos: {settings.runs} runs, seed {settings.seed}, poll {settings.poll:g} s, "
+        f"chaos: {settings.runs} runs on {settings.storage}, seed {settings.seed}, "
+        f"poll {settings.poll:g} s, "
         f"python {platform.python_version()}, {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -1033,6 +1295,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"{outcome.kills} workers ({outcome.orphan_kills} orphaned), {outcome.daemon_kills} "
         f"daemons; wall {outcome.wall:.1f} s"
     )
+    if settings.storage != "sqlite":
+        print(storage_words(outcome))
     for name, items in outcome.examples.items():
         print(f"  {name}: {'; '.join(items)}")
     for note in outcome.notes:

@@ -399,16 +399,67 @@ def test_an_event_insert_retried_after_a_lost_commit_is_stored_once(
     assert records[0].storage_id == first
 
 
-def test_a_transition_whose_commit_was_lost_is_not_retried_but_reported(
+class _LostBeforeCommit(PostgresStorage):
+    """A connection that breaks as the commit is sent, before the server commits: the
+    transaction rolls back, and the client cannot tell it from a lost acknowledgement."""
+
+    lose = 0
+
+    def _commit(self, raw: Any) -> None:
+        if self.lose:
+            self.lose -= 1
+            raw.execute("ROLLBACK")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        super()._commit(raw)
+
+
+@pytest.mark.parametrize("storage_class", [_LostAck, _LostBeforeCommit])
+def test_a_transition_whose_commit_was_lost_is_resolved_by_its_event(
+    pg_schema: str,  # noqa: F811
+    storage_class: type[_LostAck] | type[_LostBeforeCommit],
+) -> None:
+    """Whether the lost commit landed or not, the compare-and-set reports the move once (not
+    None, as a blind retry would: the status had changed) and its event is stored once."""
+    with storage_class(URL, schema=pg_schema) as storage:
+        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))
+        storage.lose = 1
+        moved = storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
+        stored = storage.get_run(run.run_id)
+        events = storage.get_event_records(run.run_id)
+    assert moved is not None and moved.status is rc.RunStatus.QUEUED
+    assert stored is not None and stored.status is rc.RunStatus.QUEUED
+    assert [r.event.event_type for r in events] == [rc.EventType.RUN_ENQUEUED]
+
+
+@pytest.mark.parametrize("storage_class", [_LostAck, _LostBeforeCommit])
+def test_a_new_run_and_a_worker_record_whose_commit_was_lost_are_resolved(
+    pg_schema: str,  # noqa: F811
+    storage_class: type[_LostAck] | type[_LostBeforeCommit],
+) -> None:
+    from runcore.storage.base import WorkerRecord
+
+    with storage_class(URL, schema=pg_schema) as storage:
+        storage.lose = 1
+        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))  # no DuplicateRun
+        storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.STARTING)
+        attempt = storage.get_run(run.run_id).attempt_id  # type: ignore[union-attr]
+        record = WorkerRecord(
+            run_id=run.run_id, attempt_id=attempt or "", kind="process", host="h", handle={"pid": 7}
+        )
+        storage.lose = 1
+        assert storage.record_worker(record, replace=False) is True  # not "held by another"
+        recorded = storage.get_worker_record(run.run_id)
+        assert recorded is not None and recorded.handle == {"pid": 7}
+        assert storage.count_runs() == 1
+
+
+def test_a_write_that_can_neither_be_repeated_nor_checked_is_reported(
     pg_schema: str,  # noqa: F811
 ) -> None:
     with _LostAck(URL, schema=pg_schema) as storage:
-        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))
         storage.lose = 1
         with pytest.raises(StorageError, match="may or may not have been stored"):
-            storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
-        stored = storage.get_run(run.run_id)
-    assert stored is not None and stored.status is rc.RunStatus.QUEUED  # it did land, once
+            storage._write(lambda conn: conn.execute("SELECT 1"))
 
 
 # --- notifications ------------------------------------------------------------------------------

@@ -14,10 +14,17 @@ The queries, transitions and migrations are the SQL core's
   and the cross-run cursor never passes over an event that commits later.
 * Timestamps written by the storage (status changes, slot claims, worker heartbeats) come
   from the server's clock (``clock_timestamp()``), which every host shares.
-* Lost connections, serialization failures and deadlocks are retried with tenacity
-  (:data:`POSTGRES_TRANSIENT`) when nothing can have been committed; a connection lost while
-  committing is not retried (its outcome is unknown) and surfaces as
-  :class:`~runcore.errors.StorageError`, like a failure that outlasts the retries.
+* Lost connections, a server restarting, serialization failures and deadlocks are retried
+  with tenacity for up to 30 s (:data:`POSTGRES_TRANSIENT`), so a server restart or failover
+  of a few seconds is ridden through; a failure that outlasts the budget surfaces as
+  :class:`~runcore.errors.StorageError`. A lost connection takes the pool's other connections
+  with it (they went with the server): the next try opens a fresh pool, which connects at
+  once rather than after the pool's reconnection back-off.
+* A connection lost while committing leaves the write's outcome unknown. It is tried again
+  only if a second try cannot do it twice: writes that are idempotent (event inserts, whose
+  uids make a second insert a no-op; heartbeats; slot releases), and writes the core can tell
+  have landed (a status change, by its event's uid; a new run, by its body; a worker record,
+  by its handle): if it landed, the first try's result is returned, else it is tried again.
 * Nothing is written before the schema is known to be runcore's (or empty); the tables live in
   ``schema`` (default ``public``), created at its first use.
 * The URL is ``url`` or ``$RUNCORE_POSTGRES_URL``; :meth:`PostgresStorage.to_config` leaves the
@@ -33,14 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from runcore._retry import RetrySettings
 from runcore.errors import ConfigError, InstanceClosedError, SchemaVersionError, StorageError
-from runcore.events import Event
 from runcore.storage.base import StorageNotifier
-from runcore.storage.sql.core import SqlStorage
+from runcore.storage.sql.core import Landed, SqlStorage
 from runcore.storage.sql.dialect import Dialect, SqlConnection, format_placeholders
 from runcore.storage.sql.migrations import Place
 from runcore.storage.sql.schema import SCHEMA_VERSION
@@ -59,8 +65,15 @@ T = TypeVar("T")
 #: The environment variable holding the database URL (and its password).
 URL_ENV = "RUNCORE_POSTGRES_URL"
 
-#: How transient failures (a lost connection, a serialization failure, a deadlock) are retried.
-POSTGRES_TRANSIENT = RetrySettings(attempts=6, initial_wait=0.1, max_wait=2.0)
+#: How transient failures (a lost connection, a server restarting, a serialization failure, a
+#: deadlock) are retried: for up to 30 s after the first failure (a server restart or a managed
+#: database's failover takes seconds), waiting 0.1 s, doubled up to 1 s, between tries.
+POSTGRES_TRANSIENT = RetrySettings(attempts=60, initial_wait=0.1, max_wait=1.0, deadline=30.0)
+
+#: Seconds a call waits for one of the pool's connections: normally (all of them busy), and
+#: while the server is being reconnected to (then a fresh pool is tried after each wait).
+_CONNECTION_WAIT = 30.0
+_RECONNECT_WAIT = 2.0
 
 #: Seconds between measurements of the offset from this host's clock to the server's.
 _CLOCK_REFRESH = 60.0
@@ -172,11 +185,13 @@ class _Connection:
 
 class _CommitUnknown(Exception):
     """The connection failed while committing: the transaction may or may not have landed.
-    Retried only when ``idempotent`` (inserts of events, whose uids make a second try a no-op)."""
+    ``result`` is what the transaction returned; ``retryable`` is set by the write that knows
+    whether a second try is safe (see :meth:`PostgresStorage._write`)."""
 
-    def __init__(self, message: str, *, idempotent: bool) -> None:
+    def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
-        self.idempotent = idempotent
+        self.result = result
+        self.retryable = False
 
 
 def strip_password(url: str) -> str:
@@ -200,7 +215,7 @@ def _password_of(url: str) -> str | None:
 
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _CommitUnknown):
-        return exc.idempotent
+        return exc.retryable
     return isinstance(
         exc,
         psycopg.OperationalError
@@ -260,8 +275,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         self.retry = retry
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
-        self._local = threading.local()
         self._closed = False
+        self._prepared = False  # the schema is known to be runcore's (checked by start())
+        self._reconnecting = False  # a connection was lost and none has worked since
         self._pid = os.getpid()
         self._offset: tuple[float, float] | None = None  # (server - here, measured at monotonic)
         self._subscribers: list[Callable[[str], None]] = []
@@ -329,13 +345,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
                 kwargs["password"] = password
         return kwargs
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.url, **self._connect_kwargs())
-        except psycopg.Error as exc:
-            raise self._error(exc) from exc
-
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        # No check of a connection as it is borrowed (a round trip per call): one the server
+        # dropped fails its first statement, which is retried on a fresh pool.
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self.url,
             min_size=self.pool_min,
@@ -343,8 +355,7 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             kwargs=self._connect_kwargs(),
             open=False,
             name=f"runcore-{self.schema}",
-            timeout=30.0,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=_CONNECTION_WAIT,
         )
         pool.open(wait=False)
         return pool
@@ -358,10 +369,32 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             self._pid = os.getpid()
         pool = self._pool
         if pool is None:
-            self.start()
+            if not self._prepared:
+                self.start()
+            else:  # dropped after a lost connection: a fresh one (it connects in the background)
+                with self._lock:
+                    if self._closed:
+                        raise InstanceClosedError(
+                            f"{self!r} is closed; create a new {type(self).__name__}"
+                        )
+                    if self._pool is None:
+                        self._pool = self._new_pool()
             pool = self._pool
             assert pool is not None
         return pool
+
+    def _drop_pool(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        """Forget ``pool`` after one of its connections was lost (the server went away, and
+        its other connections with it): the next call opens a fresh pool. The old one is
+        closed on a thread of its own (connections still lent out close when given back)."""
+        with self._lock:
+            if self._pool is not pool:
+                return  # another thread did it already
+            self._pool = None
+            self._reconnecting = True
+        threading.Thread(
+            target=lambda: pool.close(timeout=1.0), name="runcore-pg-drop-pool", daemon=True
+        ).start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -374,18 +407,24 @@ class PostgresStorage(SqlStorage, StorageNotifier):
 
     def _with_schema_lock(self, fn: Callable[[SqlConnection], T]) -> T:
         """Run ``fn`` on a fresh connection holding the schema's session advisory lock, so that
-        processes opening a new schema at once create it once."""
-        conn = self._connect()
+        processes opening a new schema at once create it once; a server that is unreachable
+        for a while is retried (:attr:`retry`)."""
+
+        def attempt() -> T:
+            conn = psycopg.connect(self.url, **self._connect_kwargs())
+            try:
+                self._ensure_schema(conn)
+                key = f"{self.schema}:runcore.schema"
+                conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                return fn(_Connection(conn))
+            finally:
+                with suppress(psycopg.Error):
+                    conn.close()
+
         try:
-            self._ensure_schema(conn)
-            key = f"{self.schema}:runcore.schema"
-            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            return fn(_Connection(conn))
+            return self._retrying(attempt)
         except (psycopg.Error, _CommitUnknown) as exc:
             raise self._error(exc) from exc
-        finally:
-            with suppress(psycopg.Error):
-                conn.close()
 
     def start(self) -> None:
         if self._pid != os.getpid():
@@ -397,7 +436,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
                 raise InstanceClosedError(f"{self!r} is closed; create a new {type(self).__name__}")
             if self._pool is not None:
                 return
-            self._with_schema_lock(self._prepare)
+            if not self._prepared:
+                self._with_schema_lock(self._prepare)
+                self._prepared = True
             self._pool = self._new_pool()
 
     def migrate(self) -> tuple[int, int]:
@@ -480,26 +521,11 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         try:
             self._commit(raw)
         except psycopg.OperationalError as exc:
-            idempotent = bool(getattr(self._local, "idempotent", False))
-            raise _CommitUnknown(str(exc), idempotent=idempotent) from exc
+            raise _CommitUnknown(str(exc), result) from exc
         return result
 
     def _commit(self, raw: psycopg.Connection[Any]) -> None:
         raw.execute("COMMIT")
-
-    def _idempotent(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, whose writes may be retried even after a lost commit (event inserts)."""
-        self._local.idempotent = True
-        try:
-            return fn()
-        finally:
-            self._local.idempotent = False
-
-    def store_event(self, event: Event) -> int:
-        return self._idempotent(lambda: super(PostgresStorage, self).store_event(event))
-
-    def store_events(self, events: Sequence[Event]) -> None:
-        self._idempotent(lambda: super(PostgresStorage, self).store_events(events))
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         try:
@@ -510,8 +536,11 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         import tenacity
 
         settings = self.retry
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max(settings.attempts - 1, 1))
+        if settings.deadline is not None:
+            stop = stop | tenacity.stop_after_delay(settings.deadline)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max(settings.attempts - 1, 1)),
+            stop=stop,
             wait=tenacity.wait_exponential(multiplier=settings.initial_wait, max=settings.max_wait)
             + tenacity.wait_random(0, settings.initial_wait),
             retry=tenacity.retry_if_exception(_is_transient),
@@ -520,14 +549,51 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         return retrying(fn)
 
     def _on_connection(self, fn: Callable[[_Connection], T]) -> T:
-        with self._get_pool().connection() as raw:
-            return fn(_Connection(raw))
-
-    def _write(self, fn: Callable[[SqlConnection], T]) -> T:
+        """``fn`` on a connection of the pool; a lost connection drops the pool (see
+        :meth:`_drop_pool`) before the error goes on to be retried."""
+        pool = self._get_pool()
+        raw: psycopg.Connection[Any] | None = None
         try:
-            return self._retrying(
-                lambda: self._on_connection(lambda conn: self._transaction(conn, fn))
-            )
+            wait = _RECONNECT_WAIT if self._reconnecting else _CONNECTION_WAIT
+            with pool.connection(timeout=wait) as raw:
+                result = fn(_Connection(raw))
+        except psycopg_pool.PoolTimeout:
+            if self._reconnecting:  # the fresh pool has not connected yet: a fresher one
+                self._drop_pool(pool)
+            raise
+        except Exception:
+            if raw is not None and (raw.broken or raw.closed):
+                self._drop_pool(pool)
+            raise
+        self._reconnecting = False
+        return result
+
+    def _write(
+        self,
+        fn: Callable[[SqlConnection], T],
+        *,
+        idempotent: bool = False,
+        landed: Landed | None = None,
+    ) -> T:
+        unsure: list[_CommitUnknown] = []  # a try whose commit was lost, to be resolved
+
+        def attempt() -> T:
+            if unsure and landed is not None:
+                sql, params = landed
+                row = self._on_connection(lambda conn: conn.execute(sql, params).fetchone())
+                if row is not None:
+                    return cast(T, unsure[0].result)  # it did commit
+                unsure.clear()  # it did not: a new try is safe
+            try:
+                return self._on_connection(lambda conn: self._transaction(conn, fn))
+            except _CommitUnknown as exc:
+                exc.retryable = idempotent or landed is not None
+                if landed is not None:
+                    unsure[:] = [exc]
+                raise
+
+        try:
+            return self._retrying(attempt)
         except (psycopg.Error, psycopg_pool.PoolTimeout, _CommitUnknown) as exc:
             raise self._error(exc) from exc
 
@@ -557,9 +623,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             )
         if _is_transient(exc):
             return StorageError(
-                f"{where} stayed unreachable or kept failing through "
-                f"{self.retry.attempts} attempts (PostgreSQL says: {text}); check that the "
-                "server is up and reachable from this host"
+                f"{where} stayed unreachable or kept failing through the retries "
+                f"({self.retry.describe()}; PostgreSQL says: {text}); check that the server "
+                "is up and reachable from this host"
             )
         return StorageError(f"PostgreSQL error on {where}: {text}")
 

@@ -64,11 +64,19 @@ from runcore.storage.sql.schema import (
     UPSERT_WORKER,
     WORKER_OF_ATTEMPT,
     event_row,
+    new_event_uid,
     run_row,
 )
 
 T = TypeVar("T")
 
+#: A query (``?`` placeholders) and its parameters that return a row if, and only if, a write
+#: committed: how a write whose commit was lost on the way back is resolved (see ``_write``).
+Landed = tuple[str, Sequence[Any]]
+
+_RUN_WITH_BODY = "SELECT 1 FROM runs WHERE run_id = ? AND body = ?"
+_EVENT_WITH_UID = "SELECT 1 FROM events WHERE uid = ?"
+_WORKER_WITH_HANDLE = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ? AND handle = ?"
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
 
@@ -96,9 +104,21 @@ class SqlStorage(InstanceStorage, QueueReader):
         """How messages name this database, and what to use instead."""
 
     @abstractmethod
-    def _write(self, fn: Callable[[SqlConnection], T]) -> T:
+    def _write(
+        self,
+        fn: Callable[[SqlConnection], T],
+        *,
+        idempotent: bool = False,
+        landed: Landed | None = None,
+    ) -> T:
         """Run ``fn`` in one write transaction on a connection of this storage (retrying the
-        database's transient failures); errors translated into runcore's."""
+        database's transient failures); errors translated into runcore's.
+
+        Where a commit can be lost on the way back (a server), a write whose outcome is
+        unknown may be tried again only if it is ``idempotent`` (a second try changes nothing
+        the first did not), or, with ``landed``, after that query (one row if the first try
+        committed) says it did not commit; if it did, the first try's result is returned.
+        A database with no such failure (SQLite) ignores both."""
 
     @abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -153,15 +173,16 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in run.tags.items()])
 
     def add_run(self, run: Run) -> Run:
-        rows = [run_row(run)]
-        self._write(lambda conn: self._insert_runs(conn, [run], rows))
+        self.add_runs([run])
         return run
 
     def add_runs(self, runs: Sequence[Run]) -> None:
         if not runs:
             return
         rows = [run_row(run) for run in runs]
-        self._write(lambda conn: self._insert_runs(conn, runs, rows))
+        # All or none of them committed: the first, with this very body, tells.
+        landed = (_RUN_WITH_BODY, (runs[0].run_id, rows[0][-1]))
+        self._write(lambda conn: self._insert_runs(conn, runs, rows), landed=landed)
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
         # The database extracts the few fields and packs every row into one JSON array, which
@@ -245,7 +266,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in tags.items()])
             return run
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def transition(
         self,
@@ -261,6 +282,8 @@ class SqlStorage(InstanceStorage, QueueReader):
     ) -> Run | None:
         _check_transition(from_statuses, to_status)
         allowed = {status.value for status in from_statuses}
+        # The status event's uid, the same in every try: it tells whether a try committed.
+        uid = new_event_uid() if self.dialect.event_uids else None
         select = f"SELECT id, status, body FROM runs WHERE run_id = ?{self.dialect.for_update}"
 
         def write(conn: SqlConnection) -> Run | None:
@@ -289,7 +312,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            change = event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
+            change = event_row(status_event(run, to_status, event, ts), uid or False)
             self._lock_events(conn).execute(INSERT_EVENT, change)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
@@ -297,7 +320,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
 
-        return self._write(write)
+        return self._write(write, landed=(_EVENT_WITH_UID, (uid,)) if uid else None)
 
     def _in_progress_tags(self, conn: SqlConnection) -> list[dict[str, str]]:
         """The tags of every run in progress (a run whose JSON cannot be read: no tags)."""
@@ -322,7 +345,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             for table in ("events", "workers", "pool_slots", "pool_waiters"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
-        self._write(write)
+        self._write(write, idempotent=True)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -340,13 +363,15 @@ class SqlStorage(InstanceStorage, QueueReader):
             pk = self.dialect.insert_id(self._lock_events(conn), INSERT_EVENT, row)
             return pk or int(conn.execute(by_uid, (row[-1],)).fetchone()[0])
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
         rows = [event_row(event, self.dialect.event_uids) for event in events]
-        self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
+        self._write(
+            lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows), idempotent=True
+        )
 
     def get_event_records(
         self,
@@ -389,14 +414,17 @@ class SqlStorage(InstanceStorage, QueueReader):
     # --- pools ------------------------------------------------------------------------------
 
     def set_pool_limit(self, pool: str, limit: int) -> None:
-        self._write(lambda conn: conn.execute(UPSERT_POOL_LIMIT, (pool, limit)))
+        self._write(lambda conn: conn.execute(UPSERT_POOL_LIMIT, (pool, limit)), idempotent=True)
 
     def get_pool_limits(self) -> dict[str, int]:
         rows = self._read("SELECT pool, slot_limit FROM pool_limits")
         return {row[0]: int(row[1]) for row in rows}
 
     def delete_pool_limit(self, pool: str) -> None:
-        self._write(lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,)))
+        self._write(
+            lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,)),
+            idempotent=True,
+        )
 
     @staticmethod
     def _holds(conn: SqlConnection, pool: str, run_id: str, key: str) -> bool:
@@ -452,7 +480,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(INSERT_SLOT, (pool, run_id, key, ts))
             return True
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def release_pool_slots(
         self, run_id: str, step_key: str | None = None, *, events: Sequence[Event] = ()
@@ -470,7 +498,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def reclaim_pool_slots(self) -> int:
         gone = (
@@ -483,7 +511,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(f"DELETE FROM pool_waiters WHERE {gone}")
             return int(freed)
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:
         sql = "SELECT pool, run_id, step_key, claimed_at FROM pool_slots"
@@ -523,7 +551,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(UPSERT_WORKER, row)
             return True
 
-        return self._write(write)
+        return self._write(write, landed=(_WORKER_WITH_HANDLE, row[:2] + row[4:5]))
 
     def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
         ids = list(dict.fromkeys(run_ids))
@@ -550,7 +578,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             )
             return bool(cur.rowcount > 0)
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     # --- daemon heartbeats ------------------------------------------------------------------
 
@@ -561,7 +589,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             heartbeat.timestamp,
             json.dumps(heartbeat.info),
         )
-        self._write(lambda conn: conn.execute(UPSERT_HEARTBEAT, row))
+        self._write(lambda conn: conn.execute(UPSERT_HEARTBEAT, row), idempotent=True)
 
     def get_daemon_heartbeats(self) -> list[DaemonHeartbeat]:
         rows = self._read(
@@ -576,4 +604,4 @@ class SqlStorage(InstanceStorage, QueueReader):
         ]
 
 
-__all__ = ["SqlStorage"]
+__all__ = ["Landed", "SqlStorage"]

@@ -196,9 +196,15 @@ def run_row(run: Run) -> tuple[Any, ...]:
     )
 
 
-def event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
-    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one,
-    made once so that a retried insert carries the same (and is ignored)."""
+def new_event_uid() -> str:
+    """A fresh event ``uid``."""
+    return uuid.uuid4().hex
+
+
+def event_row(event: Event, uid: bool | str = False) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one
+    (or that one, a string), made once so that a retried insert carries the same (and is
+    ignored)."""
     body = _serde.dumps_event(event)
-    key = uuid.uuid4().hex if uid else None
+    key = uid if isinstance(uid, str) else (new_event_uid() if uid else None)
     return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
