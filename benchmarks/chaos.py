@@ -69,7 +69,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class Tally:
     daemons_started: int = 0
     faults_armed: Counter[str] = field(default_factory=Counter)  # daemons started to die mid-launch
     fault_deaths: int = 0  # ... that did (SIGKILLed themselves at the fault point)
+    daemon_exits: Counter[int] = field(default_factory=Counter)  # other deaths, by exit code
     orphans_chosen: int = 0
     lease_samples: int = 0
     sampled_leaks: set[tuple[str, str, str]] = field(default_factory=set)
@@ -188,6 +189,26 @@ def worker_process(pid: int) -> psutil.Process | None:
     return proc
 
 
+@dataclass
+class DaemonLife:
+    """One daemon process's life (``time.time()`` values), for the latency analysis."""
+
+    number: int
+    fault: str | None  # the fault point it dies at, if armed
+    log: Path
+    started: float
+    booted: float | None = None  # first seen to have opened the instance (its "started" line)
+    ended: float | None = None  # killed, or first seen dead
+
+    def up_at(self, when: float) -> bool:
+        """Booted and alive at ``when``: its duties (monitoring among them) were running."""
+        return (
+            self.booted is not None
+            and self.booted <= when
+            and (self.ended is None or self.ended > when)
+        )
+
+
 class Daemons:
     """The ``runcore daemon`` processes: start, kill -9, stop."""
 
@@ -196,7 +217,7 @@ class Daemons:
         self.log_dir = log_dir
         self.tally = tally
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._started: dict[int, float] = {}  # pid -> time.monotonic() at start
+        self.lives: dict[subprocess.Popen[bytes], DaemonLife] = {}
         self._lock = threading.Lock()
 
     def start(self, fault: str | None = None) -> subprocess.Popen[bytes]:
@@ -206,7 +227,8 @@ class Daemons:
             number = self.tally.daemons_started = self.tally.daemons_started + 1
             if fault is not None:
                 self.tally.faults_armed[fault] += 1
-        log = (self.log_dir / f"daemon-{number}.log").open("wb")
+        log_path = self.log_dir / f"daemon-{number}.log"
+        log = log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if fault is not None:
             env["RUNCORE_FAULT"] = fault
@@ -221,25 +243,51 @@ class Daemons:
         log.close()
         with self._lock:
             self.procs.append(proc)
-            self._started[proc.pid] = time.monotonic()
+            self.lives[proc] = DaemonLife(number, fault, log_path, time.time())
         return proc
 
-    def settled(self, age: float = 2.0) -> int:
-        """How many daemons are alive and have been up for ``age`` seconds (booted)."""
-        now = time.monotonic()
+    def watch_boots(self) -> None:
+        """Note the daemons that have booted since the last look (their log's first line is
+        written once the instance is open, just before the duties start)."""
+        with self._lock:
+            waiting = [self.lives[p] for p in self.procs if self.lives[p].booted is None]
+        for life in waiting:
+            with contextlib.suppress(OSError):
+                if b" started (" in life.log.read_bytes()[:4096]:
+                    life.booted = time.time()
+
+    def settled(self, age: float = 1.0) -> int:
+        """How many daemons are alive, booted at least ``age`` seconds ago, and not armed to
+        die at a fault point: the daemons whose monitoring will find a dead worker."""
+        self.watch_boots()
+        now = time.time()
         with self._lock:
             return sum(
                 1
                 for p in self.procs
-                if p.poll() is None and now - self._started.get(p.pid, now) >= age
+                if p.poll() is None
+                and (life := self.lives[p]).fault is None
+                and life.booted is not None
+                and now - life.booted >= age
             )
 
+    def up_at(self, when: float) -> int:
+        """How many daemons were booted and alive at ``when``."""
+        with self._lock:
+            return sum(1 for life in self.lives.values() if life.up_at(when))
+
     def reap_fault_deaths(self) -> int:
-        """Forget daemons that died by themselves (at a fault point); how many."""
+        """Forget daemons that died by themselves (at a fault point, or of an error such as a
+        storage unreachable past its retries); how many."""
         with self._lock:
             dead = [p for p in self.procs if p.poll() is not None]
-            self.procs = [p for p in self.procs if p.poll() is None]
-            self.tally.fault_deaths += len(dead)
+            self.procs = [p for p in self.procs if p.returncode is None]
+            for proc in dead:
+                self.lives[proc].ended = time.time()
+                if proc.returncode == -signal.SIGKILL:
+                    self.tally.fault_deaths += 1
+                else:
+                    self.tally.daemon_exits[proc.returncode] += 1
         return len(dead)
 
     def pids(self) -> set[int]:
@@ -255,6 +303,7 @@ class Daemons:
             index = pids.index(pid) if pid in pids else rng.randrange(len(pids))
             victim = self.procs.pop(index)
             self.tally.daemon_kills += 1
+            self.lives[victim].ended = time.time()
         victim.kill()
         victim.wait()
         return victim.pid
@@ -271,6 +320,7 @@ class Daemons:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self.lives[proc].ended = time.time()
 
     def log_errors(self) -> int:
         """Tracebacks the daemons wrote (a duty that failed and went on)."""
@@ -427,11 +477,13 @@ class DaemonKiller(threading.Thread):
         next_kill = time.monotonic() + self.rng.uniform(low, high)
         while not self.stop_event.wait(0.1):
             try:
+                self.daemons.watch_boots()
                 # A daemon that died at its fault point is replaced at once (two keep serving).
                 for _ in range(self.daemons.reap_fault_deaths()):
                     self.daemons.start(self.fault())
-                # Kill only while both daemons are up: a replacement still booting (after a
-                # kill or a death at a fault point) would leave no daemon to find the orphans.
+                # Kill only while two daemons are up (booted, and not armed to die at a fault
+                # point): a replacement still booting, or one about to die mid-launch, would
+                # leave no daemon to find the orphans.
                 if time.monotonic() >= next_kill and self.daemons.settled() >= 2:
                     self._once()
                     next_kill = time.monotonic() + self.rng.uniform(low, high)
@@ -624,12 +676,14 @@ class Outcome:
     daemons_started: int
     faults_armed: Counter[str]
     fault_deaths: int
+    daemon_exits: Counter[int]
     requeued_launches: int
     daemon_tracebacks: int
     lease_samples: int
     notes: list[str]
     restart: Restart | None = None
     during_outage: list[float] = field(default_factory=list)
+    by_daemons_up: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def bound(self) -> float:
@@ -664,6 +718,7 @@ class Facts:
     by_detector: dict[str, list[float]]
     excluded: int
     during_outage: list[float]
+    by_daemons_up: dict[int, list[float]]
 
 
 def start_events(
@@ -751,6 +806,7 @@ class KillOutcomes:
     excluded: int = 0
     not_failed: list[str] = field(default_factory=list)
     during_outage: list[float] = field(default_factory=list)
+    by_daemons_up: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def kill_outcomes(
@@ -758,6 +814,7 @@ def kill_outcomes(
     by_id: dict[str, rc.Run],
     first_failure: dict[str, rc.Event],
     restart: Restart | None = None,
+    daemons_up: Callable[[float], int] = lambda when: 0,
 ) -> KillOutcomes:
     result = KillOutcomes()
     for kill in kills:
@@ -777,10 +834,11 @@ def kill_outcomes(
             continue
         result.latencies.append(latency)
         result.by_detector[detector(event)].append(latency)
+        result.by_daemons_up[daemons_up(kill.before)].append(latency)
     return result
 
 
-def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
+def analyse(storage: rc.InstanceStorage, tally: Tally, daemons: Daemons) -> Facts:
     """The invariant counts, examples, and the latency samples, from storage."""
     checker = Checker(storage)
     runs = checker.runs()
@@ -796,7 +854,7 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
     missed = [r for r in runs if checker.retry_expected(r) and not children.get(r.run_id)]
     duplicate = {p: c for p, c in children.items() if len(c) > 1}
     unwanted = [p for p in children if p in by_id and not checker.retry_expected(by_id[p])]
-    killed = kill_outcomes(tally.kills, by_id, first_failure, tally.restart)
+    killed = kill_outcomes(tally.kills, by_id, first_failure, tally.restart, daemons.up_at)
     examples = {
         "runs lost": [f"{r.run_id} {r.status.value}" for r in lost],
         "slots leaked": [f"{p} {run_id}/{step}" for p, run_id, step in sorted(leaks)],
@@ -817,6 +875,7 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
         by_detector=dict(killed.by_detector),
         excluded=killed.excluded,
         during_outage=killed.during_outage,
+        by_daemons_up=dict(killed.by_daemons_up),
     )
 
 
@@ -932,6 +991,8 @@ def render(outcome: Outcome) -> str:
         "| daemons started to die mid-launch (after_starting / after_spawn) / that did | "
         f"{outcome.faults_armed['after_starting']} / {outcome.faults_armed['after_spawn']} / "
         f"{outcome.fault_deaths} |",
+        "| daemons that exited by themselves (an error; by exit code) | "
+        f"{dict(outcome.daemon_exits) or 0} |",
         f"| stranded launches given up by monitoring and requeued | {outcome.requeued_launches} |",
         f"| tracebacks in daemon logs | {outcome.daemon_tracebacks} |",
         f"| pool lease samples taken during the chaos | {outcome.lease_samples} |",
@@ -948,6 +1009,8 @@ def render(outcome: Outcome) -> str:
     ]
     for name, values in sorted(outcome.latency_by_detector.items()):
         lines.append(latency_row(name, values))
+    for up, values in sorted(outcome.by_daemons_up.items()):
+        lines.append(latency_row(f"killed with {up} daemon(s) booted and alive", values))
     if outcome.restart is not None:
         lines.append(
             latency_row("left out: detection overlapped the outage", outcome.during_outage)
@@ -1150,7 +1213,7 @@ def _run_chaos(
         for _ in range(daemons.reap_fault_deaths()):
             daemons.start()
         drained = drain(Checker(storage), settings.drain_timeout)
-        facts = analyse(storage, tally)
+        facts = analyse(storage, tally, daemons)
         runs = facts.runs
         outcome = Outcome(
             settings=settings,
@@ -1179,6 +1242,7 @@ def _run_chaos(
             daemons_started=tally.daemons_started,
             faults_armed=tally.faults_armed,
             fault_deaths=tally.fault_deaths,
+            daemon_exits=tally.daemon_exits,
             requeued_launches=sum(
                 1
                 for r in runs
@@ -1190,6 +1254,7 @@ def _run_chaos(
             notes=[],
             restart=tally.restart,
             during_outage=facts.during_outage,
+            by_daemons_up=facts.by_daemons_up,
         )
         if cluster is not None and tally.restart is None:
             outcome.invariants["chaos thread errors"] += 1
