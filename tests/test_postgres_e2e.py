@@ -85,10 +85,13 @@ def _racing_daemon(schema: str, barrier: Any, out: Any, seed: int) -> None:
     inst.close()
 
 
-def _peaks(storage: rc.storage.InstanceStorage, team_of: dict[str, str]) -> tuple[int, int]:
-    """The most runs in progress at once, and the most of one team, read from the event log."""
+def _peaks(
+    storage: rc.storage.InstanceStorage, team_of: dict[str, str], pooled: set[str]
+) -> tuple[int, int, int]:
+    """The most runs in progress at once, the most of one team, and the most holding the pool
+    ``db`` (runs of ``pooled``, at run granularity), read from the event log in storage order."""
     in_progress: set[str] = set()
-    peak = team_peak = 0
+    peak = team_peak = pool_peak = 0
     cursor = None
     while records := storage.get_events_after(cursor, 500):
         for record in records:
@@ -100,18 +103,22 @@ def _peaks(storage: rc.storage.InstanceStorage, team_of: dict[str, str]) -> tupl
             peak = max(peak, len(in_progress))
             per_team = [sum(team_of[r] == t for r in in_progress) for t in "abc"]
             team_peak = max(team_peak, *per_team)
+            pool_peak = max(pool_peak, len(in_progress & pooled))
         cursor = records[-1].storage_id
-    return peak, team_peak
+    return peak, team_peak, pool_peak
 
 
 @pytest.mark.slow
 def test_two_daemon_processes_split_the_work_and_never_exceed_a_limit(pg_schema: str) -> None:  # noqa: F811
+    """The issue's proof: two daemon processes on one database, 1,000 queued runs under a
+    global limit, a per-team tag limit and a pool: each run starts exactly once, no limit is
+    ever exceeded (replayed from the event log), every slot is free at the end."""
     with rc.Instance.from_config(_config(pg_schema)) as inst:
         inst.set_pool_limit("db", 1)
         teams = "abc"
         ids = {
             inst.submit_run(pooled if i % 5 == 0 else simple, tags={"team": teams[i % 3]}).run_id
-            for i in range(300)
+            for i in range(1000)
         }
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -130,10 +137,13 @@ def test_two_daemon_processes_split_the_work_and_never_exceed_a_limit(pg_schema:
         inst.ensure_started()
         runs = inst.get_runs()
         assert all(run.status is rc.RunStatus.SUCCESS for run in runs)
-        peak, team_peak = _peaks(inst.storage, {run.run_id: run.tags["team"] for run in runs})
+        pooled_ids = {run.run_id for run in runs if run.job_name == "pooled"}
+        teams_of = {run.run_id: run.tags["team"] for run in runs}
+        peak, team_peak, pool_peak = _peaks(inst.storage, teams_of, pooled_ids)
         assert inst.storage.get_pool_leases() == [], "every slot is free at the end"
     assert peak == 4, "the global limit is reached and never exceeded"
     assert team_peak == 2, "the per-team limit is reached and never exceeded"
+    assert pool_peak == 1, "the pool's one slot is used and never by two runs at once"
 
 
 _DAEMONS_SCENARIO = """

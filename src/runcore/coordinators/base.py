@@ -158,16 +158,15 @@ def launch(storage: InstanceStorage, launcher: RunLauncher, starting: Run) -> No
         raise
     if launcher.records_workers:
         return
-    recorded = storage.get_worker_record(starting.run_id)
-    if recorded is None or recorded.attempt_id != starting.attempt_id:
-        storage.record_worker(
-            WorkerRecord(
-                run_id=starting.run_id,
-                attempt_id=starting.attempt_id or "",
-                kind=f"launched by {type(launcher).__name__}",
-                host=hostname(),
-            )
-        )
+    storage.record_worker(  # one write, kept only if the attempt has no record yet
+        WorkerRecord(
+            run_id=starting.run_id,
+            attempt_id=starting.attempt_id or "",
+            kind=f"launched by {type(launcher).__name__}",
+            host=hostname(),
+        ),
+        replace=False,
+    )
 
 
 def fail_launch(storage: InstanceStorage, run: Run, exc: BaseException) -> None:
