@@ -34,8 +34,9 @@ retries included, to end; then it checks from storage:
 * **double starts**: runs with more than one RUN_START event, more RUN_STARTING events than
   launch attempts (one, plus one per attempt monitoring gave up and requeued), or a step with
   more than one STEP_START (no op here has a retry policy);
-* **limits exceeded**: from the event log (RUN_STARTING to the run's end, in event order),
-  more than ``max_concurrent_runs`` runs in progress at once;
+* **limits exceeded**: from the event log, in storage order, more than
+  ``max_concurrent_runs`` runs in progress at once (RUN_STARTING to the run's end), or more
+  steps of pool ops holding a slot (STEP_START to the step's end) than the pool's limit;
 * **missed retries**: failed runs the policy retries (``retry_number < max_retries`` and no
   ``Failure(allow_retry=False)``) with no child run; **duplicate retries**: runs with more than
   one child; **unwanted retries**: children of runs the policy does not retry;
@@ -1033,8 +1034,9 @@ def render(outcome: Outcome) -> str:
         f"- `run_monitoring`: poll {s.poll:g} s, start timeout {START_TIMEOUT:g} s; "
         f"`run_retries`: `max_retries: {MAX_RETRIES}` (strategy `from_failure`, 20% of runs "
         "`all_steps`).",
-        "- Two `runcore daemon --interval 0.05` processes on the file; every "
-        f"{low:g}-{high:g} s (once both have been up for 2 s) one (at random among those "
+        "- Two `runcore daemon --interval 0.05` processes on the storage; every "
+        f"{low:g}-{high:g} s (once two have booted, for 1 s, and are not armed to die "
+        "mid-launch, so that one is left to monitor) one (at random among those "
         "hosting running workers) is killed "
         "with SIGKILL, each running worker it had started is killed within 0.15 s with "
         f"probability {s.orphan_kill_probability:g} (at least one), and a new daemon is "

@@ -46,8 +46,8 @@ from urllib.parse import urlsplit, urlunsplit
 from runcore._retry import RetrySettings
 from runcore.errors import ConfigError, InstanceClosedError, SchemaVersionError, StorageError
 from runcore.storage.base import StorageNotifier
-from runcore.storage.sql.core import Landed, SqlStorage
-from runcore.storage.sql.dialect import Dialect, SqlConnection, format_placeholders
+from runcore.storage.sql.core import SqlStorage
+from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection, format_placeholders
 from runcore.storage.sql.migrations import Place
 from runcore.storage.sql.schema import SCHEMA_VERSION
 

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 from runcore import _validate
 from runcore._retry import retry_sqlite_locked
 from runcore.errors import InstanceClosedError, SchemaVersionError, StorageError
-from runcore.storage.sql.core import Landed, SqlStorage
-from runcore.storage.sql.dialect import Dialect, SqlConnection
+from runcore.storage.sql.core import SqlStorage
+from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection
 from runcore.storage.sql.migrations import Place
 from runcore.storage.sql.schema import APP_ID, SCHEMA_VERSION
 

@@ -38,7 +38,7 @@ from runcore.storage.base import (
     worker_record_from_row,
     writable,
 )
-from runcore.storage.sql.dialect import Dialect, SqlConnection, tags_of
+from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection, tags_of
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
 from runcore.storage.sql.filters import select as _select
@@ -53,16 +53,19 @@ from runcore.storage.sql.migrations import (
 from runcore.storage.sql.schema import (
     DELETE_TAG,
     DELETE_WAITER,
+    EVENT_WITH_UID,
     INSERT_EVENT,
     INSERT_RUN,
     INSERT_SLOT,
     INSERT_TAG,
+    RUN_WITH_BODY,
     SCHEMA_VERSION,
     UPSERT_HEARTBEAT,
     UPSERT_POOL_LIMIT,
     UPSERT_WAITER,
     UPSERT_WORKER,
     WORKER_OF_ATTEMPT,
+    WORKER_WITH_HANDLE,
     event_row,
     new_event_uid,
     run_row,
@@ -70,13 +73,6 @@ from runcore.storage.sql.schema import (
 
 T = TypeVar("T")
 
-#: A query (``?`` placeholders) and its parameters that return a row if, and only if, a write
-#: committed: how a write whose commit was lost on the way back is resolved (see ``_write``).
-Landed = tuple[str, Sequence[Any]]
-
-_RUN_WITH_BODY = "SELECT 1 FROM runs WHERE run_id = ? AND body = ?"
-_EVENT_WITH_UID = "SELECT 1 FROM events WHERE uid = ?"
-_WORKER_WITH_HANDLE = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ? AND handle = ?"
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
 _TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
 
@@ -112,13 +108,9 @@ class SqlStorage(InstanceStorage, QueueReader):
         landed: Landed | None = None,
     ) -> T:
         """Run ``fn`` in one write transaction on a connection of this storage (retrying the
-        database's transient failures); errors translated into runcore's.
-
-        Where a commit can be lost on the way back (a server), a write whose outcome is
-        unknown may be tried again only if it is ``idempotent`` (a second try changes nothing
-        the first did not), or, with ``landed``, after that query (one row if the first try
-        committed) says it did not commit; if it did, the first try's result is returned.
-        A database with no such failure (SQLite) ignores both."""
+        database's transient failures); errors translated into runcore's. Where a commit can
+        be lost on the way back (a server), the write is tried again only if ``idempotent``,
+        or once its ``landed`` query finds no row (a row: the first try's result is returned)."""
 
     @abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -181,7 +173,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             return
         rows = [run_row(run) for run in runs]
         # All or none of them committed: the first, with this very body, tells.
-        landed = (_RUN_WITH_BODY, (runs[0].run_id, rows[0][-1]))
+        landed = (RUN_WITH_BODY, (runs[0].run_id, rows[0][-1]))
         self._write(lambda conn: self._insert_runs(conn, runs, rows), landed=landed)
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
@@ -320,7 +312,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
 
-        return self._write(write, landed=(_EVENT_WITH_UID, (uid,)) if uid else None)
+        return self._write(write, landed=(EVENT_WITH_UID, (uid,)) if uid else None)
 
     def _in_progress_tags(self, conn: SqlConnection) -> list[dict[str, str]]:
         """The tags of every run in progress (a run whose JSON cannot be read: no tags)."""
@@ -551,7 +543,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(UPSERT_WORKER, row)
             return True
 
-        return self._write(write, landed=(_WORKER_WITH_HANDLE, row[:2] + row[4:5]))
+        return self._write(write, landed=(WORKER_WITH_HANDLE, row[:2] + row[4:5]))
 
     def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
         ids = list(dict.fromkeys(run_ids))
@@ -604,4 +596,4 @@ class SqlStorage(InstanceStorage, QueueReader):
         ]
 
 
-__all__ = ["Landed", "SqlStorage"]
+__all__ = ["SqlStorage"]

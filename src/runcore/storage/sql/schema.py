@@ -149,6 +149,11 @@ INSERT_RUN = (
     " updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
+
+# One row if, and only if, a write committed: how a write whose commit was lost is resolved.
+RUN_WITH_BODY = "SELECT 1 FROM runs WHERE run_id = ? AND body = ?"
+EVENT_WITH_UID = "SELECT 1 FROM events WHERE uid = ?"
+WORKER_WITH_HANDLE = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ? AND handle = ?"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
