@@ -150,6 +150,16 @@ INSERT_RUN = (
 )
 INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
 
+#: Pool rows (slots, waiters) whose run has ended or is gone: run monitoring's safety net.
+OWNER_GONE = (
+    "run_id IN (SELECT run_id FROM runs WHERE status IN ('SUCCESS', 'FAILURE', 'CANCELED')) "
+    "OR run_id NOT IN (SELECT run_id FROM runs)"
+)
+ANY_OWNER_GONE = (
+    f"SELECT EXISTS (SELECT 1 FROM pool_slots WHERE {OWNER_GONE}) "
+    f"OR EXISTS (SELECT 1 FROM pool_waiters WHERE {OWNER_GONE})"
+)
+
 # One row if, and only if, a write committed: how a write whose commit was lost is resolved.
 RUN_WITH_BODY = "SELECT 1 FROM runs WHERE run_id = ? AND body = ?"
 EVENT_WITH_UID = "SELECT 1 FROM events WHERE uid = ?"
