@@ -1,20 +1,29 @@
 """Chaos test of runcore's run layer: nothing stuck, nothing leaked, nothing lost.
 
-    python benchmarks/chaos.py                        # 500 runs, writes benchmarks/CHAOS.md
-    python benchmarks/chaos.py --quick --out /tmp/c.md   # 60 runs, a smoke test
+    python benchmarks/chaos.py                     # 500 runs on SQLite: benchmarks/CHAOS.md
+    python benchmarks/chaos.py --storage postgres  # on PostgreSQL: CHAOS-postgres.md
+    python benchmarks/chaos.py --quick --out /tmp/c.md  # 60 runs, a smoke test
     python benchmarks/chaos.py --runs 2000 --seed 7 --poll 0.5
 
-One SQLite instance in a temporary directory, with a queued coordinator (8 runs at a time), a
-pool of 2 slots at op granularity, isolated runs (one worker process per run, warm workers
-optional), run monitoring polling every ``--poll`` seconds and run retries (``max_retries: 1``).
-Two ``runcore daemon`` processes serve it and race for every queued run. This script submits
-runs of ``chaos_jobs.py`` over time (some fail in op code, on cue) while two chaos threads:
+One instance with a queued coordinator (8 runs at a time), a pool of 2 slots at op
+granularity, isolated runs (one worker process per run, warm workers optional), run
+monitoring polling every ``--poll`` seconds and run retries (``max_retries: 1``). Its storage
+is SQLite in a temporary directory (``--storage sqlite``, the default) or a PostgreSQL cluster
+of the script's own (``--storage postgres``: ``initdb`` into a temporary directory, ``pg_ctl``
+on a free port of 127.0.0.1; never the machine's shared server). Two ``runcore daemon``
+processes serve it and race for every queued run. This script submits runs of
+``chaos_jobs.py`` over time (some fail in op code, on cue) while two chaos threads:
 
-* kill -9 random run worker processes (their pid is the run's ``runcore/worker_pid`` tag) at
-  random points of their runs, recording when;
+* kill -9 random run worker processes (their pid is read from the run's worker record in
+  storage, and checked to be a live run worker) at random points of their runs, recording
+  when;
 * kill -9 a random daemon now and then and start a new one. A daemon is the host of the
   launcher: the workers it started survive it, and the other daemon's monitoring has to find
   their death by the worker record in storage. Some of the orphaned workers are killed too.
+
+On PostgreSQL a third one restarts the server once half of the runs are submitted (``pg_ctl
+stop -m fast``, ``--outage`` seconds down, start again on the same port), while runs, daemons
+and workers are live: every component has to ride through it on its retries.
 
 When every run is submitted, the chaos stops and the script waits (bounded) for every run,
 retries included, to end; then it checks from storage:
@@ -25,13 +34,18 @@ retries included, to end; then it checks from storage:
 * **double starts**: runs with more than one RUN_START event, more RUN_STARTING events than
   launch attempts (one, plus one per attempt monitoring gave up and requeued), or a step with
   more than one STEP_START (no op here has a retry policy);
+* **limits exceeded**: from the event log, in storage order, more than
+  ``max_concurrent_runs`` runs in progress at once (RUN_STARTING to the run's end), or more
+  steps of pool ops holding a slot (STEP_START to the step's end) than the pool's limit;
 * **missed retries**: failed runs the policy retries (``retry_number < max_retries`` and no
   ``Failure(allow_retry=False)``) with no child run; **duplicate retries**: runs with more than
   one child; **unwanted retries**: children of runs the policy does not retry;
 * **killed runs not failed**: runs whose worker was killed while they were in progress but
   that did not end FAILURE;
 * **death -> FAILURE latency**: RUN_FAILURE event time minus kill time, for killed runs that
-  had not ended when the kill landed; its p99 must be under 2 poll intervals.
+  had not ended when the kill landed; its p99 must be under 2 poll intervals. Kills whose
+  detection window overlaps the PostgreSQL outage are reported apart (nothing can be written
+  while the server is down) and left out of the bound.
 
 Prints a table, writes a Markdown report (``--out``), and exits 1 if any count above is not 0
 or the latency bound is missed.
@@ -42,6 +56,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import platform
@@ -55,7 +70,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +84,8 @@ from runcore.runs import IN_PROGRESS_STATUSES, RETRY_NUMBER_TAG
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-import chaos_jobs  # noqa: E402 - found beside this script
+import _pgcluster  # noqa: E402 - found beside this script
+import chaos_jobs  # noqa: E402
 
 LOCATION = f"{BENCH_DIR / 'chaos_jobs.py'}:defs"
 JOB_WEIGHTS = {"etl": 3, "pair": 2, "diamond": 3, "chain5": 2}
@@ -98,6 +114,8 @@ class Settings:
     fail_probability: float  # chance that a run has an op that fails on cue
     drain_timeout: float
     keep: bool
+    storage: str = "sqlite"  # or "postgres" (a test-owned cluster, restarted mid-run)
+    outage: float = 3.0  # seconds the PostgreSQL server stays down in its restart
 
 
 @dataclass(frozen=True)
@@ -122,11 +140,25 @@ class Tally:
     daemons_started: int = 0
     faults_armed: Counter[str] = field(default_factory=Counter)  # daemons started to die mid-launch
     fault_deaths: int = 0  # ... that did (SIGKILLed themselves at the fault point)
+    daemon_exits: Counter[int] = field(default_factory=Counter)  # other deaths, by exit code
     orphans_chosen: int = 0
     lease_samples: int = 0
     sampled_leaks: set[tuple[str, str, str]] = field(default_factory=set)
     submit_errors: list[str] = field(default_factory=list)
     thread_errors: list[str] = field(default_factory=list)
+    submitted: int = 0  # runs submitted so far
+    restart: Restart | None = None
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The PostgreSQL server's restart in the middle of the chaos (``time.time()`` values)."""
+
+    began: float  # pg_ctl stop called
+    stopped: float  # the server is down
+    up: float  # pg_ctl start returned: the server accepts connections again
+    at_submitted: int  # runs submitted when it began
+    in_progress: int  # runs in progress just before it
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -158,6 +190,26 @@ def worker_process(pid: int) -> psutil.Process | None:
     return proc
 
 
+@dataclass
+class DaemonLife:
+    """One daemon process's life (``time.time()`` values), for the latency analysis."""
+
+    number: int
+    fault: str | None  # the fault point it dies at, if armed
+    log: Path
+    started: float
+    booted: float | None = None  # first seen to have opened the instance (its "started" line)
+    ended: float | None = None  # killed, or first seen dead
+
+    def up_at(self, when: float) -> bool:
+        """Booted and alive at ``when``: its duties (monitoring among them) were running."""
+        return (
+            self.booted is not None
+            and self.booted <= when
+            and (self.ended is None or self.ended > when)
+        )
+
+
 class Daemons:
     """The ``runcore daemon`` processes: start, kill -9, stop."""
 
@@ -166,7 +218,7 @@ class Daemons:
         self.log_dir = log_dir
         self.tally = tally
         self.procs: list[subprocess.Popen[bytes]] = []
-        self._started: dict[int, float] = {}  # pid -> time.monotonic() at start
+        self.lives: dict[subprocess.Popen[bytes], DaemonLife] = {}
         self._lock = threading.Lock()
 
     def start(self, fault: str | None = None) -> subprocess.Popen[bytes]:
@@ -176,7 +228,8 @@ class Daemons:
             number = self.tally.daemons_started = self.tally.daemons_started + 1
             if fault is not None:
                 self.tally.faults_armed[fault] += 1
-        log = (self.log_dir / f"daemon-{number}.log").open("wb")
+        log_path = self.log_dir / f"daemon-{number}.log"
+        log = log_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if fault is not None:
             env["RUNCORE_FAULT"] = fault
@@ -191,25 +244,51 @@ class Daemons:
         log.close()
         with self._lock:
             self.procs.append(proc)
-            self._started[proc.pid] = time.monotonic()
+            self.lives[proc] = DaemonLife(number, fault, log_path, time.time())
         return proc
 
-    def settled(self, age: float = 2.0) -> int:
-        """How many daemons are alive and have been up for ``age`` seconds (booted)."""
-        now = time.monotonic()
+    def watch_boots(self) -> None:
+        """Note the daemons that have booted since the last look (their log's first line is
+        written once the instance is open, just before the duties start)."""
+        with self._lock:
+            waiting = [self.lives[p] for p in self.procs if self.lives[p].booted is None]
+        for life in waiting:
+            with contextlib.suppress(OSError):
+                if b" started (" in life.log.read_bytes()[:4096]:
+                    life.booted = time.time()
+
+    def settled(self, age: float = 1.0) -> int:
+        """How many daemons are alive, booted at least ``age`` seconds ago, and not armed to
+        die at a fault point: the daemons whose monitoring will find a dead worker."""
+        self.watch_boots()
+        now = time.time()
         with self._lock:
             return sum(
                 1
                 for p in self.procs
-                if p.poll() is None and now - self._started.get(p.pid, now) >= age
+                if p.poll() is None
+                and (life := self.lives[p]).fault is None
+                and life.booted is not None
+                and now - life.booted >= age
             )
 
+    def up_at(self, when: float) -> int:
+        """How many daemons were booted and alive at ``when``."""
+        with self._lock:
+            return sum(1 for life in self.lives.values() if life.up_at(when))
+
     def reap_fault_deaths(self) -> int:
-        """Forget daemons that died by themselves (at a fault point); how many."""
+        """Forget daemons that died by themselves (at a fault point, or of an error such as a
+        storage unreachable past its retries); how many."""
         with self._lock:
             dead = [p for p in self.procs if p.poll() is not None]
-            self.procs = [p for p in self.procs if p.poll() is None]
-            self.tally.fault_deaths += len(dead)
+            self.procs = [p for p in self.procs if p.returncode is None]
+            for proc in dead:
+                self.lives[proc].ended = time.time()
+                if proc.returncode == -signal.SIGKILL:
+                    self.tally.fault_deaths += 1
+                else:
+                    self.tally.daemon_exits[proc.returncode] += 1
         return len(dead)
 
     def pids(self) -> set[int]:
@@ -225,6 +304,7 @@ class Daemons:
             index = pids.index(pid) if pid in pids else rng.randrange(len(pids))
             victim = self.procs.pop(index)
             self.tally.daemon_kills += 1
+            self.lives[victim].ended = time.time()
         victim.kill()
         victim.wait()
         return victim.pid
@@ -241,6 +321,7 @@ class Daemons:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            self.lives[proc].ended = time.time()
 
     def log_errors(self) -> int:
         """Tracebacks the daemons wrote (a duty that failed and went on)."""
@@ -397,11 +478,13 @@ class DaemonKiller(threading.Thread):
         next_kill = time.monotonic() + self.rng.uniform(low, high)
         while not self.stop_event.wait(0.1):
             try:
+                self.daemons.watch_boots()
                 # A daemon that died at its fault point is replaced at once (two keep serving).
                 for _ in range(self.daemons.reap_fault_deaths()):
                     self.daemons.start(self.fault())
-                # Kill only while both daemons are up: a replacement still booting (after a
-                # kill or a death at a fault point) would leave no daemon to find the orphans.
+                # Kill only while two daemons are up (booted, and not armed to die at a fault
+                # point): a replacement still booting, or one about to die mid-launch, would
+                # leave no daemon to find the orphans.
                 if time.monotonic() >= next_kill and self.daemons.settled() >= 2:
                     self._once()
                     next_kill = time.monotonic() + self.rng.uniform(low, high)
@@ -437,6 +520,47 @@ class DaemonKiller(threading.Thread):
         self.daemons.start(self.fault())
 
 
+class ServerRestarter(threading.Thread):
+    """Once half of the runs are submitted: stop the PostgreSQL server (``pg_ctl stop -m
+    fast``: open transactions roll back, every connection is cut), keep it down for
+    ``settings.outage`` seconds, start it again on the same port."""
+
+    def __init__(
+        self,
+        *,
+        cluster: _pgcluster.TestCluster,
+        storage: rc.InstanceStorage,
+        settings: Settings,
+        tally: Tally,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="chaos-server-restarter", daemon=True)
+        self.cluster = cluster
+        self.storage = storage
+        self.settings = settings
+        self.tally = tally
+        self.stop_event = stop
+
+    def run(self) -> None:
+        half = max(1, self.settings.runs // 2)
+        while self.tally.submitted < half:
+            if self.stop_event.wait(0.05):
+                return
+        try:
+            in_progress = self.storage.count_runs(
+                rc.RunsFilter(statuses=list(IN_PROGRESS_STATUSES))
+            )
+            submitted = self.tally.submitted
+            began = time.time()
+            self.cluster.stop("fast")
+            stopped = time.time()
+            time.sleep(self.settings.outage)
+            self.cluster.start_server()
+            self.tally.restart = Restart(began, stopped, time.time(), submitted, in_progress)
+        except Exception as exc:
+            self.tally.thread_errors.append(f"server restarter: {type(exc).__name__}: {exc}")
+
+
 def submit_all(
     instance: rc.Instance, settings: Settings, tally: Tally, rng: random.Random
 ) -> list[str]:
@@ -465,6 +589,7 @@ def submit_all(
         try:
             run = instance.submit_run(job_name, tags=tags, code_location=LOCATION)
             submitted.append(run.run_id)
+            tally.submitted = len(submitted)
         except Exception as exc:
             tally.submit_errors.append(f"{type(exc).__name__}: {exc}")
             if len(tally.submit_errors) > 20:
@@ -552,10 +677,14 @@ class Outcome:
     daemons_started: int
     faults_armed: Counter[str]
     fault_deaths: int
+    daemon_exits: Counter[int]
     requeued_launches: int
     daemon_tracebacks: int
     lease_samples: int
     notes: list[str]
+    restart: Restart | None = None
+    during_outage: list[float] = field(default_factory=list)
+    by_daemons_up: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def bound(self) -> float:
@@ -589,6 +718,8 @@ class Facts:
     latencies: list[float]
     by_detector: dict[str, list[float]]
     excluded: int
+    during_outage: list[float]
+    by_daemons_up: dict[int, list[float]]
 
 
 def start_events(
@@ -628,19 +759,63 @@ def start_events(
     return double, first_failure
 
 
+_RUN_ENDS = (rc.EventType.RUN_SUCCESS, rc.EventType.RUN_FAILURE, rc.EventType.RUN_CANCELED)
+_STEP_ENDS = (rc.EventType.STEP_SUCCESS, rc.EventType.STEP_FAILURE)
+_POOL_OPS = frozenset({"transform", "fetch", "right", "c3"})
+
+
+def limits_exceeded(storage: rc.InstanceStorage) -> list[str]:
+    """Replays the event log in storage order (the order writes committed in): a run is in
+    progress from its RUN_STARTING until its end (or RUN_ENQUEUED: a launch given up and
+    requeued); a step of a pool op holds its slot from its STEP_START until its end or its
+    run's. Every moment at which more runs were in progress than ``max_concurrent_runs``, or
+    more steps held the pool than its limit, is described."""
+    in_progress: set[str] = set()
+    holding: dict[str, set[str]] = defaultdict(set)  # run -> pool steps holding a slot
+    over: list[str] = []
+    cursor = None
+    while records := storage.get_events_after(cursor, 2000):
+        for record in records:
+            event = record.event
+            kind = event.event_type
+            if kind is rc.EventType.RUN_STARTING:
+                in_progress.add(event.run_id)
+                if len(in_progress) > MAX_CONCURRENT_RUNS:
+                    over.append(f"event {record.storage_id}: {len(in_progress)} runs in progress")
+            elif kind in _RUN_ENDS or kind is rc.EventType.RUN_ENQUEUED:
+                in_progress.discard(event.run_id)
+                holding.pop(event.run_id, None)
+            elif kind is rc.EventType.STEP_START and (event.step_key or "") in _POOL_OPS:
+                holding[event.run_id].add(event.step_key or "")
+                held = sum(len(steps) for steps in holding.values())
+                if held > POOL_LIMIT:
+                    over.append(f"event {record.storage_id}: {held} slots of {chaos_jobs.POOL}")
+            elif kind in _STEP_ENDS:
+                holding[event.run_id].discard(event.step_key or "")
+        cursor = records[-1].storage_id
+    return over
+
+
 @dataclass
 class KillOutcomes:
     """The killed runs' fates: latency samples (all, and by who found the death), the kills
-    left out (the run had ended before), and killed runs that did not fail."""
+    left out (the run had ended before), those whose detection overlapped the server's outage
+    (reported apart), and killed runs that did not fail."""
 
     latencies: list[float] = field(default_factory=list)
     by_detector: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     excluded: int = 0
     not_failed: list[str] = field(default_factory=list)
+    during_outage: list[float] = field(default_factory=list)
+    by_daemons_up: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
 def kill_outcomes(
-    kills: Sequence[Kill], by_id: dict[str, rc.Run], first_failure: dict[str, rc.Event]
+    kills: Sequence[Kill],
+    by_id: dict[str, rc.Run],
+    first_failure: dict[str, rc.Event],
+    restart: Restart | None = None,
+    daemons_up: Callable[[float], int] = lambda when: 0,
 ) -> KillOutcomes:
     result = KillOutcomes()
     for kill in kills:
@@ -655,12 +830,16 @@ def kill_outcomes(
             result.not_failed.append(f"{kill.run_id} {run.status.value} (pid {kill.pid})")
             continue
         latency = event.timestamp - kill.before
+        if restart is not None and kill.before < restart.up and event.timestamp > restart.began:
+            result.during_outage.append(latency)  # nothing could be written meanwhile
+            continue
         result.latencies.append(latency)
         result.by_detector[detector(event)].append(latency)
+        result.by_daemons_up[daemons_up(kill.before)].append(latency)
     return result
 
 
-def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
+def analyse(storage: rc.InstanceStorage, tally: Tally, daemons: Daemons) -> Facts:
     """The invariant counts, examples, and the latency samples, from storage."""
     checker = Checker(storage)
     runs = checker.runs()
@@ -676,11 +855,12 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
     missed = [r for r in runs if checker.retry_expected(r) and not children.get(r.run_id)]
     duplicate = {p: c for p, c in children.items() if len(c) > 1}
     unwanted = [p for p in children if p in by_id and not checker.retry_expected(by_id[p])]
-    killed = kill_outcomes(tally.kills, by_id, first_failure)
+    killed = kill_outcomes(tally.kills, by_id, first_failure, tally.restart, daemons.up_at)
     examples = {
         "runs lost": [f"{r.run_id} {r.status.value}" for r in lost],
         "slots leaked": [f"{p} {run_id}/{step}" for p, run_id, step in sorted(leaks)],
         "double starts": double,
+        "limits exceeded": limits_exceeded(storage),
         "missed retries": [f"{r.run_id} ({r.failure_kind})" for r in missed],
         "duplicate retries": [f"{p}: {c}" for p, c in duplicate.items()],
         "unwanted retries": [f"{p} ({by_id[p].status.value})" for p in unwanted],
@@ -695,6 +875,8 @@ def analyse(storage: rc.InstanceStorage, tally: Tally) -> Facts:
         latencies=killed.latencies,
         by_detector=dict(killed.by_detector),
         excluded=killed.excluded,
+        during_outage=killed.during_outage,
+        by_daemons_up=dict(killed.by_daemons_up),
     )
 
 
@@ -727,6 +909,46 @@ def result_table(outcome: Outcome) -> list[str]:
     return lines
 
 
+def storage_words(outcome: Outcome) -> str:
+    """The headline's words on the storage (and the server's restart)."""
+    restart = outcome.restart
+    if outcome.settings.storage == "sqlite":
+        return "on SQLite"
+    if restart is None:
+        return "on PostgreSQL (the server restart did not happen)"
+    return (
+        f"on PostgreSQL, whose server was restarted once in the middle "
+        f"({restart.up - restart.began:.1f} s without a server)"
+    )
+
+
+def command_args(s: Settings) -> str:
+    words = f"--runs {s.runs} --seed {s.seed} --poll {s.poll:g}"
+    if s.storage != "sqlite":
+        words += f" --storage {s.storage} --outage {s.outage:g}"
+    return words
+
+
+def setup_storage(outcome: Outcome) -> str:
+    """The Setup section's storage line."""
+    if outcome.settings.storage == "sqlite":
+        return "Storage: SQLite in a temporary directory"
+    line = (
+        "Storage: PostgreSQL, a cluster of the script's own (`initdb` into a temporary "
+        "directory, `pg_ctl` on a free port of 127.0.0.1, `fsync=off`), schema `runcore`"
+    )
+    restart = outcome.restart
+    if restart is not None:
+        line += (
+            f". Restarted once when {restart.at_submitted} runs had been submitted and "
+            f"{restart.in_progress} were in progress: `pg_ctl stop -m fast` took "
+            f"{restart.stopped - restart.began:.2f} s, the server stayed down "
+            f"{outcome.settings.outage:g} s, and accepted connections again "
+            f"{restart.up - restart.began:.2f} s after the stop began"
+        )
+    return line
+
+
 def render(outcome: Outcome) -> str:
     s = outcome.settings
     verdict = "PASS" if outcome.ok else "FAIL"
@@ -736,9 +958,9 @@ def render(outcome: Outcome) -> str:
         "# runcore chaos report",
         "",
         f"**{verdict}**: {s.runs} runs submitted, {outcome.kills} workers and "
-        f"{outcome.daemon_kills} daemons killed with SIGKILL, on SQLite. "
-        f"Generated by `python benchmarks/chaos.py --runs {s.runs} --seed {s.seed} "
-        f"--poll {s.poll:g}` on {dt.date.today().isoformat()}.",
+        f"{outcome.daemon_kills} daemons killed with SIGKILL, "
+        f"{storage_words(outcome)}. Generated by `python benchmarks/chaos.py "
+        f"{command_args(s)}` on {dt.date.today().isoformat()}.",
         "",
         *result_table(outcome),
         "",
@@ -770,6 +992,8 @@ def render(outcome: Outcome) -> str:
         "| daemons started to die mid-launch (after_starting / after_spawn) / that did | "
         f"{outcome.faults_armed['after_starting']} / {outcome.faults_armed['after_spawn']} / "
         f"{outcome.fault_deaths} |",
+        "| daemons that exited by themselves (an error; by exit code) | "
+        f"{dict(outcome.daemon_exits) or 0} |",
         f"| stranded launches given up by monitoring and requeued | {outcome.requeued_launches} |",
         f"| tracebacks in daemon logs | {outcome.daemon_tracebacks} |",
         f"| pool lease samples taken during the chaos | {outcome.lease_samples} |",
@@ -786,6 +1010,12 @@ def render(outcome: Outcome) -> str:
     ]
     for name, values in sorted(outcome.latency_by_detector.items()):
         lines.append(latency_row(name, values))
+    for up, values in sorted(outcome.by_daemons_up.items()):
+        lines.append(latency_row(f"killed with {up} daemon(s) booted and alive", values))
+    if outcome.restart is not None:
+        lines.append(
+            latency_row("left out: detection overlapped the outage", outcome.during_outage)
+        )
     lines += [
         "",
         "## Timing",
@@ -796,7 +1026,7 @@ def render(outcome: Outcome) -> str:
         "",
         "## Setup",
         "",
-        f"- SQLite storage in a temporary directory; `QueuedRunCoordinator`, "
+        f"- {setup_storage(outcome)}; `QueuedRunCoordinator`, "
         f"`max_concurrent_runs: {MAX_CONCURRENT_RUNS}`; pool `{chaos_jobs.POOL}` with "
         f"{POOL_LIMIT} slots at op granularity.",
         f"- Isolated runs: `SubprocessRunLauncher` (`warm_workers: {s.warm_workers}`), one "
@@ -804,8 +1034,9 @@ def render(outcome: Outcome) -> str:
         f"- `run_monitoring`: poll {s.poll:g} s, start timeout {START_TIMEOUT:g} s; "
         f"`run_retries`: `max_retries: {MAX_RETRIES}` (strategy `from_failure`, 20% of runs "
         "`all_steps`).",
-        "- Two `runcore daemon --interval 0.05` processes on the file; every "
-        f"{low:g}-{high:g} s (once both have been up for 2 s) one (at random among those "
+        "- Two `runcore daemon --interval 0.05` processes on the storage; every "
+        f"{low:g}-{high:g} s (once two have booted, for 1 s, and are not armed to die "
+        "mid-launch, so that one is left to monitor) one (at random among those "
         "hosting running workers) is killed "
         "with SIGKILL, each running worker it had started is killed within 0.15 s with "
         f"probability {s.orphan_kill_probability:g} (at least one), and a new daemon is "
@@ -833,12 +1064,22 @@ def render(outcome: Outcome) -> str:
         "- *double starts*: runs with more than one RUN_START event, more RUN_STARTING events "
         "than launch attempts (one, plus one per attempt monitoring gave up and requeued), or "
         "a step with more than one STEP_START.",
+        "- *limits exceeded*: replaying the event log in storage order, a moment with more "
+        f"than {MAX_CONCURRENT_RUNS} runs in progress (RUN_STARTING to the run's end or "
+        f"requeue) or more than {POOL_LIMIT} steps of pool ops between their STEP_START and "
+        "their end (or their run's).",
         "- *missed / duplicate / unwanted retries*: a FAILURE run the policy retries with no "
         "child run; a run with more than one child; a child of a run the policy does not retry.",
         "- *killed runs not failed*: runs whose worker was killed before they ended that did "
         "not end FAILURE.",
         "- *death -> FAILURE*: timestamp of the run's RUN_FAILURE event minus the time just "
-        "before `os.kill`; runs that ended before the kill landed are left out.",
+        "before `os.kill`; runs that ended before the kill landed are left out"
+        + (
+            ", and so are kills whose window (kill to RUN_FAILURE) overlaps the server's "
+            "outage, reported on their own row."
+            if s.storage != "sqlite"
+            else "."
+        ),
     ]
     if outcome.examples:
         lines += ["", "## Violations (first examples)", ""]
@@ -853,9 +1094,17 @@ def render(outcome: Outcome) -> str:
 # --- main -------------------------------------------------------------------------------------
 
 
-def instance_config(tmp: Path, settings: Settings) -> dict[str, Any]:
+def instance_config(
+    tmp: Path, settings: Settings, postgres_url: str | None = None
+) -> dict[str, Any]:
+    storage: dict[str, Any] = {"sqlite": {"path": str(tmp / "runs.db")}}
+    if postgres_url is not None:
+        storage = {"postgres": {"url": postgres_url, "schema": "runcore"}}
     config: dict[str, Any] = {
-        "storage": {"sqlite": {"path": str(tmp / "runs.db")}},
+        "storage": storage,
+        # Step outputs where every process finds them (a from_failure retry reuses them);
+        # SQLite's default is this very directory, a server's is memory.
+        "outputs": {"path": str(tmp / "outputs")},
         "run_coordinator": {"class": "runcore.coordinators:QueuedRunCoordinator"},
         "concurrency": {
             "runs": {"max_concurrent_runs": MAX_CONCURRENT_RUNS},
@@ -880,7 +1129,54 @@ def instance_config(tmp: Path, settings: Settings) -> dict[str, Any]:
 def run_chaos(settings: Settings) -> Outcome:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="runcore-chaos-"))
-    config = instance_config(tmp, settings)
+    cluster: _pgcluster.TestCluster | None = None
+    if settings.storage == "postgres":
+        cluster = _pgcluster.TestCluster(prefix="runcore-chaos-pg-").start()
+    try:
+        return _run_chaos(settings, started, tmp, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close(remove=not settings.keep)
+
+
+def chaos_threads(
+    *,
+    storage: rc.InstanceStorage,
+    daemons: Daemons,
+    settings: Settings,
+    tally: Tally,
+    stop: threading.Event,
+    cluster: _pgcluster.TestCluster | None,
+) -> list[threading.Thread]:
+    """The chaos threads (not started): the worker killer, the daemon killer and, on
+    PostgreSQL, the server restarter."""
+    killer = WorkerKiller(
+        storage=storage, daemons=daemons, settings=settings, tally=tally, stop=stop
+    )
+    threads: list[threading.Thread] = [
+        killer,
+        DaemonKiller(
+            storage=storage,
+            daemons=daemons,
+            killer=killer,
+            settings=settings,
+            tally=tally,
+            stop=stop,
+        ),
+    ]
+    if cluster is not None:
+        threads.append(
+            ServerRestarter(
+                cluster=cluster, storage=storage, settings=settings, tally=tally, stop=stop
+            )
+        )
+    return threads
+
+
+def _run_chaos(
+    settings: Settings, started: float, tmp: Path, cluster: _pgcluster.TestCluster | None
+) -> Outcome:
+    config = instance_config(tmp, settings, cluster.url if cluster is not None else None)
     config_path = tmp / "runcore.yaml"
     config_path.write_text(yaml.safe_dump(config))
     tally = Tally()
@@ -895,33 +1191,31 @@ def run_chaos(settings: Settings) -> Outcome:
         daemons.start()
         daemons.start()
         storage = instance.storage
-        killer = WorkerKiller(
-            storage=storage, daemons=daemons, settings=settings, tally=tally, stop=stop
-        )
-        daemon_killer = DaemonKiller(
+        threads = chaos_threads(
             storage=storage,
             daemons=daemons,
-            killer=killer,
             settings=settings,
             tally=tally,
             stop=stop,
+            cluster=cluster,
         )
-        killer.start()
-        daemon_killer.start()
+        for thread in threads:
+            thread.start()
         t0 = time.monotonic()
         try:
             submitted = submit_all(instance, settings, tally, random.Random(settings.seed))
         finally:
             submit_seconds = time.monotonic() - t0
             stop.set()
-            killer.join(10)
-            daemon_killer.join(30)
+            deadline = time.monotonic() + 120  # a restart under way is let finish
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
         # The chaos is over: daemons that died at their fault point since are replaced by
         # plain ones, so that two daemons serve the drain.
         for _ in range(daemons.reap_fault_deaths()):
             daemons.start()
         drained = drain(Checker(storage), settings.drain_timeout)
-        facts = analyse(storage, tally)
+        facts = analyse(storage, tally, daemons)
         runs = facts.runs
         outcome = Outcome(
             settings=settings,
@@ -950,6 +1244,7 @@ def run_chaos(settings: Settings) -> Outcome:
             daemons_started=tally.daemons_started,
             faults_armed=tally.faults_armed,
             fault_deaths=tally.fault_deaths,
+            daemon_exits=tally.daemon_exits,
             requeued_launches=sum(
                 1
                 for r in runs
@@ -959,7 +1254,15 @@ def run_chaos(settings: Settings) -> Outcome:
             daemon_tracebacks=0,
             lease_samples=tally.lease_samples,
             notes=[],
+            restart=tally.restart,
+            during_outage=facts.during_outage,
+            by_daemons_up=facts.by_daemons_up,
         )
+        if cluster is not None and tally.restart is None:
+            outcome.invariants["chaos thread errors"] += 1
+            outcome.examples.setdefault("chaos thread errors", []).append(
+                "the PostgreSQL server was not restarted"
+            )
     finally:
         stop.set()
         daemons.stop()
@@ -981,7 +1284,23 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         "--poll", type=float, default=0.5, help="run_monitoring.poll_interval_seconds (0.5)"
     )
     parser.add_argument(
-        "--out", type=Path, default=BENCH_DIR / "CHAOS.md", help="the Markdown report"
+        "--out",
+        type=Path,
+        default=None,
+        help="the Markdown report (default benchmarks/CHAOS.md, on PostgreSQL CHAOS-postgres.md)",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="SQLite in a temporary directory (default), or a PostgreSQL cluster of the "
+        "script's own (initdb/pg_ctl on a free port), restarted once mid-run",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=3.0,
+        help="seconds the PostgreSQL server stays down in its restart (3)",
     )
     parser.add_argument("--quick", action="store_true", help="60 runs, daemon kills more often")
     parser.add_argument("--rate", type=float, default=6.0, help="submissions per second (6)")
@@ -998,13 +1317,18 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
     )
     args = parser.parse_args(None if argv is None else list(argv))
     runs = args.runs if args.runs is not None else (60 if args.quick else 500)
-    if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0:
-        parser.error("--runs, --poll and --rate must be > 0, --warm >= 0")
+    if runs < 1 or args.poll <= 0 or args.rate <= 0 or args.warm < 0 or args.outage < 0:
+        parser.error("--runs, --poll and --rate must be > 0, --warm and --outage >= 0")
+    if args.storage == "postgres" and (problem := _pgcluster.missing()) is not None:
+        parser.error(f"--storage postgres needs a PostgreSQL cluster of its own: {problem}")
+    out = args.out
+    if out is None:
+        out = BENCH_DIR / ("CHAOS.md" if args.storage == "sqlite" else f"CHAOS-{args.storage}.md")
     return Settings(
         runs=runs,
         seed=args.seed,
         poll=args.poll,
-        out=args.out,
+        out=out,
         rate=args.rate,
         max_queued=16,
         warm_workers=args.warm,
@@ -1016,13 +1340,18 @@ def parse_args(argv: Iterable[str] | None = None) -> Settings:
         fail_probability=0.15,
         drain_timeout=args.drain_timeout,
         keep=args.keep,
+        storage=args.storage,
+        outage=args.outage,
     )
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     settings = parse_args(argv)
+    # The connection pool's warnings while the server is down: the report counts what matters.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     print(
-        f"chaos: {settings.runs} runs, seed {settings.seed}, poll {settings.poll:g} s, "
+        f"chaos: {settings.runs} runs on {settings.storage}, seed {settings.seed}, "
+        f"poll {settings.poll:g} s, "
         f"python {platform.python_version()}, {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -1033,6 +1362,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"{outcome.kills} workers ({outcome.orphan_kills} orphaned), {outcome.daemon_kills} "
         f"daemons; wall {outcome.wall:.1f} s"
     )
+    if settings.storage != "sqlite":
+        print(storage_words(outcome))
     for name, items in outcome.examples.items():
         print(f"  {name}: {'; '.join(items)}")
     for note in outcome.notes:

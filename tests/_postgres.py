@@ -7,8 +7,11 @@ tests are skipped, except on CI (``CI=true``), where a skip would hide them: the
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +63,22 @@ def pg_schema() -> Iterator[str]:
         yield schema
     finally:
         drop_schema(schema)
+
+
+def new_cluster() -> Any:
+    """A new, unstarted test-owned PostgreSQL cluster (``benchmarks/_pgcluster.py``: initdb
+    into a temporary directory, pg_ctl on a free port of 127.0.0.1), for tests that stop and
+    restart the server, never the shared one. Skipped where it cannot be made (no server
+    binaries; root without runuser), except on CI, where that fails."""
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import _pgcluster
+    finally:
+        sys.path.remove(bench)
+    problem = _pgcluster.missing()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"a test-owned PostgreSQL cluster cannot be made on CI: {problem}")
+        pytest.skip(problem)
+    return _pgcluster.TestCluster(max_connections=50, prefix="runcore-test-pg-")

@@ -85,10 +85,13 @@ def _racing_daemon(schema: str, barrier: Any, out: Any, seed: int) -> None:
     inst.close()
 
 
-def _peaks(storage: rc.storage.InstanceStorage, team_of: dict[str, str]) -> tuple[int, int]:
-    """The most runs in progress at once, and the most of one team, read from the event log."""
+def _peaks(
+    storage: rc.storage.InstanceStorage, team_of: dict[str, str], pooled: set[str]
+) -> tuple[int, int, int]:
+    """The most runs in progress at once, the most of one team, and the most holding the pool
+    ``db`` (runs of ``pooled``, at run granularity), read from the event log in storage order."""
     in_progress: set[str] = set()
-    peak = team_peak = 0
+    peak = team_peak = pool_peak = 0
     cursor = None
     while records := storage.get_events_after(cursor, 500):
         for record in records:
@@ -100,18 +103,22 @@ def _peaks(storage: rc.storage.InstanceStorage, team_of: dict[str, str]) -> tupl
             peak = max(peak, len(in_progress))
             per_team = [sum(team_of[r] == t for r in in_progress) for t in "abc"]
             team_peak = max(team_peak, *per_team)
+            pool_peak = max(pool_peak, len(in_progress & pooled))
         cursor = records[-1].storage_id
-    return peak, team_peak
+    return peak, team_peak, pool_peak
 
 
 @pytest.mark.slow
 def test_two_daemon_processes_split_the_work_and_never_exceed_a_limit(pg_schema: str) -> None:  # noqa: F811
+    """The issue's proof: two daemon processes on one database, 1,000 queued runs under a
+    global limit, a per-team tag limit and a pool: each run starts exactly once, no limit is
+    ever exceeded (replayed from the event log), every slot is free at the end."""
     with rc.Instance.from_config(_config(pg_schema)) as inst:
         inst.set_pool_limit("db", 1)
         teams = "abc"
         ids = {
             inst.submit_run(pooled if i % 5 == 0 else simple, tags={"team": teams[i % 3]}).run_id
-            for i in range(300)
+            for i in range(1000)
         }
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -130,10 +137,13 @@ def test_two_daemon_processes_split_the_work_and_never_exceed_a_limit(pg_schema:
         inst.ensure_started()
         runs = inst.get_runs()
         assert all(run.status is rc.RunStatus.SUCCESS for run in runs)
-        peak, team_peak = _peaks(inst.storage, {run.run_id: run.tags["team"] for run in runs})
+        pooled_ids = {run.run_id for run in runs if run.job_name == "pooled"}
+        teams_of = {run.run_id: run.tags["team"] for run in runs}
+        peak, team_peak, pool_peak = _peaks(inst.storage, teams_of, pooled_ids)
         assert inst.storage.get_pool_leases() == [], "every slot is free at the end"
     assert peak == 4, "the global limit is reached and never exceeded"
     assert team_peak == 2, "the per-team limit is reached and never exceeded"
+    assert pool_peak == 1, "the pool's one slot is used and never by two runs at once"
 
 
 _DAEMONS_SCENARIO = """
@@ -400,16 +410,67 @@ def test_an_event_insert_retried_after_a_lost_commit_is_stored_once(
     assert records[0].storage_id == first
 
 
-def test_a_transition_whose_commit_was_lost_is_not_retried_but_reported(
+class _LostBeforeCommit(PostgresStorage):
+    """A connection that breaks as the commit is sent, before the server commits: the
+    transaction rolls back, and the client cannot tell it from a lost acknowledgement."""
+
+    lose = 0
+
+    def _commit(self, raw: Any) -> None:
+        if self.lose:
+            self.lose -= 1
+            raw.execute("ROLLBACK")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        super()._commit(raw)
+
+
+@pytest.mark.parametrize("storage_class", [_LostAck, _LostBeforeCommit])
+def test_a_transition_whose_commit_was_lost_is_resolved_by_its_event(
+    pg_schema: str,  # noqa: F811
+    storage_class: type[_LostAck] | type[_LostBeforeCommit],
+) -> None:
+    """Whether the lost commit landed or not, the compare-and-set reports the move once (not
+    None, as a blind retry would: the status had changed) and its event is stored once."""
+    with storage_class(URL, schema=pg_schema) as storage:
+        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))
+        storage.lose = 1
+        moved = storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
+        stored = storage.get_run(run.run_id)
+        events = storage.get_event_records(run.run_id)
+    assert moved is not None and moved.status is rc.RunStatus.QUEUED
+    assert stored is not None and stored.status is rc.RunStatus.QUEUED
+    assert [r.event.event_type for r in events] == [rc.EventType.RUN_ENQUEUED]
+
+
+@pytest.mark.parametrize("storage_class", [_LostAck, _LostBeforeCommit])
+def test_a_new_run_and_a_worker_record_whose_commit_was_lost_are_resolved(
+    pg_schema: str,  # noqa: F811
+    storage_class: type[_LostAck] | type[_LostBeforeCommit],
+) -> None:
+    from runcore.storage.base import WorkerRecord
+
+    with storage_class(URL, schema=pg_schema) as storage:
+        storage.lose = 1
+        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))  # no DuplicateRun
+        storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.STARTING)
+        attempt = storage.get_run(run.run_id).attempt_id  # type: ignore[union-attr]
+        record = WorkerRecord(
+            run_id=run.run_id, attempt_id=attempt or "", kind="process", host="h", handle={"pid": 7}
+        )
+        storage.lose = 1
+        assert storage.record_worker(record, replace=False) is True  # not "held by another"
+        recorded = storage.get_worker_record(run.run_id)
+        assert recorded is not None and recorded.handle == {"pid": 7}
+        assert storage.count_runs() == 1
+
+
+def test_a_write_that_can_neither_be_repeated_nor_checked_is_reported(
     pg_schema: str,  # noqa: F811
 ) -> None:
     with _LostAck(URL, schema=pg_schema) as storage:
-        run = storage.add_run(rc.Run(run_id=str(uuid.uuid4()), job_name="j"))
         storage.lose = 1
         with pytest.raises(StorageError, match="may or may not have been stored"):
-            storage.transition(run.run_id, [rc.RunStatus.NOT_STARTED], rc.RunStatus.QUEUED)
-        stored = storage.get_run(run.run_id)
-    assert stored is not None and stored.status is rc.RunStatus.QUEUED  # it did land, once
+            storage._write(lambda conn: conn.execute("SELECT 1"))
 
 
 # --- notifications ------------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import runcore as rc
+from runcore.config import RunRetriesConfig
 from runcore.daemon.retries import RunRetrier, retry_run_id
+from runcore.errors import StorageError
+from runcore.storage.sqlite import SqliteStorage
 
 calls: dict[str, int] = {}
 fail_until: dict[str, int] = {}
@@ -202,3 +205,47 @@ def test_retries_are_off_unless_enabled(tmp_path: Path) -> None:
         daemon = rc.Daemon(inst)
         assert daemon.retry_once() is None
         assert "retries" not in daemon.duties
+
+
+class _FailsOnce(SqliteStorage):
+    """The storage failing once, past its retries, as a database server going away would: on
+    creating a retry run (``create``) or on submitting it (``submit``). The fault at the
+    edge; the retrier under test is the real one."""
+
+    fail: str | None = None
+
+    def add_runs(self, runs: Sequence[rc.Run]) -> None:
+        if self.fail == "create":
+            self.fail = None
+            raise StorageError("the database server went away (injected)")
+        super().add_runs(runs)
+
+    def transition(self, run_id: str, from_statuses: Any, to_status: Any, **kw: Any) -> Any:
+        if self.fail == "submit" and list(from_statuses) == [rc.RunStatus.NOT_STARTED]:
+            self.fail = None
+            raise StorageError("the database server went away (injected)")
+        return super().transition(run_id, from_statuses, to_status, **kw)
+
+
+@pytest.mark.parametrize("where", ["create", "submit"])
+def test_a_storage_error_mid_pass_leaves_the_failed_run_for_the_next_pass(
+    tmp_path: Path, where: str
+) -> None:
+    """The older of two failed runs hits the storage error: the pass ends there, its cursor
+    not moved past it, and the next pass retries it (it used to be logged and skipped for
+    good, or its retry left NOT_STARTED, once a newer failure had moved the cursor on)."""
+    storage = _FailsOnce(str(tmp_path / "runs.db"))
+    with rc.Instance(storage=storage) as inst:
+        fail_until["load"] = 2  # each original fails once
+        older = failed_run(inst)
+        time.sleep(1.1)  # past the pass's one-second overlap for writers' clocks
+        newer = failed_run(inst)
+        retrier = RunRetrier(inst, RunRetriesConfig(enabled=True, max_retries=1), clock=time.time)
+        storage.fail = where
+        with pytest.raises(StorageError):
+            retrier.run_once()
+        retrier.run_once()
+        for failed in (older, newer):
+            retry = inst.get_run(retry_run_id(failed.run_id))
+            assert retry is not None, f"the retry of {failed.run_id} was missed"
+            assert inst.wait_for_run(retry.run_id, timeout=20).status is rc.RunStatus.SUCCESS

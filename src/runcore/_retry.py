@@ -27,12 +27,23 @@ class RetrySettings:
     attempts: int = 5
     initial_wait: float = 0.05
     max_wait: float = 2.0
+    #: Seconds after the first failure past which no further attempt is made, whatever the
+    #: attempts left (None: attempts alone bound the retries).
+    deadline: float | None = None
 
     def __attrs_post_init__(self) -> None:
 
         _validate.integer("RetrySettings.attempts", self.attempts, minimum=1)
         _validate.delay("RetrySettings.initial_wait", self.initial_wait)
         _validate.delay("RetrySettings.max_wait", self.max_wait)
+        if self.deadline is not None:
+            _validate.delay("RetrySettings.deadline", self.deadline)
+
+    def describe(self) -> str:
+        """The budget in words: "6 attempts" or "30 s (at most 40 attempts)"."""
+        if self.deadline is None:
+            return f"{self.attempts} attempts"
+        return f"{self.deadline:g} s (at most {self.attempts} attempts)"
 
 
 SQLITE_LOCKED = RetrySettings()

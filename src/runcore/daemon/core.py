@@ -539,11 +539,15 @@ class Daemon:
             # A pass that left work (a dequeue that started runs): go again at once.
             if busy:
                 continue
+            # Every ``interval`` seconds, pass time included: a pass slowed by a loaded
+            # machine or a distant database does not stretch the duty's period (run
+            # monitoring's detection time is bounded by it).
+            pause = max(0.0, duty.interval - (time.monotonic() - started))
             if duty.name == "dequeue" and self._unsubscribe is not None:
-                self._wake.wait(duty.interval)  # a queued or ended run wakes it early
+                self._wake.wait(pause)  # a queued or ended run wakes it early
                 self._wake.clear()
             else:
-                self._stop.wait(duty.interval)
+                self._stop.wait(pause)
 
 
 class _FinishLog(Duty):

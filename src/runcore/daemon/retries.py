@@ -14,12 +14,13 @@ the steps that did not succeed and reuses the stored outputs of those that did;
 
 Exactly once: the retry's run id is derived from the failed run's id, so a second daemon (or
 this one, after a crash between creating and submitting) finds it instead of making another,
-and submitting is a compare-and-set from NOT_STARTED.
+and submitting is a compare-and-set from NOT_STARTED. At least once: a storage that fails
+(a database server restarting) ends the pass before its cursor moves past the failed run, so
+the next pass retries it; no other error of one run stops the others.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,7 +29,13 @@ import attrs
 
 from runcore import _validate
 from runcore.daemon.base import Duty
-from runcore.errors import ConfigError, DuplicateRunError, OutputStoreError, RuncoreError
+from runcore.errors import (
+    ConfigError,
+    DuplicateRunError,
+    OutputStoreError,
+    RuncoreError,
+    StorageError,
+)
 from runcore.events import EventType
 from runcore.runs import (
     MAX_RETRIES_TAG,
@@ -163,6 +170,8 @@ class RunRetrier(Duty):
                 existing = self._create(run, retry_id)
             except DuplicateRunError:
                 existing = storage.get_run(retry_id)
+            except StorageError:
+                raise  # not this run's fault: the pass ends, and the next one tries again
             except RuncoreError as exc:
                 import logging
 
@@ -172,8 +181,12 @@ class RunRetrier(Duty):
                 return None
         if existing is None or existing.status is not RunStatus.NOT_STARTED:
             return None  # submitted already (by us before a crash, or by another daemon)
-        with contextlib.suppress(RuncoreError):  # a launch failure is recorded on the retry
+        try:
             self.instance.run_coordinator.submit_run(existing)
+        except StorageError:
+            raise  # left NOT_STARTED: the pass ends before its cursor moves, the next submits it
+        except RuncoreError:
+            pass  # a launch failure is recorded on the retry
         return retry_id
 
     def _create(self, run: Run, retry_id: str) -> Run:

@@ -14,10 +14,17 @@ The queries, transitions and migrations are the SQL core's
   and the cross-run cursor never passes over an event that commits later.
 * Timestamps written by the storage (status changes, slot claims, worker heartbeats) come
   from the server's clock (``clock_timestamp()``), which every host shares.
-* Lost connections, serialization failures and deadlocks are retried with tenacity
-  (:data:`POSTGRES_TRANSIENT`) when nothing can have been committed; a connection lost while
-  committing is not retried (its outcome is unknown) and surfaces as
-  :class:`~runcore.errors.StorageError`, like a failure that outlasts the retries.
+* Lost connections, a server restarting, serialization failures and deadlocks are retried
+  with tenacity for up to 30 s (:data:`POSTGRES_TRANSIENT`), so a server restart or failover
+  of a few seconds is ridden through; a failure that outlasts the budget surfaces as
+  :class:`~runcore.errors.StorageError`. A lost connection takes the pool's other connections
+  with it (they went with the server): the next try opens a fresh pool, which connects at
+  once rather than after the pool's reconnection back-off.
+* A connection lost while committing leaves the write's outcome unknown. It is tried again
+  only if a second try cannot do it twice: writes that are idempotent (event inserts, whose
+  uids make a second insert a no-op; heartbeats; slot releases), and writes the core can tell
+  have landed (a status change, by its event's uid; a new run, by its body; a worker record,
+  by its handle): if it landed, the first try's result is returned, else it is tried again.
 * Nothing is written before the schema is known to be runcore's (or empty); the tables live in
   ``schema`` (default ``public``), created at its first use.
 * The URL is ``url`` or ``$RUNCORE_POSTGRES_URL``; :meth:`PostgresStorage.to_config` leaves the
@@ -31,17 +38,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from runcore._retry import RetrySettings
 from runcore.errors import ConfigError, InstanceClosedError, SchemaVersionError, StorageError
-from runcore.events import Event
 from runcore.storage.base import StorageNotifier
+from runcore.storage.postgres_dialect import DIALECT, PgConnection, PostgresDialect
 from runcore.storage.sql.core import SqlStorage
-from runcore.storage.sql.dialect import Dialect, SqlConnection, format_placeholders
+from runcore.storage.sql.dialect import Landed, SqlConnection
 from runcore.storage.sql.migrations import Place
 from runcore.storage.sql.schema import SCHEMA_VERSION
 
@@ -59,137 +66,31 @@ T = TypeVar("T")
 #: The environment variable holding the database URL (and its password).
 URL_ENV = "RUNCORE_POSTGRES_URL"
 
-#: How transient failures (a lost connection, a serialization failure, a deadlock) are retried.
-POSTGRES_TRANSIENT = RetrySettings(attempts=6, initial_wait=0.1, max_wait=2.0)
+#: How transient failures (a lost connection, a server restarting, a serialization failure, a
+#: deadlock) are retried: for up to 30 s after the first failure (a server restart or a managed
+#: database's failover takes seconds), waiting 0.1 s, doubled up to 1 s, between tries.
+POSTGRES_TRANSIENT = RetrySettings(attempts=60, initial_wait=0.1, max_wait=1.0, deadline=30.0)
+
+#: Seconds a call waits for one of the pool's connections: normally (all of them busy), and
+#: while the server is being reconnected to (then a fresh pool is tried after each wait).
+_CONNECTION_WAIT = 30.0
+_RECONNECT_WAIT = 2.0
 
 #: Seconds between measurements of the offset from this host's clock to the server's.
 _CLOCK_REFRESH = 60.0
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-#: Parses ``body`` text as JSON, NULL where it does not parse (a corrupt run), so one bad row
-#: never breaks a query over all runs. PostgreSQL 15 has no ``IS JSON``.
-_JSON_FUNCTION = """
-CREATE OR REPLACE FUNCTION runcore_json(t TEXT) RETURNS JSONB
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-BEGIN
-    RETURN t::jsonb;
-EXCEPTION WHEN others THEN
-    RETURN NULL;
-END
-$$
-"""
-
-
-def _path(path: Sequence[str]) -> str:
-    """A text-array path literal: ``'{"tags","team"}'`` (runcore's constant keys only)."""
-    return "'{" + ",".join(f'"{key}"' for key in path) + "}'"
-
-
-class PostgresDialect(Dialect):
-    """PostgreSQL's statements: ``jsonb`` operators, ``BIGSERIAL``, ``FOR UPDATE``, advisory
-    locks named within the current schema, and the server's clock."""
-
-    name = "postgres"
-    noun = "a PostgreSQL schema"
-    id_key = "BIGSERIAL PRIMARY KEY"
-    real_type = "DOUBLE PRECISION"
-    bigint_type = "BIGINT"
-    for_update = " FOR UPDATE"
-    skip_locked = " FOR UPDATE SKIP LOCKED"
-    integrity_errors = (psycopg.errors.UniqueViolation,)
-    schema_preamble = (_JSON_FUNCTION.strip(),)
-    event_uids = True
-
-    def tables_sql(self) -> str:
-        return "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-
-    def has_column(self, conn: SqlConnection, table: str, column: str) -> bool:
-        found = conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = ? AND column_name = ?",
-            (table, column),
-        )
-        return found.fetchone() is not None
-
-    def json_valid(self, column: str) -> str:
-        return f"runcore_json({column}) IS NOT NULL"
-
-    def json_has(self, column: str, path: Sequence[str]) -> str:
-        return f"runcore_json({column}) #> {_path(path)} IS NOT NULL"
-
-    def json_field(self, column: str, path: Sequence[str]) -> str:
-        return f"runcore_json({column}) #> {_path(path)}"
-
-    def json_text(self, column: str, path: Sequence[str]) -> str:
-        return f"runcore_json({column}) #>> {_path(path)}"
-
-    def json_remove(self, column: str, paths: Sequence[Sequence[str]]) -> str:
-        removed = "".join(f" #- {_path(path)}" for path in paths)
-        return f"(runcore_json({column}){removed})::text"
-
-    def json_rows(self, columns: Sequence[str], source: str, order_by: str) -> str:
-        return (
-            f"SELECT COALESCE(json_agg(json_build_array({', '.join(columns)}) "
-            f"ORDER BY {order_by})::text, '[]') FROM ({source}) AS q"
-        )
-
-    def lock(self, conn: SqlConnection, name: str) -> None:
-        conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || ?, 0))",
-            (name,),
-        )
-
-    def notify(self, conn: SqlConnection, kind: str) -> None:
-        conn.execute("SELECT pg_notify('runcore_' || current_schema(), ?)", (kind,))
-
-    def insert_id(self, conn: SqlConnection, sql: str, params: Sequence[Any]) -> int:
-        row = conn.execute(sql + " RETURNING id", params).fetchone()
-        return int(row[0]) if row is not None else 0
-
-    def insert_ids(self, conn: SqlConnection, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
-        # One pipelined batch (psycopg's executemany): no round trip per row.
-        assert isinstance(conn, _Connection)
-        cur = conn.raw.cursor()
-        cur.executemany(format_placeholders(sql + " RETURNING id"), rows, returning=True)
-        ids: list[int] = []
-        while True:
-            row = cur.fetchone()
-            ids.append(int(row[0]) if row is not None else 0)
-            if not cur.nextset():
-                return ids
-
-    def now(self, conn: SqlConnection) -> float:
-        return float(
-            conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()[0]
-        )
-
-
-DIALECT = PostgresDialect()
-
-
-class _Connection:
-    """A psycopg connection speaking the core's ``?`` placeholders."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.raw = conn
-
-    def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return self.raw.execute(format_placeholders(sql), tuple(parameters))
-
-    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
-        cur = self.raw.cursor()
-        cur.executemany(format_placeholders(sql), [tuple(p) for p in parameters])
-        return cur
-
 
 class _CommitUnknown(Exception):
     """The connection failed while committing: the transaction may or may not have landed.
-    Retried only when ``idempotent`` (inserts of events, whose uids make a second try a no-op)."""
+    ``result`` is what the transaction returned; ``retryable`` is set by the write that knows
+    whether a second try is safe (see :meth:`PostgresStorage._write`)."""
 
-    def __init__(self, message: str, *, idempotent: bool) -> None:
+    def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
-        self.idempotent = idempotent
+        self.result = result
+        self.retryable = False
 
 
 def strip_password(url: str) -> str:
@@ -213,7 +114,7 @@ def _password_of(url: str) -> str | None:
 
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _CommitUnknown):
-        return exc.idempotent
+        return exc.retryable
     return isinstance(
         exc,
         psycopg.OperationalError
@@ -273,8 +174,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         self.retry = retry
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
-        self._local = threading.local()
         self._closed = False
+        self._prepared = False  # the schema is known to be runcore's (checked by start())
+        self._reconnecting = False  # a connection was lost and none has worked since
         self._pid = os.getpid()
         self._offset: tuple[float, float] | None = None  # (server - here, measured at monotonic)
         self._subscribers: list[Callable[[str], None]] = []
@@ -342,13 +244,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
                 kwargs["password"] = password
         return kwargs
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self.url, **self._connect_kwargs())
-        except psycopg.Error as exc:
-            raise self._error(exc) from exc
-
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        # No check of a connection as it is borrowed (a round trip per call): one the server
+        # dropped fails its first statement, which is retried on a fresh pool.
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self.url,
             min_size=self.pool_min,
@@ -356,7 +254,7 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             kwargs=self._connect_kwargs(),
             open=False,
             name=f"runcore-{self.schema}",
-            timeout=30.0,
+            timeout=_CONNECTION_WAIT,
         )
         pool.open(wait=False)
         return pool
@@ -370,10 +268,32 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             self._pid = os.getpid()
         pool = self._pool
         if pool is None:
-            self.start()
+            if not self._prepared:
+                self.start()
+            else:  # dropped after a lost connection: a fresh one (it connects in the background)
+                with self._lock:
+                    if self._closed:
+                        raise InstanceClosedError(
+                            f"{self!r} is closed; create a new {type(self).__name__}"
+                        )
+                    if self._pool is None:
+                        self._pool = self._new_pool()
             pool = self._pool
             assert pool is not None
         return pool
+
+    def _drop_pool(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
+        """Forget ``pool`` after one of its connections was lost (the server went away, and
+        its other connections with it): the next call opens a fresh pool. The old one is
+        closed on a thread of its own (connections still lent out close when given back)."""
+        with self._lock:
+            if self._pool is not pool:
+                return  # another thread did it already
+            self._pool = None
+            self._reconnecting = True
+        threading.Thread(
+            target=lambda: pool.close(timeout=1.0), name="runcore-pg-drop-pool", daemon=True
+        ).start()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -386,18 +306,24 @@ class PostgresStorage(SqlStorage, StorageNotifier):
 
     def _with_schema_lock(self, fn: Callable[[SqlConnection], T]) -> T:
         """Run ``fn`` on a fresh connection holding the schema's session advisory lock, so that
-        processes opening a new schema at once create it once."""
-        conn = self._connect()
+        processes opening a new schema at once create it once; a server that is unreachable
+        for a while is retried (:attr:`retry`)."""
+
+        def attempt() -> T:
+            conn = psycopg.connect(self.url, **self._connect_kwargs())
+            try:
+                self._ensure_schema(conn)
+                key = f"{self.schema}:runcore.schema"
+                conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                return fn(PgConnection(conn))
+            finally:
+                with suppress(psycopg.Error):
+                    conn.close()
+
         try:
-            self._ensure_schema(conn)
-            key = f"{self.schema}:runcore.schema"
-            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-            return fn(_Connection(conn))
+            return self._retrying(attempt)
         except (psycopg.Error, _CommitUnknown) as exc:
             raise self._error(exc) from exc
-        finally:
-            with suppress(psycopg.Error):
-                conn.close()
 
     def start(self) -> None:
         if self._pid != os.getpid():
@@ -409,7 +335,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
                 raise InstanceClosedError(f"{self!r} is closed; create a new {type(self).__name__}")
             if self._pool is not None:
                 return
-            self._with_schema_lock(self._prepare)
+            if not self._prepared:
+                self._with_schema_lock(self._prepare)
+                self._prepared = True
             self._pool = self._new_pool()
 
     def migrate(self) -> tuple[int, int]:
@@ -480,7 +408,7 @@ class PostgresStorage(SqlStorage, StorageNotifier):
     # --- transactions -----------------------------------------------------------------------
 
     def _transaction(self, conn: SqlConnection, fn: Callable[[SqlConnection], T]) -> T:
-        assert isinstance(conn, _Connection)
+        assert isinstance(conn, PgConnection)
         raw = conn.raw
         raw.execute("BEGIN")
         try:
@@ -492,26 +420,11 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         try:
             self._commit(raw)
         except psycopg.OperationalError as exc:
-            idempotent = bool(getattr(self._local, "idempotent", False))
-            raise _CommitUnknown(str(exc), idempotent=idempotent) from exc
+            raise _CommitUnknown(str(exc), result) from exc
         return result
 
     def _commit(self, raw: psycopg.Connection[Any]) -> None:
         raw.execute("COMMIT")
-
-    def _idempotent(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, whose writes may be retried even after a lost commit (event inserts)."""
-        self._local.idempotent = True
-        try:
-            return fn()
-        finally:
-            self._local.idempotent = False
-
-    def store_event(self, event: Event) -> int:
-        return self._idempotent(lambda: super(PostgresStorage, self).store_event(event))
-
-    def store_events(self, events: Sequence[Event]) -> None:
-        self._idempotent(lambda: super(PostgresStorage, self).store_events(events))
 
     def _retrying(self, fn: Callable[[], T]) -> T:
         try:
@@ -519,18 +432,14 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         except Exception as exc:
             if not _is_transient(exc):
                 raise
-        # Connections are not checked when borrowed (a round trip each time): after a failure,
-        # the idle ones are, once, so that a restarted server costs one retry, not one per
-        # pooled connection.
-        pool = self._pool
-        if pool is not None and self._pid == os.getpid():
-            with suppress(Exception):
-                pool.check()
         import tenacity
 
         settings = self.retry
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max(settings.attempts - 1, 1))
+        if settings.deadline is not None:
+            stop = stop | tenacity.stop_after_delay(settings.deadline)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(max(settings.attempts - 1, 1)),
+            stop=stop,
             wait=tenacity.wait_exponential(multiplier=settings.initial_wait, max=settings.max_wait)
             + tenacity.wait_random(0, settings.initial_wait),
             retry=tenacity.retry_if_exception(_is_transient),
@@ -538,15 +447,52 @@ class PostgresStorage(SqlStorage, StorageNotifier):
         )
         return retrying(fn)
 
-    def _on_connection(self, fn: Callable[[_Connection], T]) -> T:
-        with self._get_pool().connection() as raw:
-            return fn(_Connection(raw))
-
-    def _write(self, fn: Callable[[SqlConnection], T]) -> T:
+    def _on_connection(self, fn: Callable[[PgConnection], T]) -> T:
+        """``fn`` on a connection of the pool; a lost connection drops the pool (see
+        :meth:`_drop_pool`) before the error goes on to be retried."""
+        pool = self._get_pool()
+        raw: psycopg.Connection[Any] | None = None
         try:
-            return self._retrying(
-                lambda: self._on_connection(lambda conn: self._transaction(conn, fn))
-            )
+            wait = _RECONNECT_WAIT if self._reconnecting else _CONNECTION_WAIT
+            with pool.connection(timeout=wait) as raw:
+                result = fn(PgConnection(raw))
+        except psycopg_pool.PoolTimeout:
+            if self._reconnecting:  # the fresh pool has not connected yet: a fresher one
+                self._drop_pool(pool)
+            raise
+        except Exception:
+            if raw is not None and (raw.broken or raw.closed):
+                self._drop_pool(pool)
+            raise
+        self._reconnecting = False
+        return result
+
+    def _write(
+        self,
+        fn: Callable[[SqlConnection], T],
+        *,
+        idempotent: bool = False,
+        landed: Landed | None = None,
+    ) -> T:
+        unsure: list[_CommitUnknown] = []  # a try whose commit was lost, to be resolved
+
+        def attempt() -> T:
+            if unsure and landed is not None:
+                sql, params = landed
+                row = self._on_connection(lambda conn: conn.execute(sql, params).fetchone())
+                if row is not None:
+                    return cast(T, unsure[0].result)  # it did commit
+                unsure.clear()  # it did not: a new try is safe
+            try:
+                return self._on_connection(lambda conn: self._transaction(conn, fn))
+            except _CommitUnknown as exc:
+                exc.retryable = idempotent or landed is not None
+                if landed is not None:
+                    unsure[:] = [exc]
+                raise
+
+        try:
+            return self._retrying(attempt)
         except (psycopg.Error, psycopg_pool.PoolTimeout, _CommitUnknown) as exc:
             raise self._error(exc) from exc
 
@@ -576,9 +522,9 @@ class PostgresStorage(SqlStorage, StorageNotifier):
             )
         if _is_transient(exc):
             return StorageError(
-                f"{where} stayed unreachable or kept failing through "
-                f"{self.retry.attempts} attempts (PostgreSQL says: {text}); check that the "
-                "server is up and reachable from this host"
+                f"{where} stayed unreachable or kept failing through the retries "
+                f"({self.retry.describe()}; PostgreSQL says: {text}); check that the server "
+                "is up and reachable from this host"
             )
         return StorageError(f"PostgreSQL error on {where}: {text}")
 

@@ -34,7 +34,7 @@ from runcore import _validate
 from runcore._retry import retry_sqlite_locked
 from runcore.errors import InstanceClosedError, SchemaVersionError, StorageError
 from runcore.storage.sql.core import SqlStorage
-from runcore.storage.sql.dialect import Dialect, SqlConnection
+from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection
 from runcore.storage.sql.migrations import Place
 from runcore.storage.sql.schema import APP_ID, SCHEMA_VERSION
 
@@ -395,8 +395,16 @@ class SqliteStorage(SqlStorage):
         assert isinstance(conn, sqlite3.Connection)
         return _in_transaction(conn, fn)
 
-    def _write(self, fn: Callable[[SqlConnection], T]) -> T:
-        """Run ``fn`` in one write transaction, retrying a lock that outlasted the timeout."""
+    def _write(
+        self,
+        fn: Callable[[SqlConnection], T],
+        *,
+        idempotent: bool = False,
+        landed: Landed | None = None,
+    ) -> T:
+        """Run ``fn`` in one write transaction, retrying a lock that outlasted the timeout.
+        (A local file loses no commit on the way back: ``idempotent`` and ``landed`` are not
+        needed.)"""
         conn = self._acquire()
         try:
             return retry_sqlite_locked(lambda: _in_transaction(conn, fn), _is_locked)

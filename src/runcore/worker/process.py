@@ -13,10 +13,13 @@ location, executes the plan, writes events, and exits with a code that says how 
 ====  =======================================================================
  0    the run succeeded
  1    the run failed (including a code location that does not load)
- 2    bad input: unknown run id, malformed config, storage that cannot be opened
+ 2    bad input: unknown run id, malformed config, a database schema of another version
  3    the run was canceled
  4    the run was not startable (not STARTING: someone else started or canceled it, or
       the launch attempt the worker was started for was given up)
+ 5    the storage failed past its retries (a database server down for longer than the
+      retry budget): what the run did from then on is not stored. Said on stderr, which
+      the launcher puts in the failure reason the daemon records once the storage is back
 ====  =======================================================================
 
 SIGTERM means cancel: the cancel is set, op code running on the main thread is interrupted
@@ -41,7 +44,7 @@ import attrs
 
 from runcore import _serde, _validate
 from runcore import config as _config
-from runcore.errors import ConfigError, RuncoreError
+from runcore.errors import ConfigError, RuncoreError, SchemaVersionError, StorageError
 from runcore.events import Event, EventType
 from runcore.instance import WORKER_ENV, JobRegistry
 from runcore.launchers.base import hostname
@@ -66,6 +69,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CANCELED = 3
 EXIT_NOT_STARTABLE = 4
+EXIT_STORAGE = 5
 
 _EXIT_BY_STATUS = {
     RunStatus.SUCCESS: EXIT_SUCCESS,
@@ -80,6 +84,7 @@ EXIT_MEANINGS = {
     EXIT_USAGE: "the worker was given bad input (unknown run, malformed config or storage)",
     EXIT_CANCELED: "the run was canceled",
     EXIT_NOT_STARTABLE: "the run was no longer startable",
+    EXIT_STORAGE: "the worker's storage failed: the run's events from then on are missing",
 }
 
 
@@ -183,7 +188,28 @@ def execute_run_in_worker(
     start it. Without it, the run's current attempt is taken. ``code_location``: where this
     worker loads the job from, when the launcher maps the run's recorded location to a path
     of the worker's own (default: the recorded one).
+
+    A storage that fails past its retries ends the worker (:data:`EXIT_STORAGE`), saying so
+    on ``err``: what it could not write is lost, and its launcher or run monitoring ends the
+    run once the storage answers again.
     """
+    try:
+        return _execute_run_in_worker(run_id, resources, err, attempt_id, code_location)
+    except StorageError as exc:
+        err.write(
+            f"runcore worker: run {run_id}: the storage failed past its retries, so what the "
+            f"run did from then on is not stored: {exc}\n"
+        )
+        return EXIT_STORAGE
+
+
+def _execute_run_in_worker(
+    run_id: str,
+    resources: WorkerResources,
+    err: TextIO,
+    attempt_id: str | None,
+    code_location: str | None,
+) -> int:
 
     storage = resources.storage
     cancel = threading.Event()
@@ -282,6 +308,14 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _startup_exit(exc: RuncoreError) -> int:
+    """The exit code of a worker that could not start: a storage that failed (unreachable past
+    the retries) is not bad input; a schema of another version is."""
+    if isinstance(exc, StorageError) and not isinstance(exc, SchemaVersionError):
+        return EXIT_STORAGE
+    return EXIT_USAGE
+
+
 def run_execute_command(
     run_id: str,
     config: str,
@@ -298,7 +332,7 @@ def run_execute_command(
         resources.storage.start()
     except RuncoreError as exc:
         err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
-        return EXIT_USAGE
+        return _startup_exit(exc)
     try:
         return execute_run_in_worker(run_id, resources, err, attempt_id, code_location)
     finally:
@@ -327,7 +361,7 @@ def run_warm_command(
         resources.storage.start()
     except RuncoreError as exc:
         err.write(f"runcore worker: {type(exc).__name__}: {exc}\n")
-        return EXIT_USAGE
+        return _startup_exit(exc)
     for location in preload:
         try:
             resources.jobs.load(location)

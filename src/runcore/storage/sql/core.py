@@ -19,7 +19,7 @@ import attrs
 from runcore import _serde
 from runcore.errors import DuplicateRunError, RunNotFoundError
 from runcore.events import Event, EventRecord, EventType
-from runcore.runs import IN_PROGRESS_STATUSES, Run, RunRecord, RunsFilter, RunStatus
+from runcore.runs import Run, RunRecord, RunsFilter, RunStatus
 from runcore.runs import check_transition as _check_transition
 from runcore.storage.base import (
     WAITER_TTL,
@@ -35,7 +35,6 @@ from runcore.storage.base import (
 from runcore.storage.rows import (
     apply_transition,
     attempt_allows,
-    queued_row_ok,
     read_run,
     status_event,
     worker_record_from_row,
@@ -43,7 +42,7 @@ from runcore.storage.rows import (
 )
 from runcore.storage.sql.batch import record_workers as record_batch
 from runcore.storage.sql.batch import start_runs as start_batch
-from runcore.storage.sql.dialect import Dialect, SqlConnection, tags_of
+from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection
 from runcore.storage.sql.filters import from_where as _from_where
 from runcore.storage.sql.filters import marks
 from runcore.storage.sql.filters import select as _select
@@ -55,28 +54,31 @@ from runcore.storage.sql.migrations import (
     tables,
     upgrade,
 )
+from runcore.storage.sql.queue import in_progress_tags, in_progress_tags_in, queued_run_rows
 from runcore.storage.sql.schema import (
+    ANY_OWNER_GONE,
     DELETE_TAG,
     DELETE_WAITER,
+    EVENT_WITH_UID,
     INSERT_EVENT,
     INSERT_RUN,
     INSERT_SLOT,
     INSERT_TAG,
     INSERT_TAGS,
+    OWNER_GONE,
+    RUN_WITH_BODY,
     SCHEMA_VERSION,
     UPSERT_HEARTBEAT,
     UPSERT_POOL_LIMIT,
     UPSERT_WAITER,
+    WORKER_WITH_HANDLE,
     event_row,
+    new_event_uid,
     run_row,
     worker_row,
 )
 
 T = TypeVar("T")
-
-_IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
-_IN_PROGRESS_SQL = "(" + ", ".join(f"'{status}'" for status in _IN_PROGRESS) + ")"
-_TERMINAL = "('SUCCESS', 'FAILURE', 'CANCELED')"
 
 
 class SqlStorage(InstanceStorage, QueueReader):
@@ -102,9 +104,17 @@ class SqlStorage(InstanceStorage, QueueReader):
         """How messages name this database, and what to use instead."""
 
     @abstractmethod
-    def _write(self, fn: Callable[[SqlConnection], T]) -> T:
+    def _write(
+        self,
+        fn: Callable[[SqlConnection], T],
+        *,
+        idempotent: bool = False,
+        landed: Landed | None = None,
+    ) -> T:
         """Run ``fn`` in one write transaction on a connection of this storage (retrying the
-        database's transient failures); errors translated into runcore's."""
+        database's transient failures); errors translated into runcore's. Where a commit can
+        be lost on the way back (a server), the write is tried again only if ``idempotent``,
+        or once its ``landed`` query finds no row (a row: the first try's result is returned)."""
 
     @abstractmethod
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -161,16 +171,17 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(f"{INSERT_TAGS} {values}", [value for tag in chunk for value in tag])
 
     def add_run(self, run: Run) -> Run:
-        rows = [run_row(run)]
-        self._write(lambda conn: self._insert_runs(conn, [run], rows))
+        self.add_runs([run])
         return run
 
     def add_runs(self, runs: Sequence[Run]) -> None:
         if not runs:
             return
         rows = [run_row(run) for run in runs]
+        # All or none of them committed: the first, with this very body, tells.
+        landed = (RUN_WITH_BODY, (runs[0].run_id, rows[0][-1]))
         try:
-            self._write(lambda conn: self._insert_runs(conn, runs, rows))
+            self._write(lambda conn: self._insert_runs(conn, runs, rows), landed=landed)
         except DuplicateRunError as exc:  # the batch was rolled back: name the duplicate
             ids = [run.run_id for run in runs]
             again = [run_id for i, run_id in enumerate(ids) if run_id in ids[:i]]
@@ -179,39 +190,10 @@ class SqlStorage(InstanceStorage, QueueReader):
             )
 
     def get_queued_run_rows(self, run_ids: Sequence[str] | None = None) -> list[QueuedRunRow]:
-        # The database extracts the few fields and packs every row into one JSON array, which
-        # Python then parses in one call: several times faster than a JSON parse per row.
-        # A row whose JSON does not parse is left out (a corrupt run is skipped by the duties).
-        d = self.dialect
-        inner = (
-            f"SELECT id, run_id, body FROM runs WHERE status = 'QUEUED' AND {d.json_valid('body')}"
-        )
-        params: list[Any] = []
-        if run_ids is not None:
-            if not run_ids:
-                return []
-            inner += f" AND run_id IN ({marks(len(run_ids))})"
-            params.extend(run_ids)
-        fields = [d.json_field("body", [name]) for name in ("tags", "pools", "root_pools")]
-        (text,) = self._read(d.json_rows(["id", "run_id", *fields], inner, "id"), params)[0]
-        return [
-            QueuedRunRow(
-                storage_id=row[0],
-                run_id=row[1],
-                tags=row[2] or {},
-                pools=row[3] or [],
-                root_pools=row[4],
-            )
-            for row in json.loads(text or "[]")
-            if queued_row_ok(row)
-        ]
+        return queued_run_rows(self.dialect, self._read, run_ids)
 
     def get_in_progress_tags(self) -> list[tuple[str, dict[str, str]]]:
-        d = self.dialect  # one JSON document for all rows, as for the queue
-        tags = f"CASE WHEN {d.json_valid('body')} THEN {d.json_field('body', ['tags'])} END"
-        inner = f"SELECT id, run_id, {tags} AS tags FROM runs WHERE status IN {_IN_PROGRESS_SQL}"
-        (text,) = self._read(d.json_rows(["run_id", "tags"], inner, "id"))[0]
-        return [(row[0], tags_of(row[1])) for row in json.loads(text or "[]")]
+        return in_progress_tags(self.dialect, self._read)
 
     def get_run(self, run_id: str) -> Run | None:
         rows = self._read(
@@ -267,7 +249,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.executemany(INSERT_TAG, [(k, v, pk) for k, v in tags.items()])
             return run
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def transition(
         self,
@@ -283,6 +265,8 @@ class SqlStorage(InstanceStorage, QueueReader):
     ) -> Run | None:
         _check_transition(from_statuses, to_status)
         allowed = {status.value for status in from_statuses}
+        # The status event's uid, the same in every try: it tells whether a try committed.
+        uid = new_event_uid() if self.dialect.event_uids else None
         select = f"SELECT id, status, body FROM runs WHERE run_id = ?{self.dialect.for_update}"
 
         def write(conn: SqlConnection) -> Run | None:
@@ -311,7 +295,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 "UPDATE runs SET status = ?, updated_at = ?, body = ? WHERE id = ?",
                 (to_status.value, ts, _serde.dumps_run(run), row[0]),
             )
-            change = event_row(status_event(run, to_status, event, ts), self.dialect.event_uids)
+            change = event_row(status_event(run, to_status, event, ts), uid or False)
             self._lock_events(conn).execute(INSERT_EVENT, change)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
@@ -324,7 +308,7 @@ class SqlStorage(InstanceStorage, QueueReader):
                 conn.execute("DELETE FROM pool_waiters WHERE run_id = ?", (run_id,))
             return run
 
-        return self._write(write)
+        return self._write(write, landed=(EVENT_WITH_UID, (uid,)) if uid else None)
 
     def start_runs(self, starts: Sequence[RunStart]) -> list[Run | None]:
         if not starts:
@@ -333,13 +317,7 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     def _in_progress_tags(self, conn: SqlConnection) -> list[dict[str, str]]:
         """The tags of every run in progress (a run whose JSON cannot be read: no tags)."""
-        d = self.dialect
-        tags = f"CASE WHEN {d.json_valid('body')} THEN {d.json_field('body', ['tags'])} END"
-        rows = conn.execute(
-            f"SELECT {tags} FROM runs WHERE status IN ({marks(len(_IN_PROGRESS))})",
-            _IN_PROGRESS,
-        ).fetchall()
-        return [tags_of(row[0]) for row in rows]
+        return in_progress_tags_in(self.dialect, conn)
 
     def delete_run(self, run_id: str) -> None:
         def write(conn: SqlConnection) -> None:
@@ -354,7 +332,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             for table in ("events", "workers", "pool_slots", "pool_waiters"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
-        self._write(write)
+        self._write(write, idempotent=True)
 
     # --- events -----------------------------------------------------------------------------
 
@@ -372,13 +350,15 @@ class SqlStorage(InstanceStorage, QueueReader):
             pk = self.dialect.insert_id(self._lock_events(conn), INSERT_EVENT, row)
             return pk or int(conn.execute(by_uid, (row[-1],)).fetchone()[0])
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def store_events(self, events: Sequence[Event]) -> None:
         if not events:
             return
         rows = [event_row(event, self.dialect.event_uids) for event in events]
-        self._write(lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows))
+        self._write(
+            lambda conn: self._lock_events(conn).executemany(INSERT_EVENT, rows), idempotent=True
+        )
 
     def get_event_records(
         self,
@@ -421,14 +401,17 @@ class SqlStorage(InstanceStorage, QueueReader):
     # --- pools ------------------------------------------------------------------------------
 
     def set_pool_limit(self, pool: str, limit: int) -> None:
-        self._write(lambda conn: conn.execute(UPSERT_POOL_LIMIT, (pool, limit)))
+        self._write(lambda conn: conn.execute(UPSERT_POOL_LIMIT, (pool, limit)), idempotent=True)
 
     def get_pool_limits(self) -> dict[str, int]:
         rows = self._read("SELECT pool, slot_limit FROM pool_limits")
         return {row[0]: int(row[1]) for row in rows}
 
     def delete_pool_limit(self, pool: str) -> None:
-        self._write(lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,)))
+        self._write(
+            lambda conn: conn.execute("DELETE FROM pool_limits WHERE pool = ?", (pool,)),
+            idempotent=True,
+        )
 
     @staticmethod
     def _holds(conn: SqlConnection, pool: str, run_id: str, key: str) -> bool:
@@ -484,7 +467,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(INSERT_SLOT, (pool, run_id, key, ts))
             return True
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def release_pool_slots(
         self, run_id: str, step_key: str | None = None, *, events: Sequence[Event] = ()
@@ -502,20 +485,18 @@ class SqlStorage(InstanceStorage, QueueReader):
             conn.execute(f"DELETE FROM pool_waiters WHERE {where}", params)
             return int(conn.execute(f"DELETE FROM pool_slots WHERE {where}", params).rowcount)
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     def reclaim_pool_slots(self) -> int:
-        gone = (
-            f"run_id IN (SELECT run_id FROM runs WHERE status IN {_TERMINAL}) "
-            "OR run_id NOT IN (SELECT run_id FROM runs)"
-        )
-
         def write(conn: SqlConnection) -> int:
-            freed = conn.execute(f"DELETE FROM pool_slots WHERE {gone}").rowcount
-            conn.execute(f"DELETE FROM pool_waiters WHERE {gone}")
+            freed = conn.execute(f"DELETE FROM pool_slots WHERE {OWNER_GONE}").rowcount
+            conn.execute(f"DELETE FROM pool_waiters WHERE {OWNER_GONE}")
             return int(freed)
 
-        return self._write(write)
+        # Nearly always nothing leaked: one read, and no write transaction, per monitoring pass.
+        if not self._read(ANY_OWNER_GONE)[0][0]:
+            return 0
+        return self._write(write, idempotent=True)
 
     def get_pool_leases(self, pool: str | None = None) -> list[SlotLease]:
         sql = "SELECT pool, run_id, step_key, claimed_at FROM pool_slots"
@@ -536,8 +517,13 @@ class SqlStorage(InstanceStorage, QueueReader):
     def record_workers(
         self, records: Sequence[WorkerRecord], *, replace: bool = True
     ) -> list[bool]:
+        if not records:
+            return []
         rows = [(record, worker_row(record)) for record in records]
-        return self._write(lambda conn: record_batch(self, conn, rows, replace)) if rows else []
+        # All or none of them committed: the first record's handle tells.
+        first = rows[0][1]
+        landed = (WORKER_WITH_HANDLE, (first[0], first[1], first[4]))
+        return self._write(lambda conn: record_batch(self, conn, rows, replace), landed=landed)
 
     def get_worker_records(self, run_ids: Sequence[str]) -> dict[str, WorkerRecord]:
         ids = list(dict.fromkeys(run_ids))
@@ -564,7 +550,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             )
             return bool(cur.rowcount > 0)
 
-        return self._write(write)
+        return self._write(write, idempotent=True)
 
     # --- daemon heartbeats ------------------------------------------------------------------
 
@@ -575,7 +561,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             heartbeat.timestamp,
             json.dumps(heartbeat.info),
         )
-        self._write(lambda conn: conn.execute(UPSERT_HEARTBEAT, row))
+        self._write(lambda conn: conn.execute(UPSERT_HEARTBEAT, row), idempotent=True)
 
     def get_daemon_heartbeats(self) -> list[DaemonHeartbeat]:
         rows = self._read(

@@ -63,6 +63,12 @@ class SqlConnection(Protocol):
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
 
 
+#: A query (``?`` placeholders) and its parameters that return a row if, and only if, a write
+#: committed: how a write whose commit was lost on the way back is resolved
+#: (``SqlStorage._write(..., landed=...)``).
+Landed = tuple[str, Sequence[Any]]
+
+
 class Dialect(ABC):
     """The statements of one database that differ from the shared SQL (see the module doc).
 
@@ -205,4 +211,4 @@ def format_placeholders(sql: str) -> str:
     return "".join(out)
 
 
-__all__ = ["Dialect", "SqlConnection", "SqlCursor", "format_placeholders", "tags_of"]
+__all__ = ["Dialect", "Landed", "SqlConnection", "SqlCursor", "format_placeholders", "tags_of"]

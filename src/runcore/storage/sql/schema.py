@@ -153,6 +153,21 @@ INSERT_RUN = (
 INSERT_TAG = "INSERT INTO run_tags (key, value, run_pk) VALUES (?, ?, ?)"
 #: The same for many tags: followed by ``(?, ?, ?)`` per tag, comma-separated.
 INSERT_TAGS = "INSERT INTO run_tags (key, value, run_pk) VALUES"
+
+#: Pool rows (slots, waiters) whose run has ended or is gone: run monitoring's safety net.
+OWNER_GONE = (
+    "run_id IN (SELECT run_id FROM runs WHERE status IN ('SUCCESS', 'FAILURE', 'CANCELED')) "
+    "OR run_id NOT IN (SELECT run_id FROM runs)"
+)
+ANY_OWNER_GONE = (
+    f"SELECT EXISTS (SELECT 1 FROM pool_slots WHERE {OWNER_GONE}) "
+    f"OR EXISTS (SELECT 1 FROM pool_waiters WHERE {OWNER_GONE})"
+)
+
+# One row if, and only if, a write committed: how a write whose commit was lost is resolved.
+RUN_WITH_BODY = "SELECT 1 FROM runs WHERE run_id = ? AND body = ?"
+EVENT_WITH_UID = "SELECT 1 FROM events WHERE uid = ?"
+WORKER_WITH_HANDLE = "SELECT 1 FROM workers WHERE run_id = ? AND attempt_id = ? AND handle = ?"
 DELETE_TAG = "DELETE FROM run_tags WHERE key = ? AND value = ? AND run_pk = ?"
 DELETE_WAITER = "DELETE FROM pool_waiters WHERE pool = ? AND run_id = ? AND step_key = ?"
 INSERT_EVENT = (
@@ -210,9 +225,15 @@ def worker_row(record: WorkerRecord) -> tuple[Any, ...]:
     )
 
 
-def event_row(event: Event, uid: bool = False) -> tuple[Any, ...]:
-    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one,
-    made once so that a retried insert carries the same (and is ignored)."""
+def new_event_uid() -> str:
+    """A fresh event ``uid``."""
+    return uuid.uuid4().hex
+
+
+def event_row(event: Event, uid: bool | str = False) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EVENT` for ``event``; with ``uid``, a new random one
+    (or that one, a string), made once so that a retried insert carries the same (and is
+    ignored)."""
     body = _serde.dumps_event(event)
-    key = uuid.uuid4().hex if uid else None
+    key = uid if isinstance(uid, str) else (new_event_uid() if uid else None)
     return (event.run_id, event.event_type.value, event.step_key, event.timestamp, body, key)
