@@ -47,12 +47,20 @@ class _Beater:
     ) -> None:
         with self._lock:
             self._beats[(id(storage), run_id)] = _Beat(storage, run_id, attempt_id, interval)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="runcore-worker-heartbeat", daemon=True
-                )
-                self._thread.start()
+            self._start()
             self._lock.notify()
+
+    def _start(self) -> None:
+        """Start the beater thread if it is not running (the caller holds the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="runcore-worker-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def prestart(self) -> None:
+        with self._lock:
+            self._start()
 
     def unregister(self, storage: InstanceStorage, run_id: str) -> None:
         with self._lock:
@@ -84,6 +92,12 @@ def register(
 ) -> None:
     """Heartbeat for run ``run_id`` (attempt ``attempt_id``) from now on, every ``interval``."""
     _BEATER.register(storage, run_id, attempt_id, interval or DEFAULT_INTERVAL)
+
+
+def prestart() -> None:
+    """Start the beater thread now (idle until a run registers): a warm worker does, so that
+    starting a thread is not on its run's path."""
+    _BEATER.prestart()
 
 
 def unregister(storage: InstanceStorage, run_id: str) -> None:

@@ -52,6 +52,7 @@ from runcore.launchers.processes import PROCESS, process_handle
 from runcore.runs import FailureKind, Run, RunStatus
 from runcore.storage.base import WorkerRecord, move_run
 from runcore.wiring import build_run_hooks, build_storage_and_outputs, step_pools_for
+from runcore.worker import heartbeats
 from runcore.worker.execution import execute_run
 from runcore.worker.steps import RunInterrupted, main_thread_in_op
 
@@ -341,8 +342,18 @@ def run_execute_command(
 
 def _warm_up() -> None:
     """Pay first-use costs before the run arrives: the JSON converters of runs and events
-    (built on first use) and the output store's pickle."""
+    (built on first use), the output store's pickle, and the modules a run imports when it
+    starts (output capture and what it reads pipes with, resource usage): each import on the
+    run's path delays its first step by milliseconds."""
+    import fcntl  # noqa: F401 - capture's pending-bytes check
     import pickle  # noqa: F401 - imported ahead for FileOutputStore
+    import resource  # noqa: F401 - the run's RESOURCE_METRICS event
+    import select  # noqa: F401 - capture's pipe readers
+    import termios  # noqa: F401 - capture's pending-bytes check
+
+    import runcore.worker.capture  # noqa: F401 - execute_run(capture="process")
+
+    heartbeats.prestart()
 
     _serde.loads_run(_serde.dumps_run(Run(job_name="warm_up")))
     _serde.loads_event(_serde.dumps_event(Event(run_id="warm_up", event_type=EventType.LOG)))
