@@ -17,6 +17,7 @@ from runcore.errors import SchemaVersionError
 from runcore.storage.sql.dialect import Dialect, SqlConnection
 from runcore.storage.sql.schema import (
     APP_ID,
+    EVENTS_BY_UID,
     SCHEMA_VERSION,
     WORKERS_TABLE,
     create_statements,
@@ -65,7 +66,7 @@ def _migrate_2_to_3(conn: SqlConnection, dialect: Dialect) -> None:
     """Add ``events.uid`` (NULL for the events stored so far) and its unique index."""
     if not dialect.has_column(conn, "events", "uid"):
         conn.execute("ALTER TABLE events ADD COLUMN uid TEXT")
-    conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_by_uid ON events (uid)")
+    conn.execute(EVENTS_BY_UID)
 
 
 #: Upgrades by the version they start from; each moves the schema up by one, in one transaction.
