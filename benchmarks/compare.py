@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from _report import Outcome, fmt_value
-from _specs import Row, all_rows
-from run import REPO_SRC, log, run_worker, select, unique_cases
+from _specs import all_rows
+from run import REPO_SRC, _git_commit, _load, log, run_worker, select, unique_cases
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -89,7 +89,7 @@ def env_for(src: Path) -> dict[str, str]:
     return env
 
 
-def worse_by(row: Row, base: dict[str, Any], head: dict[str, Any]) -> float | None:
+def worse_by(base: dict[str, Any], head: dict[str, Any]) -> float | None:
     """How much worse head is than base, as a fraction (negative: better); ``None`` if the
     figures are not a time or a rate."""
     unit, b, h = base["unit"], base["value"], head["value"]
@@ -146,7 +146,7 @@ def compare(args: argparse.Namespace) -> tuple[list[str], bool]:
             ok = False
             lines.append(f"| {row.name} | {_cell(base)} | ERROR | - | FAIL |")
             continue
-        change = None if base is None else worse_by(row, base, head)
+        change = None if base is None else worse_by(base, head)
         if change is None:
             verdict, shown = "-", "-"
         else:
@@ -162,32 +162,19 @@ def _cell(measurement: dict[str, Any] | None) -> str:
     return "n/a (base cannot run this case)" if measurement is None else fmt_value(measurement)
 
 
-def _head() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BENCH_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.stdout.strip() or "unknown"
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    before = os.getloadavg()
+    before = _load()
     table, ok = compare(args)
-    after = os.getloadavg()
-    load = " / ".join(f"{x:.2f}" for x in before), " / ".join(f"{x:.2f}" for x in after)
-    head = args.head or f"{_head()} (working tree)"
+    head = args.head or f"{_git_commit()} (working tree)"
     header = [
         "# runcore: base vs head, side by side",
         "",
         f"`python benchmarks/compare.py {' '.join(argv)}` on "
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cpus, Python "
         f"{platform.python_version()}; base `{args.base}`, head `{head}`; "
-        f"{args.rounds} alternating rounds per side, medians; load average {load[0]} before, "
-        f"{load[1]} after. *change*: how much worse head is than base (time: head/base - 1; "
+        f"{args.rounds} alternating rounds per side, medians; load average {before} before, "
+        f"{_load()} after. *change*: how much worse head is than base (time: head/base - 1; "
         f"rate: base/head - 1); *SLOWER* beyond {args.tolerance:.0%}.",
         "",
     ]
