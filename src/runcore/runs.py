@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -113,10 +114,20 @@ def stored_tags_problem(tags: object) -> str | None:
         if not isinstance(key, str) or not isinstance(value, str):
             return f"tag {key!r} is not a string of strings"
         if key.startswith(TAG_PREFIX) and (key in USER_CONTROL_TAGS or key in RUNCORE_OWN_TAGS):
-            try:
-                check_tag_value(key, value)
-            except ConfigError as exc:
-                return str(exc)
+            problem = _control_tag_problem(key, value)
+            if problem is not None:
+                return problem
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _control_tag_problem(key: str, value: str) -> str | None:
+    # Control tags take few distinct values (priorities, "isolated", retry numbers), and every
+    # run read back checks its own: remembered, the check costs a lookup.
+    try:
+        check_tag_value(key, value)
+    except ConfigError as exc:
+        return str(exc)
     return None
 
 

@@ -1,0 +1,166 @@
+"""Reading runs and events back: the fast path (orjson, and building a run or event straight
+from plain values) must give exactly what the general path (the standard library's json and
+cattrs) gives, or give up and let the general path answer. Checked on well-formed documents
+and on documents with every field of every shape, including the ones the fast path refuses."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runcore import _serde
+from runcore.events import ErrorInfo, Event, EventType
+from runcore.runs import FailureKind, Run, RunStatus, new_run_id
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from([s.value for s in RunStatus] + [k.value for k in FailureKind]),
+    st.sampled_from([t.value for t in EventType]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _general(text: str, cls: type[Any]) -> Any:
+    """The general path: the standard library's parser, then cattrs."""
+    return _serde.from_jsonable(json.loads(text), cls)
+
+
+def _outcome(read: Any, text: str, cls: type[Any]) -> tuple[str, Any]:
+    try:
+        obj = read(text) if cls is None else read(text, cls)
+    except Exception as exc:  # both paths must fail alike, whatever they raise
+        return ("error", type(exc).__name__)
+    values = [(f.name, getattr(obj, f.name)) for f in attrs.fields(type(obj))]
+    return ("ok", [(name, type(value), _norm(value)) for name, value in values])
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value
+
+
+#: Fields whose default is made anew on each call (a fresh id, the time now): two reads of a
+#: document without them differ there by design.
+_FRESH = {"run_id", "created_at", "timestamp"}
+
+
+def _same(fast: Any, doc: dict[str, Any], cls: type[Any]) -> None:
+    text = json.dumps(doc)
+    got = _outcome(fast, text, None)
+    want = _outcome(_general, text, cls)
+    if got[0] == want[0] == "ok":
+        got = ("ok", [f for f in got[1] if f[0] in doc or f[0] not in _FRESH])
+        want = ("ok", [f for f in want[1] if f[0] in doc or f[0] not in _FRESH])
+    assert got == want, text
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from([f.name for f in attrs.fields(Run)] + ["extra"]), values))
+def test_any_run_document_reads_as_the_general_path_reads_it(doc: dict[str, Any]) -> None:
+    _same(_serde.loads_run, doc, Run)
+
+
+texts = st.text(max_size=6)
+valid_runs = st.builds(
+    Run,
+    job_name=texts,
+    status=st.sampled_from(RunStatus),
+    tags=st.dictionaries(texts, texts, max_size=3),
+    code_location=st.none() | texts,
+    step_keys_to_execute=st.none() | st.lists(texts, max_size=2),
+    updated_at=st.none() | st.floats(allow_nan=False) | st.integers(-5, 5),
+    failure_kind=st.none() | st.sampled_from(FailureKind),
+    pools=st.lists(texts, max_size=2),
+    root_pools=st.none() | st.lists(texts, max_size=2),
+)
+
+
+@SETTINGS
+@given(valid_runs, st.sampled_from([f.name for f in attrs.fields(Run)]), st.booleans(), values)
+def test_a_valid_run_with_one_field_changed_reads_as_the_general_path_reads_it(
+    run: Run, name: str, change: bool, value: Any
+) -> None:
+    doc = _serde.to_jsonable(run)
+    if change:
+        doc[name] = value
+    _same(_serde.loads_run, doc, Run)
+
+
+@SETTINGS
+@given(st.dictionaries(st.sampled_from([f.name for f in attrs.fields(Event)] + ["extra"]), values))
+def test_any_event_document_reads_as_the_general_path_reads_it(doc: dict[str, Any]) -> None:
+    _same(_serde.loads_event, doc, Event)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        Run(job_name="etl"),
+        Run(
+            job_name="etl",
+            status=RunStatus.FAILURE,
+            tags={"team": "a", "runcore/priority": "3", "é": "\u2603"},
+            code_location="pkg.defs:defs",
+            step_keys_to_execute=["a", "b"],
+            parent_run_id=new_run_id(),
+            root_run_id=new_run_id(),
+            updated_at=2.5,
+            started_at=2.0,
+            ended_at=3,
+            failure_reason="boom",
+            failure_kind=FailureKind.USER_CODE,
+            pools=["db"],
+            root_pools=[],
+            attempt_id="ab" * 16,
+        ),
+    ],
+)
+def test_runs_round_trip(run: Run) -> None:
+    text = _serde.dumps_run(run)
+    back = _serde.loads_run(text)
+    assert back == run
+    assert _serde._plain(json.loads(text), Run, _serde._RUN_FIELDS) == run  # the fast path took it
+    assert type(back.ended_at) is type(run.ended_at if run.ended_at is None else 1.0)
+
+
+def test_events_round_trip_with_and_without_an_error() -> None:
+    plain = Event(run_id=new_run_id(), event_type=EventType.LOG, message="hi", data={"n": [1]})
+    failed = attrs.evolve(
+        plain,
+        event_type=EventType.STEP_FAILURE,
+        step_key="s",
+        error=ErrorInfo(type="ValueError", message="x", cause=ErrorInfo(type="E", message="y")),
+    )
+    for event in (plain, failed):
+        assert _serde.loads_event(_serde.dumps_event(event)) == event
+    fast = _serde._plain(json.loads(_serde.dumps_event(plain)), Event, _serde._EVENT_FIELDS)
+    assert fast == plain
+
+
+def test_what_orjson_refuses_the_standard_library_still_reads() -> None:
+    # NaN, an integer past 64 bits and a lone surrogate: the standard library's answers
+    assert math.isnan(_serde.parse_json("NaN"))
+    assert _serde.parse_json(str(2**80)) == 2**80
+    assert _serde.parse_json(str(-(2**63) - 1)) == -(2**63) - 1  # orjson: a float
+    assert _serde.parse_json('"\\ud800"') == "\ud800"
+    with pytest.raises(ValueError):
+        _serde.parse_json("{")
