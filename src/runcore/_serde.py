@@ -59,7 +59,10 @@ def parse_json(text: str | bytes) -> Any:
     left to the standard library: NaN and integers past 64 bits (orjson refuses some and
     reads others as floats: any run of 19 digits goes the slow way) and lone surrogates, so
     the result is the same either way."""
-    if (_LONG_DIGITS_TEXT if isinstance(text, str) else _LONG_DIGITS_BYTES).search(text):
+    long_digits = (
+        _LONG_DIGITS_TEXT.search(text) if isinstance(text, str) else _LONG_DIGITS_BYTES.search(text)
+    )
+    if long_digits:
         return json.loads(text)
     try:
         return _orjson_loads()(text)
