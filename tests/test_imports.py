@@ -122,8 +122,6 @@ def test_import_runcore_loads_no_heavy_dependency() -> None:
 # (importer, imported): why.
 UPWARD_CALLS = {
     ("runcore.definitions", "runcore.worker.execution"): "Job.execute_in_process runs the job",
-    ("runcore.definitions", "runcore.executors.base"): "job() checks its executor; the "
-    "executors package loads the multiprocess executor, which loads code locations",
     ("runcore.worker.execution", "runcore.instance"): "execute_in_process opens an ephemeral "
     "instance, which executes runs",
     ("runcore.worker.execution", "runcore.worker.result"): "the in-process result reads events "
@@ -172,3 +170,57 @@ def test_function_local_imports_only_defer_what_import_runcore_does_not_load() -
         if imported in loaded and (name, imported) not in UPWARD_CALLS
     )
     assert pointless == [], "hoist these to the top of their module:\n" + "\n".join(pointless)
+
+
+def _runcore_modules_after(code: str) -> set[str]:
+    listing = "print(' '.join(m for m in sys.modules if m.startswith('runcore')))"
+    probe = f"{code}\nimport sys\n{listing}"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(done.stdout.split())
+
+
+def test_import_runcore_loads_what_defining_ops_and_jobs_needs_and_no_more() -> None:
+    # The rest of the public names load on first use (runcore._lazy).
+    assert _runcore_modules_after("import runcore") == {
+        "runcore",
+        "runcore._lazy",
+        "runcore._validate",
+        "runcore.definitions",
+        "runcore.errors",
+        "runcore.events",
+        "runcore.executors",
+        "runcore.executors.base",
+        "runcore.runs",
+    }
+
+
+def test_every_public_name_loads_on_first_use() -> None:
+    import runcore
+
+    for package in ("runcore", "runcore.executors", "runcore.coordinators"):
+        module = __import__(package, fromlist=["__all__"])
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"
+    assert set(runcore.__all__) <= set(dir(runcore))
+
+
+def test_a_run_worker_process_loads_no_instance_coordinator_daemon_or_other_backend() -> None:
+    # What `python -m runcore worker execute-run` imports before it executes a run on SQLite.
+    loaded = _runcore_modules_after(
+        "import runcore.cli, runcore.worker.process, runcore.storage.sqlite"
+    )
+    assert "runcore.worker.process" in loaded
+    unwanted = {
+        "runcore.instance",
+        "runcore.coordinators.base",
+        "runcore.coordinators.queued",
+        "runcore.daemon",
+        "runcore.launchers.thread_pool",
+        "runcore.launchers.subprocess",
+        "runcore.executors.multiprocess",
+        "runcore.storage.memory",
+        "runcore.storage.postgres",
+    }
+    assert loaded & unwanted == set()

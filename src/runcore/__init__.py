@@ -4,8 +4,11 @@ Define ops and jobs, hand them to an :class:`Instance`, and it queues, launches,
 remembers their runs. See ``docs/`` for the guide; the public names are listed in ``__all__``.
 """
 
-from runcore.coordinators import DefaultRunCoordinator, QueuedRunCoordinator, RunCoordinator
-from runcore.daemon import Daemon
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runcore import _lazy
 from runcore.definitions import (
     Definitions,
     Job,
@@ -35,14 +38,51 @@ from runcore.errors import (
     UnknownJobError,
 )
 from runcore.events import ErrorInfo, Event, EventRecord, EventType
-from runcore.executors import Executor, InProcessExecutor, MultiprocessExecutor, ThreadPoolExecutor
-from runcore.instance import Instance
-from runcore.launchers import RunLauncher, ThreadPoolRunLauncher, WorkerHealth
 from runcore.runs import FailureKind, Run, RunRecord, RunsFilter, RunStatus
-from runcore.storage import InMemoryStorage, InstanceStorage
-from runcore.worker.context import OpContext
-from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
-from runcore.worker.result import ExecuteInProcessResult
+
+if TYPE_CHECKING:
+    from runcore.coordinators import DefaultRunCoordinator, QueuedRunCoordinator, RunCoordinator
+    from runcore.daemon import Daemon
+    from runcore.executors import (
+        Executor,
+        InProcessExecutor,
+        MultiprocessExecutor,
+        ThreadPoolExecutor,
+    )
+    from runcore.instance import Instance
+    from runcore.launchers import RunLauncher, ThreadPoolRunLauncher, WorkerHealth
+    from runcore.storage import InMemoryStorage, InstanceStorage
+    from runcore.worker.context import OpContext
+    from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+    from runcore.worker.result import ExecuteInProcessResult
+
+#: Public names loaded on first use (PEP 562), so that ``import runcore`` costs what defining
+#: ops and jobs needs: the instance, its coordinators, launchers, daemon and storages load
+#: when a program first touches them.
+_ON_FIRST_USE = {
+    "DefaultRunCoordinator": "runcore.coordinators",
+    "QueuedRunCoordinator": "runcore.coordinators",
+    "RunCoordinator": "runcore.coordinators",
+    "Daemon": "runcore.daemon",
+    "Executor": "runcore.executors",
+    "InProcessExecutor": "runcore.executors",
+    "MultiprocessExecutor": "runcore.executors",
+    "ThreadPoolExecutor": "runcore.executors",
+    "Instance": "runcore.instance",
+    "RunLauncher": "runcore.launchers",
+    "ThreadPoolRunLauncher": "runcore.launchers",
+    "WorkerHealth": "runcore.launchers",
+    "InMemoryStorage": "runcore.storage",
+    "InstanceStorage": "runcore.storage",
+    "OpContext": "runcore.worker.context",
+    "FileOutputStore": "runcore.worker.outputs",
+    "InMemoryOutputStore": "runcore.worker.outputs",
+    "OutputStore": "runcore.worker.outputs",
+    "ExecuteInProcessResult": "runcore.worker.result",
+}
+
+
+__getattr__, __dir__ = _lazy.exports(__name__, globals(), _ON_FIRST_USE)
 
 __version__ = "0.1.0.dev0"
 

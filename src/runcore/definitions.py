@@ -21,10 +21,10 @@ import attrs
 
 from runcore import _validate
 from runcore.errors import CodeLocationError, ConfigError, DefinitionError, UnknownJobError
+from runcore.executors.base import Executor
 from runcore.runs import check_user_tags
 
 if TYPE_CHECKING:
-    from runcore.executors.base import Executor
     from runcore.instance import Instance
     from runcore.worker.result import ExecuteInProcessResult
 
@@ -329,8 +329,6 @@ def job(
     _check_name("job", name)
     if isinstance(ops, OpDefinition) or not isinstance(ops, Iterable):
         raise DefinitionError(f"job {name!r}: ops must be a list of ops, got {ops!r}")
-    from runcore.executors.base import Executor
-
     if executor is not None and not isinstance(executor, Executor):
         raise DefinitionError(
             f"job {name!r}: executor must be an Executor instance (e.g. "

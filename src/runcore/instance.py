@@ -24,12 +24,10 @@ from runcore.coordinators.default import DefaultRunCoordinator
 from runcore.coordinators.queued import QueueExplanation
 from runcore.daemon import daemon_statuses
 from runcore.definitions import (
-    Definitions,
     Job,
     absolute_location,
     importing_code_location,
     infer_code_location,
-    load_code_location,
 )
 from runcore.errors import (
     ConfigError,
@@ -57,56 +55,16 @@ from runcore.wiring import build_components, build_run_hooks, step_pools_for
 from runcore.worker.execution import StepPools
 from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
 from runcore.worker.plan import build_plan, resolve_op_selection
+from runcore.worker.registry import WORKER_ENV, JobRegistry
 
 if TYPE_CHECKING:
     from runcore.coordinators.queued import QueueExplanation
     from runcore.worker.hooks import RunHooks
 
-#: Set in the environment of run worker processes.
-WORKER_ENV = "RUNCORE_WORKER"
-
 
 def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
     """Check run tags a user gives (see :func:`runcore.runs.check_user_tags`); a copy."""
     return check_user_tags(tags)
-
-
-class JobRegistry:
-    """Finds the job of a run: jobs submitted from this process first, then code locations."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[tuple[str | None, str], Job] = {}
-        self._locations: dict[str, Definitions] = {}
-        self._lock = threading.Lock()
-
-    def register(self, job: Job, code_location: str | None) -> None:
-        """Remember ``job`` so runs of it execute this very object."""
-        with self._lock:
-            self._jobs[(code_location, job.name)] = job
-
-    def load(self, code_location: str) -> Definitions:
-        """The definitions at ``code_location`` (imported once, then cached)."""
-        with self._lock:
-            defs = self._locations.get(code_location)
-        if defs is None:
-            defs = load_code_location(code_location)
-            with self._lock:
-                self._locations[code_location] = defs
-        return defs
-
-    def resolve(self, run: Run) -> Job:
-        """The job ``run`` executes."""
-        with self._lock:
-            found = self._jobs.get((run.code_location, run.job_name))
-        if found is not None:
-            return found
-        if run.code_location is None:
-            raise UnknownJobError(
-                f"run {run.run_id} is of job {run.job_name!r}, which this process does not "
-                "know and which has no code location; submit the Job object, or give "
-                "code_location='pkg.module:defs'"
-            )
-        return self.load(run.code_location).get_job(run.job_name)
 
 
 @attrs.define(eq=False)

@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from runcore import config as _config
-from runcore.coordinators.base import RunCoordinator
-from runcore.coordinators.default import DefaultRunCoordinator
-from runcore.coordinators.queued import limits_from_config
 from runcore.errors import ConfigError
-from runcore.launchers.base import RunLauncher
-from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 from runcore.storage.base import InstanceStorage
-from runcore.storage.memory import InMemoryStorage
 from runcore.worker.execution import StepPools
 from runcore.worker.hooks import RunHooks
 from runcore.worker.outputs import FileOutputStore, InMemoryOutputStore, OutputStore
+
+if TYPE_CHECKING:
+    from runcore.coordinators.base import RunCoordinator
+    from runcore.launchers.base import RunLauncher
+
+# A run worker process builds only its storage, outputs and hooks from here: the coordinator
+# and launcher classes are imported by the functions that build them (an instance's), so a
+# worker's start-up does not pay for them.
 
 
 def build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
@@ -60,6 +62,8 @@ def build_storage(cfg: _config.StorageConfig, base_dir: str) -> InstanceStorage:
             pool_max=pg.pool.max,
             auto_migrate=pg.auto_migrate,
         )
+    from runcore.storage.memory import InMemoryStorage
+
     return InMemoryStorage()
 
 
@@ -90,6 +94,9 @@ def build_storage_and_outputs(
 
 def build_coordinator(cfg: _config.InstanceConfig) -> RunCoordinator:
     """``run_coordinator`` if configured, else the default coordinator (starts runs at once)."""
+    from runcore.coordinators.base import RunCoordinator
+    from runcore.coordinators.default import DefaultRunCoordinator
+
     if cfg.run_coordinator is None:
         return DefaultRunCoordinator()
     coordinator: RunCoordinator = _config.build_plugin(
@@ -109,6 +116,9 @@ def build_launchers(
     configured ``run_launcher`` (the user chose where runs go), else a thread pool sized by
     ``non_isolated_runs.max_concurrent_runs``.
     """
+    from runcore.launchers.base import RunLauncher
+    from runcore.launchers.thread_pool import ThreadPoolRunLauncher
+
     if cfg.run_launcher is not None:
         isolated: RunLauncher = _config.build_plugin(
             cfg.run_launcher, RunLauncher, where="run_launcher"
@@ -159,6 +169,8 @@ class Components:
 def build_components(source: Mapping[str, Any] | str | os.PathLike[str]) -> Components:
     """Parse a config mapping or YAML file and build its components (no I/O beyond reading
     the file). Raises :class:`~runcore.errors.ConfigError` naming the key."""
+    from runcore.coordinators.queued import limits_from_config
+
     cfg, base_dir = _config.load_instance_config(source)
     limits_from_config(cfg.concurrency, cfg.non_isolated_runs)  # bad limits fail here
     storage, output_store = build_storage_and_outputs(cfg, base_dir)

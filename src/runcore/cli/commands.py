@@ -7,12 +7,8 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from runcore.definitions import absolute_location
-
-if TYPE_CHECKING:
-    pass
 from runcore import _serde, _validate
 from runcore.cli.common import (
     UsageError,
@@ -21,8 +17,7 @@ from runcore.cli.common import (
     _parse_tags,
     resolve_run_id,
 )
-from runcore.daemon import Daemon, daemon_statuses
-from runcore.definitions import load_code_location
+from runcore.definitions import absolute_location, load_code_location
 from runcore.runs import RunsFilter, RunStatus
 
 
@@ -50,6 +45,7 @@ def cmd_job_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_job_execute(args: argparse.Namespace, out: TextIO) -> int:
     from runcore._follow import follow_run
+    from runcore.daemon import daemon_statuses
 
     tags = _parse_tags(args.tag)
     location = absolute_location(args.location)
@@ -281,6 +277,8 @@ def cmd_daemon_run(args: argparse.Namespace, out: TextIO) -> int:
     import signal
     import time
 
+    from runcore.daemon import Daemon
+
     interval = _validate.interval("--interval", args.interval)
     # The handler only appends: setting a threading.Event from a signal handler can deadlock
     # (the main thread may hold the Event's lock when the signal lands).
@@ -317,6 +315,7 @@ def _daemon_log_handler(out: TextIO) -> logging.Handler:
 
 
 def cmd_daemon_status(args: argparse.Namespace, out: TextIO) -> int:
+    from runcore.daemon import daemon_statuses
 
     with _instance(args, read_only=True) as inst:
         statuses = daemon_statuses(inst.storage)

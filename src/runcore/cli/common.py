@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from runcore import _validate
 from runcore.errors import RuncoreError, RunNotFoundError
-from runcore.instance import Instance
 
 if TYPE_CHECKING:
     from runcore.instance import Instance
@@ -58,6 +57,8 @@ def _instance(args: argparse.Namespace, *, read_only: bool = False) -> Instance:
     that does not exist is an error naming it (a typo must not look like an empty instance)."""
 
     source = config_source(args.config)
+    from runcore.instance import Instance  # `runcore worker execute-run` needs no instance
+
     inst = Instance.from_config(source)
     if read_only:
         path = getattr(inst.storage, "path", None)

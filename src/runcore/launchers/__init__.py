@@ -1,21 +1,23 @@
 """Launchers: where a run executes (threads here, worker processes, code servers, ECS).
 
-``SubprocessRunLauncher``, ``CodeServerRunLauncher`` and ``EcsRunLauncher`` are imported on
-first use, so ``import runcore`` loads neither ``subprocess``, ``grpc`` nor ``boto3``.
+Every launcher is imported on first use (see :mod:`runcore._lazy`), so ``import runcore``
+loads neither ``subprocess``, ``grpc`` nor ``boto3``, and a run worker no launcher it does not
+use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from runcore import _lazy
 from runcore.launchers.base import HealthStatus, LaunchContext, RunLauncher, WorkerHealth
-from runcore.launchers.routing import IsolationRouter
-from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 
 if TYPE_CHECKING:
     from runcore.launchers.code_server import CodeServerRunLauncher
     from runcore.launchers.ecs import EcsRunLauncher
+    from runcore.launchers.routing import IsolationRouter
     from runcore.launchers.subprocess import SubprocessRunLauncher
+    from runcore.launchers.thread_pool import ThreadPoolRunLauncher
 
 __all__ = [
     "CodeServerRunLauncher",
@@ -29,18 +31,14 @@ __all__ = [
     "WorkerHealth",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "SubprocessRunLauncher":
-        from runcore.launchers.subprocess import SubprocessRunLauncher
-
-        return SubprocessRunLauncher
-    if name == "CodeServerRunLauncher":
-        from runcore.launchers.code_server import CodeServerRunLauncher
-
-        return CodeServerRunLauncher
-    if name == "EcsRunLauncher":
-        from runcore.launchers.ecs import EcsRunLauncher
-
-        return EcsRunLauncher
-    raise AttributeError(f"module 'runcore.launchers' has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {
+        "CodeServerRunLauncher": "runcore.launchers.code_server",
+        "EcsRunLauncher": "runcore.launchers.ecs",
+        "IsolationRouter": "runcore.launchers.routing",
+        "SubprocessRunLauncher": "runcore.launchers.subprocess",
+        "ThreadPoolRunLauncher": "runcore.launchers.thread_pool",
+    },
+)

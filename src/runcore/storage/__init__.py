@@ -1,13 +1,14 @@
 """Storage backends: where runs, events, pool slots and heartbeats are remembered.
 
-``SqliteStorage`` and ``PostgresStorage`` are imported on first use, so ``import runcore``
-loads neither ``sqlite3`` nor psycopg.
+The backends are imported on first use (see :mod:`runcore._lazy`), so ``import runcore``
+loads neither ``sqlite3`` nor psycopg, and a worker only the backend it uses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from runcore import _lazy
 from runcore.storage.base import (
     DaemonHeartbeat,
     EventStorage,
@@ -18,9 +19,9 @@ from runcore.storage.base import (
     SlotLease,
     move_run,
 )
-from runcore.storage.memory import InMemoryStorage
 
 if TYPE_CHECKING:
+    from runcore.storage.memory import InMemoryStorage
     from runcore.storage.postgres import PostgresStorage
     from runcore.storage.sqlite import SqliteStorage
 
@@ -38,14 +39,12 @@ __all__ = [
     "move_run",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "SqliteStorage":
-        from runcore.storage.sqlite import SqliteStorage
-
-        return SqliteStorage
-    if name == "PostgresStorage":
-        from runcore.storage.postgres import PostgresStorage
-
-        return PostgresStorage
-    raise AttributeError(f"module 'runcore.storage' has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.exports(
+    __name__,
+    globals(),
+    {
+        "InMemoryStorage": "runcore.storage.memory",
+        "PostgresStorage": "runcore.storage.postgres",
+        "SqliteStorage": "runcore.storage.sqlite",
+    },
+)

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -24,13 +24,29 @@ from runcore.events import STATUS_EVENT_TYPES, Event
 from runcore.runs import FailureKind, Run, RunStatus, stored_tags_problem
 from runcore.storage.base import WorkerRecord
 
+T = TypeVar("T")
+
+
+def _evolved(obj: T, names: tuple[str, ...], changes: dict[str, Any]) -> T:
+    """``attrs.evolve(obj, **changes)`` for a class whose init arguments are ``names``,
+    without evolve's per-call look-up of the class's fields (runs and events are copied on
+    every transition)."""
+    for name in names:
+        if name not in changes:
+            changes[name] = getattr(obj, name)
+    return type(obj)(**changes)
+
+
+_RUN_ARGS = tuple(field.name for field in attrs.fields(Run) if field.init)
+_EVENT_ARGS = tuple(field.name for field in attrs.fields(Event) if field.init)
+
 
 def status_event(run: Run, to_status: RunStatus, event: Event | None, now: float) -> Event:
     """The event recording ``run``'s move to ``to_status`` (``event`` if the caller gave one),
     stamped ``now``, the transition's time by the storage's clock: not the clock of the host
     that made the event, which may be off."""
     if event is not None:
-        return attrs.evolve(event, timestamp=now)
+        return _evolved(event, _EVENT_ARGS, {"timestamp": now})
     return Event(run_id=run.run_id, event_type=STATUS_EVENT_TYPES[to_status], timestamp=now)
 
 
@@ -77,7 +93,7 @@ def apply_transition(
         kind = event.data.get("failure_kind")
         with contextlib.suppress(ValueError):
             changes["failure_kind"] = FailureKind(kind) if kind else FailureKind.ENGINE
-    return attrs.evolve(run, **changes)
+    return _evolved(run, _RUN_ARGS, changes)
 
 
 def run_problem(run: Run, run_id: str | None = None, status: str | None = None) -> str | None:

@@ -427,6 +427,8 @@ def _execute_started(
         # The run's output (and, in a worker process of its own, its resource metrics) is
         # stored before its final status, so a reader that stops at the final status has
         # seen all of it.
+        if options.capture is None:
+            return
         with contextlib.suppress(Exception):
             if fds is not None:
                 fds.flush()

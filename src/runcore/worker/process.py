@@ -46,7 +46,6 @@ from runcore import _serde, _validate
 from runcore import config as _config
 from runcore.errors import ConfigError, RuncoreError, SchemaVersionError, StorageError
 from runcore.events import Event, EventType
-from runcore.instance import WORKER_ENV, JobRegistry
 from runcore.launchers.base import hostname
 from runcore.launchers.processes import PROCESS, process_handle
 from runcore.runs import FailureKind, Run, RunStatus
@@ -54,11 +53,11 @@ from runcore.storage.base import WorkerRecord, move_run
 from runcore.wiring import build_run_hooks, build_storage_and_outputs, step_pools_for
 from runcore.worker import heartbeats
 from runcore.worker.execution import execute_run
+from runcore.worker.registry import WORKER_ENV, JobRegistry
 from runcore.worker.steps import RunInterrupted, main_thread_in_op
 
 if TYPE_CHECKING:
     from runcore.config import InstanceConfig
-    from runcore.instance import JobRegistry
     from runcore.runs import Run
     from runcore.storage.base import InstanceStorage
     from runcore.worker.execution import StepPools
