@@ -156,11 +156,19 @@ def test_events_round_trip_with_and_without_an_error() -> None:
     assert fast == plain
 
 
-def test_what_orjson_refuses_the_standard_library_still_reads() -> None:
-    # NaN, an integer past 64 bits and a lone surrogate: the standard library's answers
-    assert math.isnan(_serde.parse_json("NaN"))
-    assert _serde.parse_json(str(2**80)) == 2**80
-    assert _serde.parse_json(str(-(2**63) - 1)) == -(2**63) - 1  # orjson: a float
-    assert _serde.parse_json('"\\ud800"') == "\ud800"
-    with pytest.raises(ValueError):
-        _serde.parse_json("{")
+@pytest.mark.parametrize(
+    "number", [2**64, -(2**63) - 1, 2**80, -(2**90), 10**30, 1e19, -1e300, 1.5]
+)
+def test_numbers_orjson_reads_differently_read_as_the_standard_library_reads_them(
+    number: float,
+) -> None:
+    # orjson reads integers past 64 bits as floats: such documents go the standard way
+    run_id = new_run_id()
+    event = json.dumps({"run_id": run_id, "event_type": "LOG", "data": {"n": [{"x": number}]}})
+    assert _serde.loads_event(event).data == {"n": [{"x": number}]}
+    assert type(_serde.loads_event(event).data["n"][0]["x"]) is type(number)
+    run = json.dumps({"run_id": run_id, "job_name": "j", "created_at": number})
+    assert _serde.loads_run(run).created_at == float(number)
+    # what orjson refuses: NaN, a lone surrogate
+    _same(_serde.loads_run, {"run_id": "x", "job_name": math.nan, "created_at": 1.0}, Run)
+    _same(_serde.loads_run, {"run_id": "\ud800", "job_name": "j", "created_at": 1.0}, Run)

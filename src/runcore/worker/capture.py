@@ -20,8 +20,8 @@ the run ends another says how much was dropped. Lines longer than :data:`MAX_LIN
 cut into several events.
 
 Threads: a sink flushes on a thread of its own (``runcore-output-<run>``), started at its
-first line and stopped by :meth:`OutputSink.close`; a :class:`FdCapture` reads each pipe on a
-thread (``runcore-capture-stdout``/``-stderr``) that :meth:`FdCapture.stop` joins.
+first line and stopped by :meth:`OutputSink.close`; a :class:`FdCapture` reads both pipes on
+one thread (``runcore-capture``) that :meth:`FdCapture.stop` joins.
 """
 
 from __future__ import annotations
@@ -257,13 +257,14 @@ class FdCapture:
         self.tee = tee
         self._saved: dict[int, int] = {}
         self._pipes: dict[int, int] = {}
-        self._readers: list[threading.Thread] = []
+        self._reader: threading.Thread | None = None
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._stop = threading.Event()
 
     def start(self) -> None:
         """Redirect fds 1 and 2 (flushing Python's streams first)."""
+        names: dict[int, str] = {}
         for fd, name in ((1, "stdout"), (2, "stderr")):
             stream = getattr(sys, name)
             with contextlib.suppress(Exception):
@@ -277,23 +278,23 @@ class FdCapture:
             os.close(write_fd)
             self._saved[fd] = saved
             self._pipes[fd] = read_fd
+            names[read_fd] = name
             with contextlib.suppress(Exception):  # lines reach the pipe as they are printed
                 stream.reconfigure(line_buffering=True)
-            reader = threading.Thread(
-                target=self._read,
-                args=(read_fd, saved, name),
-                name=f"runcore-capture-{name}",
-                daemon=True,
+        if names:  # one thread reads both pipes: a run's start pays for one thread, not two
+            self._reader = threading.Thread(
+                target=self._read, args=(names,), name="runcore-capture", daemon=True
             )
-            self._readers.append(reader)
-            reader.start()
+            self._reader.start()
 
-    def _read(self, read_fd: int, saved: int, name: str) -> None:
+    def _read(self, names: dict[int, str]) -> None:
         import select
 
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        while True:
-            ready, _, _ = select.select([read_fd], [], [], 0.05)
+        saved = {read_fd: self._saved[fd] for fd, read_fd in self._pipes.items()}
+        decoders = {read_fd: codecs.getincrementaldecoder("utf-8")("replace") for read_fd in names}
+        open_fds = list(names)
+        while open_fds:
+            ready, _, _ = select.select(open_fds, [], [], 0.05)
             if not ready:
                 if self._stop.is_set():
                     break
@@ -301,17 +302,20 @@ class FdCapture:
             with self._busy_lock:
                 self._busy += 1
             try:
-                data = os.read(read_fd, 65536)
-                if not data:
-                    break
-                self.sink.write(name, decoder.decode(data))
-                if self.tee:
-                    with contextlib.suppress(OSError):
-                        os.write(saved, data)
+                for read_fd in ready:
+                    data = os.read(read_fd, 65536)
+                    if not data:
+                        open_fds.remove(read_fd)
+                        continue
+                    self.sink.write(names[read_fd], decoders[read_fd].decode(data))
+                    if self.tee:
+                        with contextlib.suppress(OSError):
+                            os.write(saved[read_fd], data)
             finally:
                 with self._busy_lock:
                     self._busy -= 1
-        self.sink.write(name, decoder.decode(b"", final=True))
+        for read_fd, name in names.items():
+            self.sink.write(name, decoders[read_fd].decode(b"", final=True))
 
     def _pending_bytes(self) -> int:
         import fcntl
@@ -348,8 +352,8 @@ class FdCapture:
         for fd, saved in self._saved.items():
             os.dup2(saved, fd)  # drops this process's write end of the pipe
         self._stop.set()
-        for reader in self._readers:
-            reader.join(timeout=2)
+        if self._reader is not None:
+            self._reader.join(timeout=2)
         for read_fd in self._pipes.values():
             with contextlib.suppress(OSError):
                 os.close(read_fd)
