@@ -344,6 +344,10 @@ class SqlStorage(InstanceStorage, QueueReader):
 
     def store_event(self, event: Event) -> int:
         row = event_row(event, self.dialect.event_uids)
+        if not self.dialect.event_uids:  # no uid, no lost commit to look for: a plain insert
+            return self._write(
+                lambda conn: int(self._lock_events(conn).execute(INSERT_EVENT, row).lastrowid or 0)
+            )
         by_uid = "SELECT id FROM events WHERE uid = ?"  # stored by a try whose commit was lost
 
         def write(conn: SqlConnection) -> int:
