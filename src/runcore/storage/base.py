@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 import attrs
 
@@ -333,6 +333,13 @@ class PoolStorage(ABC):
 class WorkerStorage(ABC):
     """Per run, the record of the worker executing its current attempt (see
     :class:`WorkerRecord`): what the monitor judges health by, and what ``terminate`` uses."""
+
+    #: Whether a run's move to STARTED also sets its current attempt's worker record's
+    #: ``heartbeat_at`` to the transition's time, in the same write: the worker's first sign
+    #: of life then costs no write of its own, and a run worker's heartbeats start one
+    #: interval later (:mod:`runcore.worker.heartbeats`). A storage without it gets a first
+    #: heartbeat at once instead.
+    stamps_start_as_heartbeat: ClassVar[bool] = False
 
     @abstractmethod
     def record_worker(self, record: WorkerRecord, *, replace: bool = True) -> bool:

@@ -36,6 +36,7 @@ class InMemoryStorage(InstanceStorage):
     """Everything in dicts and lists, guarded by one re-entrant lock."""
 
     shareable = False
+    stamps_start_as_heartbeat = True
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -173,6 +174,13 @@ class InMemoryStorage(InstanceStorage):
             )
             self._runs[run_id] = RunRecord(record.storage_id, run)
             self._append_event(status_event(run, to_status, event, ts))
+            worker = self._workers.get(run_id)
+            if (  # a move to STARTED is the worker's first sign of life
+                to_status is RunStatus.STARTED
+                and worker is not None
+                and worker.attempt_id == (run.attempt_id or "")
+            ):
+                self._workers[run_id] = attrs.evolve(worker, heartbeat_at=ts)
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self._release(run_id, None)
             return run

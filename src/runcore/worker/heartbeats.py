@@ -1,8 +1,10 @@
 """Run workers' heartbeats: one thread per process beats for every run executing in it.
 
 A run, once STARTED, is registered with its storage, launch attempt and interval; the
-beater writes ``storage.worker_heartbeat(run_id, attempt_id)`` at once and then every
-interval, until the run is unregistered. Run monitoring fails a run whose worker has been
+beater writes ``storage.worker_heartbeat(run_id, attempt_id)`` every interval until the run
+is unregistered. The first beat is the move to STARTED itself where the storage stamps it
+(``stamps_start_as_heartbeat``: runcore's storages do, in the same write), else it is written
+at once. Run monitoring fails a run whose worker has been
 silent past ``run_monitoring.worker_heartbeat_timeout_seconds``, on whatever host it runs.
 
 One thread serves every run of the process (started on first use, daemonic), so a run
@@ -33,7 +35,10 @@ class _Beat:
         self.run_id = run_id
         self.attempt_id = attempt_id
         self.interval = interval
-        self.due = 0.0  # at once
+        # A storage whose move to STARTED stamped the first heartbeat needs the next one an
+        # interval later (not now, when the run's start is writing); any other at once.
+        stamped = getattr(storage, "stamps_start_as_heartbeat", False)
+        self.due = time.monotonic() + interval if stamped else 0.0
 
 
 class _Beater:

@@ -90,6 +90,8 @@ class SqlStorage(InstanceStorage, QueueReader):
     an error naming ``runcore instance migrate``).
     """
 
+    stamps_start_as_heartbeat = True
+
     shareable = True
 
     def __init__(self, dialect: Dialect, *, auto_migrate: bool = False) -> None:
@@ -297,6 +299,11 @@ class SqlStorage(InstanceStorage, QueueReader):
             )
             change = event_row(status_event(run, to_status, event, ts), uid or False)
             self._lock_events(conn).execute(INSERT_EVENT, change)
+            if to_status is RunStatus.STARTED:  # the worker's first sign of life
+                conn.execute(
+                    "UPDATE workers SET heartbeat_at = ? WHERE run_id = ? AND attempt_id = ?",
+                    (ts, run_id, run.attempt_id or ""),
+                )
             if to_status.is_terminal or to_status is RunStatus.QUEUED:
                 self.dialect.notify(conn, "queued" if to_status is RunStatus.QUEUED else "ended")
             # A run ending or going back to the queue frees its slots; one never started holds

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from runcore.runs import Run
 from runcore.storage.base import DaemonHeartbeat, InstanceStorage, WorkerRecord
 from runcore.testing.storage_contract._support import (
@@ -139,6 +141,26 @@ class WorkersContract:
         assert before - 1 <= beat.heartbeat_at <= time.time() + 1
         assert storage.worker_heartbeat(run.run_id, "another-attempt") is False
         assert storage.worker_heartbeat("no-such-run", "a") is False
+
+    def test_a_move_to_started_stamps_the_workers_first_heartbeat(
+        self, storage: InstanceStorage
+    ) -> None:
+        if not storage.stamps_start_as_heartbeat:
+            pytest.skip("the storage does not stamp a start as a heartbeat")
+        run = self._starting(storage)
+        storage.record_worker(self._worker(run))
+        old = self._starting(storage)
+        storage.record_worker(self._worker(old, attempt="an-older-attempt"))
+        started = storage.transition(
+            run.run_id, [_S.STARTING], _S.STARTED, attempt_id=run.attempt_id
+        )
+        assert started is not None and started.started_at is not None
+        record = storage.get_worker_record(run.run_id)
+        assert record is not None and record.heartbeat_at == started.started_at
+        # only the current attempt's record: another attempt's worker gave no sign of life
+        assert storage.transition(old.run_id, [_S.STARTING], _S.STARTED) is not None
+        other = storage.get_worker_record(old.run_id)
+        assert other is None or other.heartbeat_at is None
 
     def test_delete_run_removes_its_worker_record(self, storage: InstanceStorage) -> None:
         run = self._starting(storage)
