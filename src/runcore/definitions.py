@@ -8,6 +8,7 @@ duplicate op name is an error at import time, not at run time.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -268,9 +269,7 @@ class Job:
         available from the result. ``raise_on_error=False`` returns a failed result instead of
         raising :class:`~runcore.errors.RunFailedError`.
         """
-        from runcore.worker.execution import execute_job_in_process
-
-        return execute_job_in_process(
+        return _in_process_runner()(
             self,
             instance=instance,
             tags=tags,
@@ -311,6 +310,16 @@ def _find_cycle(graph: Mapping[str, set[str]]) -> list[str]:
             return [*path[seen[node] :], node]
         seen[node] = len(path)
         path.append(node)
+
+
+@functools.cache
+def _in_process_runner() -> Callable[..., ExecuteInProcessResult]:
+    """:func:`runcore.worker.execution.execute_job_in_process`, imported on the first call (the
+    run worker imports this module) and then remembered: an import statement per call costs
+    more than the one-op job it would run."""
+    from runcore.worker.execution import execute_job_in_process
+
+    return execute_job_in_process
 
 
 def job(

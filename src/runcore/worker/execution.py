@@ -10,10 +10,11 @@ through ``RunExecution.run_step_here``, which first claims the step's pool slot.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -535,6 +536,17 @@ def _finish(execution: RunExecution) -> Run:
     return final or storage.get_run(run_id) or execution.run
 
 
+@functools.cache
+def _upward() -> tuple[type[Instance], Callable[..., dict[str, str]], type[ExecuteInProcessResult]]:
+    """The instance and result classes ``execute_in_process`` uses, imported on its first call
+    (they import this module) and then remembered: an import statement per call costs more
+    than a one-op job."""
+    from runcore.instance import Instance, validate_tags
+    from runcore.worker.result import ExecuteInProcessResult
+
+    return Instance, validate_tags, ExecuteInProcessResult
+
+
 def execute_job_in_process(
     job: Job,
     *,
@@ -546,12 +558,10 @@ def execute_job_in_process(
     executor: Executor | None,
 ) -> ExecuteInProcessResult:
     """Implementation of :meth:`Job.execute_in_process`."""
-    from runcore.instance import Instance, validate_tags
-    from runcore.worker.result import ExecuteInProcessResult
-
+    instance_class, validate_tags, result_class = _upward()
     # An owned ephemeral instance is left open: it holds no threads or files, and the
     # result reads its events from the in-memory storage later.
-    inst = Instance.ephemeral() if instance is None else instance
+    inst = instance_class.ephemeral() if instance is None else instance
     step_keys = resolve_op_selection(job, op_selection) if op_selection else None
     if step_keys is not None:
         build_plan(job, step_keys)  # a selection missing an upstream fails here, clearly
@@ -579,7 +589,7 @@ def execute_job_in_process(
         pools=None if instance is None else instance.step_pools,
         hooks=() if instance is None else (*inst._config_hooks(), *inst.run_hooks),
     )
-    result = ExecuteInProcessResult(
+    result = result_class(
         run=final,
         storage=storage,
         output_store=execution.output_store if execution else outputs,
