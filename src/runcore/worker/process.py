@@ -31,12 +31,12 @@ waits for ``RUN_ID ATTEMPT_ID`` on standard input.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -132,24 +132,47 @@ def load_resources(config: str | dict[str, Any]) -> WorkerResources:
 def _install_cancel_handler(cancel: threading.Event) -> None:
     """SIGTERM cancels the run. The handler takes no lock: ``cancel.set()`` would take the
     Event's lock, which the main thread may hold at that instant (inside ``Event.wait``), and
-    the handler, running on the main thread, would wait for it forever. It records the request,
-    and a small relay thread sets the cancel."""
+    the handler, running on the main thread, would wait for it forever. It writes a byte to a
+    pipe (no lock Python code could hold), and the cancel relay thread, blocked reading it,
+    sets the cancel."""
 
-    requested: list[int] = []
-
-    def relay() -> None:
-        while not requested:
-            time.sleep(0.01)
-        cancel.set()
-
-    threading.Thread(target=relay, name="runcore-worker-cancel-relay", daemon=True).start()
+    write_fd, targets = _cancel_relay()
+    targets[:] = [cancel]  # a worker process executes one run
+    owner = os.getpid()
 
     def on_sigterm(signum: int, frame: object) -> None:
-        requested.append(signum)  # a plain append: no lock Python code could be holding
+        if os.getpid() == owner:  # not in a forked step worker, which shares the pipe
+            with contextlib.suppress(OSError):
+                os.write(write_fd, b"x")
         if main_thread_in_op():
             raise RunInterrupted("the run's worker received SIGTERM: the run is being canceled")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@functools.cache
+def _cancel_relay() -> tuple[int, list[threading.Event]]:
+    """The cancel relay of this process: the write end of its pipe, and the cancels a byte on
+    it sets. Its thread is started once per process (a warm worker's while warming up, so
+    that starting a thread is not on the run's path) and sleeps in ``read`` until a SIGTERM."""
+    read_fd, write_fd = os.pipe()
+    targets: list[threading.Event] = []
+
+    def relay() -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            for event in list(targets):
+                event.set()
+
+    threading.Thread(target=relay, name="runcore-worker-cancel-relay", daemon=True).start()
+    return write_fd, targets
 
 
 def _record_self(storage: InstanceStorage, run: Run) -> None:
@@ -353,6 +376,7 @@ def _warm_up() -> None:
     import runcore.worker.capture  # noqa: F401 - execute_run(capture="process")
 
     heartbeats.prestart()
+    _cancel_relay()
 
     _serde.loads_run(_serde.dumps_run(Run(job_name="warm_up")))
     _serde.loads_event(_serde.dumps_event(Event(run_id="warm_up", event_type=EventType.LOG)))
