@@ -196,16 +196,29 @@ class SubprocessRunLauncher(RunLauncher):
                 self._preload.append(run.code_location)
         attempt = run.attempt_id or ""
         worker = self._take_warm() if self.warm_workers else None
-        if worker is not None and not worker.assign(run.run_id, attempt):
-            worker.retire()
-            worker = None
+        recorded = False
+        if worker is not None:
+            # A warm worker's process is known before it has its run: record it first, so
+            # that this write does not race the worker's own start (on SQLite a write that
+            # finds the file locked waits in a busy loop of 10 ms sleeps and more).
+            if not self.context.storage.record_worker(worker.record(run.run_id, attempt)):
+                log.warning("run %s: launch attempt %s was given up", run.run_id, attempt)
+                worker.dismiss()
+                worker.retire(grace=2.0)
+                return
+            recorded = True
+            if not worker.assign(run.run_id, attempt):
+                worker.retire()
+                worker, recorded = None, False
         if worker is None:
             worker = spawn_run_worker(run.run_id, attempt, self._config(), env=self.env)
         with self._lock:
             self._running[run.run_id] = worker
         self._ensure_watcher()
         _faults.point("after_spawn")
-        if not self.context.storage.record_worker(worker.record(run.run_id, attempt)):
+        if not recorded and not self.context.storage.record_worker(
+            worker.record(run.run_id, attempt)
+        ):
             # The attempt was given up meanwhile (the run went back to the queue or failed):
             # this worker would not be allowed to start it; stop it now.
             log.warning(
