@@ -56,9 +56,9 @@ def _instance(args: argparse.Namespace, *, read_only: bool = False) -> Instance:
     """The command's instance. ``read_only`` commands never create a database: a SQLite file
     that does not exist is an error naming it (a typo must not look like an empty instance)."""
 
-    source = config_source(args.config)
     from runcore.instance import Instance  # `runcore worker execute-run` needs no instance
 
+    source = config_source(args.config)
     inst = Instance.from_config(source)
     if read_only:
         path = getattr(inst.storage, "path", None)

@@ -14,7 +14,7 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -24,7 +24,7 @@ from runcore.definitions import Job
 from runcore.errors import RunFailedError
 from runcore.events import Event, EventType
 from runcore.executors.in_process import InProcessExecutor
-from runcore.runs import FailureKind, Run, RunStatus
+from runcore.runs import FailureKind, Run, RunStatus, check_user_tags
 from runcore.storage.base import move_run
 from runcore.worker import heartbeats as _heartbeats
 from runcore.worker.hooks import HookCaller, RunHooks
@@ -537,14 +537,14 @@ def _finish(execution: RunExecution) -> Run:
 
 
 @functools.cache
-def _upward() -> tuple[type[Instance], Callable[..., dict[str, str]], type[ExecuteInProcessResult]]:
+def _upward() -> tuple[type[Instance], type[ExecuteInProcessResult]]:
     """The instance and result classes ``execute_in_process`` uses, imported on its first call
     (they import this module) and then remembered: an import statement per call costs more
     than a one-op job."""
-    from runcore.instance import Instance, validate_tags
+    from runcore.instance import Instance
     from runcore.worker.result import ExecuteInProcessResult
 
-    return Instance, validate_tags, ExecuteInProcessResult
+    return Instance, ExecuteInProcessResult
 
 
 def execute_job_in_process(
@@ -558,7 +558,7 @@ def execute_job_in_process(
     executor: Executor | None,
 ) -> ExecuteInProcessResult:
     """Implementation of :meth:`Job.execute_in_process`."""
-    instance_class, validate_tags, result_class = _upward()
+    instance_class, result_class = _upward()
     # An owned ephemeral instance is left open: it holds no threads or files, and the
     # result reads its events from the in-memory storage later.
     inst = instance_class.ephemeral() if instance is None else instance
@@ -570,7 +570,7 @@ def execute_job_in_process(
         kwargs["run_id"] = _validate.run_id(run_id)
     run = Run(
         job_name=job.name,
-        tags={**job.tags, **validate_tags(tags)},
+        tags={**job.tags, **check_user_tags(tags)},
         code_location=job.code_location,
         step_keys_to_execute=step_keys,
         **kwargs,

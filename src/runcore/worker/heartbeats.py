@@ -37,7 +37,7 @@ class _Beat:
         self.interval = interval
         # A storage whose move to STARTED stamped the first heartbeat needs the next one an
         # interval later (not now, when the run's start is writing); any other at once.
-        stamped = getattr(storage, "stamps_start_as_heartbeat", False)
+        stamped = storage.stamps_start_as_heartbeat
         self.due = time.monotonic() + interval if stamped else 0.0
 
 
