@@ -1,7 +1,11 @@
 """Reading runs and events back: the fast path (orjson, and building a run or event straight
 from plain values) must give exactly what the general path (the standard library's json and
 cattrs) gives, or give up and let the general path answer. Checked on well-formed documents
-and on documents with every field of every shape, including the ones the fast path refuses."""
+and on documents with every field of every shape, including the ones the fast path refuses.
+
+Writing them: the fast path (plain data built straight from the fields, written by orjson)
+must write the document the general path (cattrs, then the standard library's json) writes,
+value for value and type for type, or give up."""
 
 from __future__ import annotations
 
@@ -172,3 +176,99 @@ def test_numbers_orjson_reads_differently_read_as_the_standard_library_reads_the
     # what orjson refuses: NaN, a lone surrogate
     _same(_serde.loads_run, {"run_id": "x", "job_name": math.nan, "created_at": 1.0}, Run)
     _same(_serde.loads_run, {"run_id": "\ud800", "job_name": "j", "created_at": 1.0}, Run)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70)
+data_values = values | st.tuples(scalars) | st.frozensets(st.integers(0, 3), max_size=2)
+errors = st.recursive(
+    st.builds(ErrorInfo, type=texts, message=texts, traceback=texts),
+    lambda inner: st.builds(ErrorInfo, type=texts, message=texts, traceback=texts, cause=inner),
+    max_leaves=3,
+)
+any_runs = st.builds(
+    Run,
+    run_id=texts,
+    job_name=texts,
+    status=st.sampled_from(RunStatus),
+    tags=st.dictionaries(texts, texts, max_size=3),
+    code_location=st.none() | texts,
+    step_keys_to_execute=st.none() | st.lists(texts, max_size=2),
+    parent_run_id=st.none() | texts,
+    created_at=numbers,
+    updated_at=st.none() | numbers,
+    ended_at=st.none() | numbers,
+    failure_reason=st.none() | texts,
+    failure_kind=st.none() | st.sampled_from(FailureKind),
+    pools=st.lists(texts, max_size=2),
+    root_pools=st.none() | st.lists(texts, max_size=2),
+    attempt_id=st.none() | texts,
+)
+any_events = st.builds(
+    Event,
+    run_id=texts,
+    event_type=st.sampled_from(EventType),
+    timestamp=numbers,
+    step_key=st.none() | texts,
+    message=texts,
+    level=st.sampled_from(["INFO", "WARNING"]) | texts,
+    data=st.dictionaries(texts, data_values, max_size=3)
+    | st.dictionaries(st.integers(0, 3), scalars, max_size=2),
+    error=st.none() | errors,
+)
+
+
+def _canonical(text: str) -> str:
+    """The document re-written by the standard library, so that two writings of one document
+    compare equal (NaN included) and an int never passes for a float."""
+    return json.dumps(json.loads(text), sort_keys=True)
+
+
+def _written_alike(obj: Any) -> None:
+    general = _serde.converter().unstructure(obj)
+    fast = _serde._fast_jsonable(obj)
+    assert fast is None or fast == general
+    want = json.dumps(general, separators=(",", ":"), default=_serde._default)
+    assert _canonical(_serde.dumps(obj)) == _canonical(want)
+
+
+@SETTINGS
+@given(any_runs)
+def test_any_run_is_written_as_the_general_path_writes_it(run: Run) -> None:
+    _written_alike(run)
+
+
+@SETTINGS
+@given(any_events)
+def test_any_event_is_written_as_the_general_path_writes_it(event: Event) -> None:
+    _written_alike(event)
+
+
+def test_plain_runs_and_events_take_the_fast_path_and_read_back() -> None:
+    run = Run(job_name="etl", tags={"é": "\u2603"}, created_at=1.5, pools=["db"], attempt_id="a")
+    event = Event(
+        run_id=run.run_id,
+        event_type=EventType.STEP_FAILURE,
+        timestamp=2.5,
+        step_key="s",
+        data={"n": [1, 2.5, None, True, {"k": "v"}]},
+        error=ErrorInfo(type="E", message="m", cause=ErrorInfo(type="C", message="c")),
+    )
+    assert _serde._fast_jsonable(run) is not None
+    assert _serde._fast_jsonable(event) is not None
+    assert "\u2603" in _serde.dumps_run(run)  # UTF-8 as it is, not escaped
+    assert _serde.loads_run(_serde.dumps_run(run)) == run
+    assert _serde.loads_event(_serde.dumps_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"x": math.nan}, {"x": math.inf}, {"x": 2**64}, {"x": "\ud800"}, {1: "a"}, {"x": (1,)}],
+)
+def test_what_orjson_writes_differently_is_written_the_standard_way(data: dict[Any, Any]) -> None:
+    event = Event(run_id="r", event_type=EventType.LOG, timestamp=1.0, data=data)
+    want = json.dumps(
+        _serde.converter().unstructure(event), separators=(",", ":"), default=_serde._default
+    )
+    assert _serde.dumps_event(event) == want

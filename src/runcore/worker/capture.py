@@ -74,7 +74,9 @@ class OutputSink:
         self.dropped_bytes = 0
         self.dropped_lines = 0
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        # Made with the flush thread: most runs write nothing, and a code server holds one
+        # sink per run thread.
+        self._stop: threading.Event | None = None
         self._closed = False
         #: The step a line written without one is put down to (see ``RunExecution``).
         self.default_step: str | None = None
@@ -100,6 +102,7 @@ class OutputSink:
                 self._line(stream, line.removesuffix("\r"), step_key)
             start = bool(lines) and self._thread is None
             if start:
+                self._stop = threading.Event()
                 self._thread = threading.Thread(
                     target=self._flush_loop,
                     name=f"runcore-output-{self.run_id[:8]}",
@@ -158,7 +161,9 @@ class OutputSink:
                 self._store(batch)
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self._flush_interval):
+        stop = self._stop
+        assert stop is not None  # made before the thread
+        while not stop.wait(self._flush_interval):
             with contextlib.suppress(Exception):  # storage trouble must not end the run
                 self.flush()
 
@@ -167,8 +172,9 @@ class OutputSink:
         with self._lock:
             if self._closed:
                 return
-            thread = self._thread
-        self._stop.set()
+            thread, stop = self._thread, self._stop
+        if stop is not None:
+            stop.set()
         if thread is not None:
             thread.join(timeout=5)
         with self._lock:
@@ -235,12 +241,25 @@ def _install_proxies() -> None:
 def capture_streams(sink: OutputSink, step_key: str | None = None) -> Iterator[None]:
     """Within the block, what this thread (and tasks it runs on an event loop) writes to
     ``sys.stdout``/``sys.stderr`` also goes to ``sink``."""
-    _install_proxies()
-    token = _current.set((sink, step_key))
+    token = start_capture(sink, step_key)
     try:
         yield
     finally:
-        _current.reset(token)
+        stop_capture(token)
+
+
+def start_capture(
+    sink: OutputSink, step_key: str | None = None
+) -> contextvars.Token[tuple[OutputSink, str | None] | None]:
+    """:func:`capture_streams` without a context manager object (a step's call holds one
+    for as long as the step runs): from now, until :func:`stop_capture` with the token."""
+    _install_proxies()
+    return _current.set((sink, step_key))
+
+
+def stop_capture(token: contextvars.Token[tuple[OutputSink, str | None] | None]) -> None:
+    """End what :func:`start_capture` began."""
+    _current.reset(token)
 
 
 # --- runs in their own process: file descriptors 1 and 2 ---------------------------------------

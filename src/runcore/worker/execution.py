@@ -27,6 +27,7 @@ from runcore.executors.in_process import InProcessExecutor
 from runcore.runs import FailureKind, Run, RunStatus, check_user_tags
 from runcore.storage.base import move_run
 from runcore.worker import heartbeats as _heartbeats
+from runcore.worker.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
 from runcore.worker.hooks import HookCaller, RunHooks
 from runcore.worker.outputs import InMemoryOutputStore, OutputStore
 from runcore.worker.plan import ExecutionPlan, Step, build_plan, resolve_op_selection
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from runcore.executors.base import Executor
     from runcore.instance import Instance
     from runcore.storage.base import InstanceStorage
-    from runcore.worker.capture import FdCapture, OutputSink
     from runcore.worker.result import ExecuteInProcessResult
 
 
@@ -79,7 +79,8 @@ class RunExecution:
         # Output captured for the whole process is put down to the step running, when only
         # one runs (with several, a line cannot be told apart).
         self._process_output = process_output
-        self._running_steps: set[str] = set()
+        # Only needed with process output (a code server holds one execution per run thread).
+        self._running_steps: set[str] = set() if process_output is not None else _NO_STEPS
         self.storage = storage
         self.output_store = output_store
         self.cancel = cancel or threading.Event()
@@ -388,12 +389,14 @@ class _Options:
     hooks: HookCaller
 
 
+#: The running steps of an execution without process output: never changed (see _note_step).
+_NO_STEPS: set[str] = set()
+
+
 def _execute_captured(started: Run, job: Job, options: _Options) -> tuple[Run, RunExecution | None]:
     """Execute a STARTED run with its output captured as ``options.capture`` says."""
     if options.capture is None:
         return _execute_started(started, job, options)
-    from runcore.worker.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
-
     limit = options.capture_max_bytes
     sink = OutputSink(
         started.run_id,

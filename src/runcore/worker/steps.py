@@ -13,17 +13,15 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runcore.errors import Failure, OutputStoreError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import Run
+from runcore.worker.capture import OutputSink, start_capture, stop_capture
 from runcore.worker.context import OpContext, StepLogger, jsonable_fields
 from runcore.worker.outputs import OutputStore
 from runcore.worker.plan import ExecutionPlan, Step
-
-if TYPE_CHECKING:
-    from runcore.worker.capture import OutputSink
 
 
 class RunInterrupted(BaseException):
@@ -164,10 +162,11 @@ class StepRunner:
 
     def _call(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
         if self.output is not None:
-            from runcore.worker.capture import capture_streams
-
-            with capture_streams(self.output, step.key):
+            token = start_capture(self.output, step.key)
+            try:
                 return self._call_here(step, kwargs, attempt)
+            finally:
+                stop_capture(token)
         return self._call_here(step, kwargs, attempt)
 
     def _call_here(self, step: Step, kwargs: Mapping[str, Any], attempt: int) -> Any:
