@@ -222,6 +222,24 @@ def test_a_symbolic_link_out_of_the_output_store_is_refused(tmp_path: Path) -> N
     assert list(outside.iterdir()) == []
 
 
+def test_a_symbolic_link_at_the_output_file_is_followed_only_inside_the_store(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "outputs"
+    (root / RUN_ID).mkdir(parents=True)
+    outside = tmp_path / "outside.pkl"
+    (root / RUN_ID / "step.pkl").symlink_to(outside)
+    store = rc.FileOutputStore(root)
+    with pytest.raises(rc.OutputStoreError, match="outside"):
+        store.put(RUN_ID, "step", 1)
+    assert not outside.exists()
+    (root / "kept").mkdir()
+    (root / RUN_ID / "other.pkl").symlink_to(root / "kept" / "other.pkl")
+    store.put(RUN_ID, "other", 2)  # a link that stays inside the store is followed
+    assert store.get(RUN_ID, "other") == 2
+    assert (root / "kept" / "other.pkl").is_file()
+
+
 def test_run_ids_are_checked_where_they_enter_the_api() -> None:
     with rc.Instance.ephemeral() as inst:
         with pytest.raises(rc.InvalidRunIdError):

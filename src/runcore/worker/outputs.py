@@ -87,20 +87,29 @@ class FileOutputStore(OutputStore):
 
     def __init__(self, base_dir: str | os.PathLike[str]) -> None:
         self.base_dir = os.fspath(base_dir)
+        self._root: str | None = None
 
     def _path(self, run_id: str, step_key: str) -> str:
-
         _validate.run_id(run_id)
         _validate.path_name(step_key, "step key")
-        root = os.path.realpath(self.base_dir)
-        path = os.path.realpath(os.path.join(root, run_id, f"{step_key}.pkl"))
-        if os.path.commonpath([root, path]) != root or path == root:
+        root = self._root
+        if root is None:  # resolved once: every path below is checked against it
+            root = self._root = os.path.realpath(self.base_dir)
+        run_dir = os.path.join(root, run_id)
+        path = os.path.join(run_dir, f"{step_key}.pkl")
+        # Both names are plain (no separators, no ".."): only a symbolic link at the run's
+        # directory or at the file itself can lead elsewhere; two lstat calls, not a
+        # resolution of every component of the path.
+        if not (os.path.islink(run_dir) or os.path.islink(path)):
+            return path
+        resolved = os.path.realpath(path)
+        if os.path.commonpath([root, resolved]) != root or resolved == root:
             raise OutputStoreError(
-                f"the output of step {step_key!r} of run {run_id} would be at {path}, outside "
-                f"the output store's directory {root}; refused (is a symbolic link under it "
-                "pointing elsewhere?)"
+                f"the output of step {step_key!r} of run {run_id} would be at {resolved}, "
+                f"outside the output store's directory {root}; refused (is a symbolic link "
+                "under it pointing elsewhere?)"
             )
-        return path
+        return resolved
 
     def put(self, run_id: str, step_key: str, value: Any) -> None:
         import pickle
