@@ -111,13 +111,21 @@ def stored_tags_problem(tags: object) -> str | None:
     if not isinstance(tags, dict):
         return f"its tags are not a mapping ({type(tags).__name__})"
     for key, value in tags.items():
-        if not isinstance(key, str) or not isinstance(value, str):
+        # Exact types first (what JSON gives back), without isinstance's calls.
+        if (type(key) is not str or type(value) is not str) and (
+            not isinstance(key, str) or not isinstance(value, str)
+        ):
             return f"tag {key!r} is not a string of strings"
-        if key.startswith(TAG_PREFIX) and (key in USER_CONTROL_TAGS or key in RUNCORE_OWN_TAGS):
+        if key[:_PREFIX_LEN] == TAG_PREFIX and (
+            key in USER_CONTROL_TAGS or key in RUNCORE_OWN_TAGS
+        ):
             problem = _control_tag_problem(key, value)
             if problem is not None:
                 return problem
     return None
+
+
+_PREFIX_LEN = len(TAG_PREFIX)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from runcore import _serde
 from runcore.runs import IN_PROGRESS_STATUSES
 from runcore.storage.base import QueuedRunRow
 from runcore.storage.rows import queued_row_ok
@@ -19,6 +20,16 @@ Read = Callable[[str, Sequence[Any]], list[Any]]
 
 _IN_PROGRESS = tuple(sorted(status.value for status in IN_PROGRESS_STATUSES))
 _IN_PROGRESS_SQL = "(" + ", ".join(f"'{status}'" for status in _IN_PROGRESS) + ")"
+
+
+def _rows(text: str | None) -> Any:
+    """The packed rows, parsed by orjson where it can (ids are far below 2**63, so its
+    reading of big integers as floats changes nothing: a row holding one is refused by
+    :func:`queued_row_ok` either way), else by the standard library."""
+    if not text:
+        return []
+    rows = _serde._fast_json(text)
+    return json.loads(text) if rows is None else rows
 
 
 def queued_run_rows(d: Dialect, read: Read, run_ids: Sequence[str] | None) -> list[QueuedRunRow]:
@@ -41,7 +52,7 @@ def queued_run_rows(d: Dialect, read: Read, run_ids: Sequence[str] | None) -> li
             pools=row[3] or [],
             root_pools=row[4],
         )
-        for row in json.loads(text or "[]")
+        for row in _rows(text)
         if queued_row_ok(row)
     ]
 
@@ -56,7 +67,7 @@ def in_progress_tags(d: Dialect, read: Read) -> list[tuple[str, dict[str, str]]]
         f"SELECT id, run_id, {_tags_column(d)} AS tags FROM runs WHERE status IN {_IN_PROGRESS_SQL}"
     )
     (text,) = read(d.json_rows(["run_id", "tags"], inner, "id"), ())[0]
-    return [(row[0], tags_of(row[1])) for row in json.loads(text or "[]")]
+    return [(row[0], tags_of(row[1])) for row in _rows(text)]
 
 
 def in_progress_tags_in(d: Dialect, conn: SqlConnection) -> list[dict[str, str]]:
