@@ -13,8 +13,11 @@ Time spent in the kernel (fsync, pipes) and waiting (threads, locks) is not coun
 show in ``compare.py``'s wall-clock rows.
 
 Probes: ``import runcore`` (a fresh interpreter, nothing subtracted), ``execute_in_process`` of
-a one-op job on the in-memory storage, one ``store_event`` on SQLite, and one cold run worker
-(``python -m runcore worker execute-run`` of a one-op job on SQLite, start to exit). Needs
+a one-op job on the in-memory storage, one ``store_event`` on SQLite, one cold run worker
+(``python -m runcore worker execute-run`` of a one-op job on SQLite, start to exit), and a
+freshly started daemon's first dequeue pass over 2,000 queued runs all held by limits (the
+database is filled natively by each side's own runcore, then copied for each valgrind run;
+the pass is measured as the run with it minus the run without). Needs
 ``valgrind`` on the PATH (Debian: ``apt-get install valgrind``); both versions run today's
 probe code from the temporary worktree ``compare.py`` uses.
 """
@@ -92,6 +95,32 @@ print(json.dumps(args))
 """
 
 
+#: Fills a SQLite database with the blocked queue of ``bench_runcore``'s dequeue case.
+_PREPARE_QUEUE = """
+import sys
+import bench_runcore as b
+b._fill_blocked_queue({"sqlite": {"path": sys.argv[1]}}, int(sys.argv[2]))
+"""
+
+#: One first dequeue pass (argument 1) or none (0) on a copy of the prepared database.
+_FIRST_PASS = """
+import shutil, sys, tempfile
+import orjson  # loaded by whatever read a run first (the fill does, in compare.py's case)
+import runcore as rc
+import bench_runcore as b
+path = tempfile.mkdtemp() + "/runs.db"
+shutil.copy(sys.argv[2], path)
+with b._queued_instance({"sqlite": {"path": path}}, limits=True) as inst:
+    daemon = rc.Daemon(inst)
+    if int(sys.argv[1]):
+        result = daemon.dequeue_once()
+        assert result is not None and not result.launched, result
+"""
+
+#: Queued runs in the first-pass probe.
+QUEUED = 2000
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -150,11 +179,31 @@ def measure(src: Path) -> dict[str, int]:
             ).stdout
         )
         out["cold_worker"] = _callgrind([sys.executable, "-m", "runcore", *worker_args], env)
+        out["first_pass"] = _first_pass(Path(tmp), env)
     return out
+
+
+def _first_pass(tmp: Path, env: dict[str, str]) -> int:
+    """Instructions of a fresh daemon's first dequeue pass over :data:`QUEUED` held runs."""
+    (tmp / "prepare_queue.py").write_text(_PREPARE_QUEUE)
+    (tmp / "first_pass.py").write_text(_FIRST_PASS)
+    db = tmp / "queue.db"
+    subprocess.run(
+        [sys.executable, str(tmp / "prepare_queue.py"), str(db), str(QUEUED)],
+        env=env,
+        cwd=BENCH_DIR,
+        capture_output=True,
+        check=True,
+    )
+    script = str(tmp / "first_pass.py")
+    return _callgrind([sys.executable, script, "1", str(db)], env) - _callgrind(
+        [sys.executable, script, "0", str(db)], env
+    )
 
 
 WHAT = {name: what for name, (_, _, what) in PROBES.items()}
 WHAT["cold_worker"] = "one cold run worker, 1-op job on SQLite, start to exit"
+WHAT["first_pass"] = f"a fresh daemon's first dequeue pass, {QUEUED:,} runs held by limits, SQLite"
 
 
 def main(argv: list[str] | None = None) -> int:

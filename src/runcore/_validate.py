@@ -22,7 +22,9 @@ INT64_MAX = 2**63 - 1
 #: overflow) and is a mistake, not a setting.
 MAX_SECONDS = 1e9
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: A run id: a canonical UUID in lowercase text form (see :func:`is_run_id`).
+RUN_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID = RUN_ID_PATTERN
 #: Step keys and output names become path components: a conservative, portable alphabet.
 _PATH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-\[\]]{0,254}")
 

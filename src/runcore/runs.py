@@ -42,6 +42,8 @@ USER_CONTROL_TAGS: frozenset[str] = frozenset(
 RUNCORE_OWN_TAGS: frozenset[str] = frozenset(
     {RETRY_NUMBER_TAG, RETRY_OF_TAG, SCHEDULE_NAME_TAG, SENSOR_NAME_TAG}
 )
+#: The tags whose values runcore reads, checked when a run is read back (all ``runcore/``).
+_INTERPRETED_TAGS: frozenset[str] = USER_CONTROL_TAGS | RUNCORE_OWN_TAGS
 _TAG_CHOICES = {
     ISOLATION_TAG: ("isolated", "non_isolated"),
     RETRY_STRATEGY_TAG: ("from_failure", "all_steps"),
@@ -116,16 +118,14 @@ def stored_tags_problem(tags: object) -> str | None:
             not isinstance(key, str) or not isinstance(value, str)
         ):
             return f"tag {key!r} is not a string of strings"
-        if key[:_PREFIX_LEN] == TAG_PREFIX and (
-            key in USER_CONTROL_TAGS or key in RUNCORE_OWN_TAGS
-        ):
+    if tags.keys().isdisjoint(_INTERPRETED_TAGS):  # most runs: no tag runcore reads
+        return None
+    for key, value in tags.items():
+        if key in _INTERPRETED_TAGS:
             problem = _control_tag_problem(key, value)
             if problem is not None:
                 return problem
     return None
-
-
-_PREFIX_LEN = len(TAG_PREFIX)
 
 
 @functools.lru_cache(maxsize=4096)

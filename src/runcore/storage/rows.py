@@ -151,12 +151,16 @@ def read_run(
     return run if problem is None else attrs.evolve(run, corrupt=problem)
 
 
+_RUN_ID_MATCH = _validate.RUN_ID_PATTERN.fullmatch
+
+
 def queued_row_ok(row: Sequence[Any]) -> bool:
     """Whether a queued run's narrow row (storage id, run id, tags, pools, root pools) can be
     trusted; a row that cannot is skipped by admission, like a corrupt run."""
 
     _, run_id, tags, pools, root_pools = row
-    if type(run_id) is not str or not _validate.is_run_id(run_id):
+    # _validate.is_run_id, inlined: 10,000 rows a first pass
+    if type(run_id) is not str or len(run_id) != 36 or _RUN_ID_MATCH(run_id) is None:
         return False
     if tags and stored_tags_problem(tags) is not None:
         return False
