@@ -96,6 +96,10 @@ def apply_transition(
     return _evolved(run, _RUN_ARGS, changes)
 
 
+#: ``_validate.is_run_id``'s pattern, bound once: every run and queued row read back is checked.
+_RUN_ID_MATCH = _validate.RUN_ID_PATTERN.fullmatch
+
+
 def run_problem(run: Run, run_id: str | None = None, status: str | None = None) -> str | None:
     """Why a run read back from storage cannot be trusted, or ``None``.
 
@@ -103,16 +107,20 @@ def run_problem(run: Run, run_id: str | None = None, status: str | None = None) 
     run's JSON: they must agree with it.
     """
 
-    if not _validate.is_run_id(run.run_id):
-        return f"its run id {run.run_id!r} is not a lowercase UUID"
-    if run_id is not None and run_id != run.run_id:
-        return f"its row is for run {run_id!r} but its JSON is of run {run.run_id!r}"
+    own = run.run_id
+    if type(own) is not str or len(own) != 36 or _RUN_ID_MATCH(own) is None:
+        return f"its run id {own!r} is not a lowercase UUID"
+    if run_id is not None and run_id != own:
+        return f"its row is for run {run_id!r} but its JSON is of run {own!r}"
     if status is not None and status != run.status.value:
         return f"its status column says {status!r} but its JSON says {run.status.value!r}"
-    for name in ("parent_run_id", "root_run_id"):
-        value = getattr(run, name)
-        if value is not None and not _validate.is_run_id(value):
-            return f"its {name} {value!r} is not a lowercase UUID"
+    if run.parent_run_id is not None or run.root_run_id is not None:
+        for name in ("parent_run_id", "root_run_id"):
+            value = getattr(run, name)
+            if value is not None and not _validate.is_run_id(value):
+                return f"its {name} {value!r} is not a lowercase UUID"
+    if not run.tags:
+        return None
     problem = stored_tags_problem(run.tags)
     return None if problem is None else f"its tags cannot be trusted: {problem}"
 
@@ -149,9 +157,6 @@ def read_run(
         )
     problem = run_problem(run, run_id, status)
     return run if problem is None else attrs.evolve(run, corrupt=problem)
-
-
-_RUN_ID_MATCH = _validate.RUN_ID_PATTERN.fullmatch
 
 
 def queued_row_ok(row: Sequence[Any]) -> bool:
