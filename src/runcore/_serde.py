@@ -278,6 +278,7 @@ _FIELD_NAMES: dict[type, frozenset[str]] = {
 # the reader take its own clock instead. These always write them.
 
 _PLAIN_SCALARS = (str, int, bool, type(None))
+_INF = float("inf")
 
 
 def _plain_value(value: Any) -> bool:
@@ -288,7 +289,7 @@ def _plain_value(value: Any) -> bool:
     if kind in _PLAIN_SCALARS:
         return True
     if kind is float:
-        return bool(-_INF < value < _INF)
+        return _finite(value)
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str or not _plain_value(item):
@@ -297,9 +298,6 @@ def _plain_value(value: Any) -> bool:
     if kind is list:
         return all(_plain_value(item) for item in value)
     return False
-
-
-_INF = float("inf")
 
 
 def _finite(value: Any) -> bool:

@@ -22,9 +22,8 @@ INT64_MAX = 2**63 - 1
 #: overflow) and is a mistake, not a setting.
 MAX_SECONDS = 1e9
 
-#: A run id: a canonical UUID in lowercase text form (see :func:`is_run_id`).
-RUN_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_UUID = RUN_ID_PATTERN
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_MATCH = _UUID.fullmatch  # bound once: every run and queued row read back is checked
 #: Step keys and output names become path components: a conservative, portable alphabet.
 _PATH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-\[\]]{0,254}")
 
@@ -141,7 +140,7 @@ def _range_words(
 
 def is_run_id(value: object) -> bool:
     """Whether ``value`` is a run id: a canonical UUID in lowercase text form."""
-    return isinstance(value, str) and len(value) == 36 and _UUID.fullmatch(value) is not None
+    return isinstance(value, str) and len(value) == 36 and _UUID_MATCH(value) is not None
 
 
 def run_id(value: Any, field: str = "run_id") -> str:

@@ -113,10 +113,7 @@ def stored_tags_problem(tags: object) -> str | None:
     if not isinstance(tags, dict):
         return f"its tags are not a mapping ({type(tags).__name__})"
     for key, value in tags.items():
-        # Exact types first (what JSON gives back), without isinstance's calls.
-        if (type(key) is not str or type(value) is not str) and (
-            not isinstance(key, str) or not isinstance(value, str)
-        ):
+        if not isinstance(key, str) or not isinstance(value, str):
             return f"tag {key!r} is not a string of strings"
     if tags.keys().isdisjoint(_INTERPRETED_TAGS):  # most runs: no tag runcore reads
         return None

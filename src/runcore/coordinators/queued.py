@@ -120,16 +120,7 @@ def _admission_view(
 
 
 def _queued_from_row(row: QueuedRunRow) -> QueuedRun:
-    # _admission_view, inlined: a first pass makes one per queued run
-    root_pools = row.root_pools
-    return QueuedRun(
-        run_id=row.run_id,
-        order=row.storage_id,
-        priority=priority_of(row.tags),
-        tags=row.tags,
-        pools=frozenset(row.pools),
-        root_pools=tuple(root_pools) if root_pools is not None else None,
-    )
+    return _admission_view(row.run_id, row.storage_id, row.tags, row.pools, row.root_pools)
 
 
 def queued_run_info(run: Run, order: int) -> QueuedRun:

@@ -79,8 +79,7 @@ class RunExecution:
         # Output captured for the whole process is put down to the step running, when only
         # one runs (with several, a line cannot be told apart).
         self._process_output = process_output
-        # Only needed with process output (a code server holds one execution per run thread).
-        self._running_steps: set[str] = set() if process_output is not None else _NO_STEPS
+        self._running_steps: set[str] = set()
         self.storage = storage
         self.output_store = output_store
         self.cancel = cancel or threading.Event()
@@ -387,10 +386,6 @@ class _Options:
     capture: Literal["process", "thread"] | None
     capture_max_bytes: int | None
     hooks: HookCaller
-
-
-#: The running steps of an execution without process output: never changed (see _note_step).
-_NO_STEPS: set[str] = set()
 
 
 def _execute_captured(started: Run, job: Job, options: _Options) -> tuple[Run, RunExecution | None]:
