@@ -36,7 +36,7 @@ from _harness import (
     latency_ms,
     median_rate,
     postgres_database,
-    postgres_execute,
+    postgres_settle,
     queue_blocked_run,
     queue_free_run,
     queue_pool_names,
@@ -68,13 +68,13 @@ def _write_config(home: str, config: dict[str, Any]) -> None:
     path.write_text(json.dumps({**config, **storage}))  # JSON is YAML
 
 
-def _analyze(home: str) -> None:
-    """On PostgreSQL, ``ANALYZE`` the instance's database after a bulk fill (untimed): the
-    statistics autovacuum would gather soon after, so the planner knows the tables' sizes."""
+def _settle(home: str) -> None:
+    """On PostgreSQL, settle the instance's database after a bulk fill (untimed), as the
+    runcore side does: see ``_harness.postgres_settle``."""
     config = json.loads(Path(home, "dagster.yaml").read_text() or "{}")
     if "storage" in config:
-        url = config["storage"]["postgres"]["postgres_url"].replace("+psycopg2", "", 1)
-        postgres_execute("ANALYZE", url=url)
+        url = config["storage"]["postgres"]["postgres_url"]
+        postgres_settle(url=url.replace("+psycopg2", "", 1))
 
 
 @contextmanager
@@ -304,7 +304,7 @@ def case_query(params: dict[str, Any]) -> dict[str, Any]:
         fill_start = time.perf_counter()
         _bulk_fill(instance, params["n_runs"])
         fill_seconds = time.perf_counter() - fill_start
-        _analyze(home)
+        _settle(home)
         runs_filter = RunsFilter(statuses=[DagsterRunStatus.SUCCESS], tags={"team": "a"})
 
         def once() -> None:

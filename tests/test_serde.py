@@ -142,7 +142,8 @@ def test_runs_round_trip(run: Run) -> None:
     text = _serde.dumps_run(run)
     back = _serde.loads_run(text)
     assert back == run
-    assert _serde._plain(json.loads(text), Run, _serde._RUN_FIELDS) == run  # the fast path took it
+    doc = json.loads(text)
+    assert _serde._compile(Run, tuple(doc))(doc) == run  # the fast path takes it
     assert type(back.ended_at) is type(run.ended_at if run.ended_at is None else 1.0)
 
 
@@ -156,7 +157,8 @@ def test_events_round_trip_with_and_without_an_error() -> None:
     )
     for event in (plain, failed):
         assert _serde.loads_event(_serde.dumps_event(event)) == event
-    fast = _serde._plain(json.loads(_serde.dumps_event(plain)), Event, _serde._EVENT_FIELDS)
+    doc = json.loads(_serde.dumps_event(plain))
+    fast = _serde._compile(Event, tuple(doc))(doc)
     assert fast == plain
 
 
@@ -272,3 +274,18 @@ def test_what_orjson_writes_differently_is_written_the_standard_way(data: dict[A
         _serde.converter().unstructure(event), separators=(",", ":"), default=_serde._default
     )
     assert _serde.dumps_event(event) == want
+
+
+def test_documents_of_more_layouts_than_are_compiled_still_read_back() -> None:
+    layouts = _serde._BUILDERS[Run]
+    saved = dict(layouts)
+    try:
+        layouts.clear()
+        for i in range(_serde._MAX_LAYOUTS + 3):  # every one a new layout: an unknown key
+            doc = {"job_name": "etl", "created_at": 1.0, f"extra{i}": i}
+            assert _serde.loads_run(json.dumps(doc)).job_name == "etl"
+        assert len(layouts) == _serde._MAX_LAYOUTS  # the rest went the general way
+        assert _serde.loads_run(json.dumps({"job_name": "x", "created_at": 2})).created_at == 2.0
+    finally:
+        layouts.clear()
+        layouts.update(saved)

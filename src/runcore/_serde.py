@@ -78,7 +78,7 @@ def loads(text: str | bytes, cls: type[T]) -> T:
 def _fast_json(text: str | bytes) -> Any:
     """``text`` parsed by orjson (about four times faster than the standard library on
     runcore's small documents), or ``None`` where orjson refuses it (NaN, lone surrogates).
-    orjson reads an integer past 64 bits as a float, so :func:`_plain` refuses floats that
+    orjson reads an integer past 64 bits as a float, so :func:`_build` refuses floats that
     large, and such a document is read again by the standard library."""
     try:
         return _orjson_loads()(text)
@@ -127,7 +127,7 @@ def dumps_run(run: Run) -> str:
 def loads_run(text: str | bytes) -> Run:
     """A run from JSON text."""
 
-    return _plain(_fast_json(text), Run, _RUN_FIELDS) or from_jsonable(json.loads(text), Run)
+    return _build(_fast_json(text), Run) or from_jsonable(json.loads(text), Run)
 
 
 def dumps_event(event: Event) -> str:
@@ -138,14 +138,14 @@ def dumps_event(event: Event) -> str:
 def loads_event(text: str | bytes) -> Event:
     """An event from JSON text."""
 
-    return _plain(_fast_json(text), Event, _EVENT_FIELDS) or from_jsonable(json.loads(text), Event)
+    return _build(_fast_json(text), Event) or from_jsonable(json.loads(text), Event)
 
 
 # --- the fast path for runs and events read back -----------------------------------------------
 #
 # Reading a run back is most of what a query costs, and cattrs' general structuring is about
 # half of that. Runs and events as runcore writes them hold only a few plain shapes, so
-# :func:`_plain` builds them directly when every value has exactly the type its field wants,
+# :func:`_build` builds them directly when every value has exactly the type its field wants,
 # and returns ``None`` (cattrs decides, with its own conversions and errors) on anything else:
 # the fast path never gives a different answer, it only gives up.
 
@@ -190,57 +190,115 @@ _EVENT_FIELDS: dict[str, Any] = {
 }
 
 
-def _plain(data: Any, cls: type[T], fields: dict[str, Any]) -> T | None:
+def _build(data: Any, cls: type[T]) -> T | None:
     """``cls`` built from ``data`` if every value is of the plain shape its field takes,
-    else ``None``. Keys ``fields`` does not name are left out, as cattrs leaves them; a
-    missing key takes the field's default."""
+    else ``None``. Keys that name no field are left out, as cattrs leaves them; a missing key
+    takes the field's default.
+
+    The work is done by a function compiled for the document's keys, in their order (runcore
+    writes a few such layouts): straight-line checks, then every slot set once, without the
+    keyword-argument dict and the frozen ``__init__``'s per-field ``object.__setattr__``.
+    """
     if type(data) is not dict:
         return None
-    kwargs: dict[str, Any] = {}
-    for key, raw in data.items():
-        value = raw
-        shape = fields.get(key)
-        if shape is None:
-            if key in _FIELD_NAMES[cls]:  # a field the fast path does not handle
-                return None
-            continue
-        kind = type(value)
-        if type(shape) is dict:  # an enum's values
-            try:
-                value = shape[raw]
-            except (KeyError, TypeError):
-                return None
-        elif shape in (_TEXT, _TEXT_OR_NONE):
-            if kind is not str and (value is not None or shape == _TEXT):
-                return None
-        elif shape in (_NUMBER, _NUMBER_OR_NONE):
-            if kind is int:
-                value = float(raw)
-            elif kind is float:
-                if not -_BIG < raw < _BIG:  # perhaps an integer orjson could not hold
-                    return None
-            elif value is not None or shape == _NUMBER:
-                return None
-        elif shape == _TEXT_MAP:
-            if kind is not dict:
-                return None
-            for item in value.values():
-                if type(item) is not str:
-                    return None
-        elif shape == _DICT:
-            if kind is not dict or _has_big_float(raw):
-                return None
-        elif kind is list:
-            for item in value:
-                if type(item) is not str:
-                    return None
-        elif value is not None or shape == _TEXTS:
+    layouts = _BUILDERS[cls]
+    keys = tuple(data)
+    build = layouts.get(keys)
+    if build is None:
+        if len(layouts) >= _MAX_LAYOUTS:  # documents of many shapes: not runcore's own
             return None
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError:  # a required field is missing: cattrs says so in its own words
-        return None
+        build = layouts[keys] = _compile(cls, keys)
+    return build(data)  # type: ignore[no-any-return]
+
+
+#: How many key layouts of one class get a compiled builder.
+_MAX_LAYOUTS = 256
+
+
+def _never(data: dict[str, Any]) -> None:
+    """The builder of a layout the fast path does not take."""
+    return None
+
+
+def _check(shape: Any, i: int) -> list[str]:
+    """Lines that check (and, for enums and ints, convert) local ``v{i}`` as ``shape``."""
+    v = f"v{i}"
+    if type(shape) is dict:  # an enum's values (or only None)
+        return [
+            "try:",
+            f"    {v} = s{i}[{v}]",
+            "except (KeyError, TypeError):",
+            "    return None",
+        ]
+    if shape == _TEXT:
+        return [f"if type({v}) is not str:", "    return None"]
+    if shape == _TEXT_OR_NONE:
+        return [f"if {v} is not None and type({v}) is not str:", "    return None"]
+    if shape in (_NUMBER, _NUMBER_OR_NONE):
+        none = f"{v} is not None and " if shape == _NUMBER_OR_NONE else ""
+        return [
+            f"if type({v}) is int:",
+            f"    {v} = float({v})",
+            f"elif {none}(type({v}) is not float or not -BIG < {v} < BIG):",
+            "    return None",  # perhaps an integer orjson could not hold
+        ]
+    if shape == _TEXT_MAP:
+        return [
+            f"if type({v}) is not dict:",
+            "    return None",
+            f"for x in {v}.values():",
+            "    if type(x) is not str:",
+            "        return None",
+        ]
+    if shape == _DICT:
+        return [f"if type({v}) is not dict or has_big_float({v}):", "    return None"]
+    lines = [
+        f"if type({v}) is not list:",
+        "    return None",
+        f"for x in {v}:",
+        "    if type(x) is not str:",
+        "        return None",
+    ]
+    if shape == _TEXTS_OR_NONE:
+        return [f"if {v} is not None:"] + ["    " + line for line in lines]
+    return lines
+
+
+def _compile(cls: type[Any], keys: tuple[str, ...]) -> Any:
+    """The builder of ``cls`` from documents with exactly ``keys``, in that order."""
+    shapes = _SHAPES[cls]
+    if any(key not in shapes and key in _FIELD_NAMES[cls] for key in keys):
+        return _never  # a field the fast path does not handle
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls, "BIG": _BIG}
+    scope["has_big_float"] = _has_big_float
+    lines = ["def build(data):"]
+    for i, key in enumerate(keys):
+        if key not in shapes:
+            continue  # not a field: left out
+        scope[f"s{i}"] = shapes[key]
+        lines += [f"    v{i} = data[{key!r}]"] + ["    " + line for line in _check(shapes[key], i)]
+    lines.append("    obj = new(cls)")
+    for j, field in enumerate(attrs.fields(cls)):
+        scope[f"set{j}"] = cls.__dict__[field.name].__set__  # the slot's own setter
+        if field.name in keys:
+            value = f"v{keys.index(field.name)}"
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            if field.default.takes_self:
+                return _never
+            scope[f"d{j}"] = field.default.factory
+            value = f"d{j}()"
+        elif field.default is attrs.NOTHING:
+            return _never  # a required field is missing: cattrs says so in its own words
+        else:
+            scope[f"d{j}"] = field.default
+            value = f"d{j}"
+        if field.converter is not None:
+            scope[f"c{j}"] = field.converter
+            value = f"c{j}({value})"
+        lines.append(f"    set{j}(obj, {value})")
+    lines.append("    return obj")
+    exec("\n".join(lines), scope)  # the code is made here, from field names only
+    return scope["build"]
 
 
 #: Floats this large may be integers of 20 or more digits that orjson read as floats.
@@ -263,6 +321,8 @@ _FIELD_NAMES: dict[type, frozenset[str]] = {
     Run: frozenset(field.name for field in attrs.fields(Run)),
     Event: frozenset(field.name for field in attrs.fields(Event)),
 }
+_SHAPES: dict[type, dict[str, Any]] = {Run: _RUN_FIELDS, Event: _EVENT_FIELDS}
+_BUILDERS: dict[type, dict[tuple[str, ...], Any]] = {Run: {}, Event: {}}
 
 
 # --- the fast path for runs and events written -------------------------------------------------

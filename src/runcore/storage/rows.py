@@ -96,6 +96,10 @@ def apply_transition(
     return _evolved(run, _RUN_ARGS, changes)
 
 
+#: A status column's text to its status (``RunStatus(text)`` and ``.value`` are slow enum paths).
+_STATUSES = {status.value: status for status in RunStatus}
+
+
 def run_problem(run: Run, run_id: str | None = None, status: str | None = None) -> str | None:
     """Why a run read back from storage cannot be trusted, or ``None``.
 
@@ -103,16 +107,18 @@ def run_problem(run: Run, run_id: str | None = None, status: str | None = None) 
     run's JSON: they must agree with it.
     """
 
-    if not _validate.is_run_id(run.run_id):
-        return f"its run id {run.run_id!r} is not a lowercase UUID"
-    if run_id is not None and run_id != run.run_id:
-        return f"its row is for run {run_id!r} but its JSON is of run {run.run_id!r}"
-    if status is not None and status != run.status.value:
+    own_id = run.run_id
+    if not _validate.is_run_id(own_id):
+        return f"its run id {own_id!r} is not a lowercase UUID"
+    if run_id is not None and run_id != own_id:
+        return f"its row is for run {run_id!r} but its JSON is of run {own_id!r}"
+    if status is not None and _STATUSES.get(status) is not run.status:
         return f"its status column says {status!r} but its JSON says {run.status.value!r}"
-    for name in ("parent_run_id", "root_run_id"):
-        value = getattr(run, name)
-        if value is not None and not _validate.is_run_id(value):
-            return f"its {name} {value!r} is not a lowercase UUID"
+    parent, root = run.parent_run_id, run.root_run_id
+    if parent is not None and not _validate.is_run_id(parent):
+        return f"its parent_run_id {parent!r} is not a lowercase UUID"
+    if root is not None and not _validate.is_run_id(root):
+        return f"its root_run_id {root!r} is not a lowercase UUID"
     problem = stored_tags_problem(run.tags)
     return None if problem is None else f"its tags cannot be trusted: {problem}"
 

@@ -44,7 +44,7 @@ from runcore.storage.sql.batch import record_workers as record_batch
 from runcore.storage.sql.batch import start_runs as start_batch
 from runcore.storage.sql.dialect import Dialect, Landed, SqlConnection
 from runcore.storage.sql.filters import from_where as _from_where
-from runcore.storage.sql.filters import marks
+from runcore.storage.sql.filters import limit_clause, marks
 from runcore.storage.sql.filters import select as _select
 from runcore.storage.sql.migrations import (
     Place,
@@ -390,8 +390,7 @@ class SqlStorage(InstanceStorage, QueueReader):
             params.extend(types)
         sql += " ORDER BY id"
         if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+            sql += limit_clause(limit)
         loads = _serde.loads_event
         return [EventRecord(row[0], loads(row[1])) for row in self._read(sql, params)]
 
@@ -405,9 +404,9 @@ class SqlStorage(InstanceStorage, QueueReader):
         if visible:
             clauses.append(visible)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT id, body FROM events{where} ORDER BY id LIMIT ?"
+        sql = f"SELECT id, body FROM events{where} ORDER BY id{limit_clause(limit)}"
         loads = _serde.loads_event
-        return [EventRecord(row[0], loads(row[1])) for row in self._read(sql, [*params, limit])]
+        return [EventRecord(row[0], loads(row[1])) for row in self._read(sql, params)]
 
     # --- pools ------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runcore import _validate
 from runcore.runs import RunsFilter
 
 #: A condition that holds for no row, in every dialect (SQLite's bare ``0`` is not PostgreSQL's).
@@ -128,6 +129,12 @@ def select(
     source, order, params = from_where(filters, after_storage_id, ascending)
     sql = f"SELECT {columns}{source} ORDER BY {order} {'ASC' if ascending else 'DESC'}"
     if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
+        sql += limit_clause(limit)
     return sql, params
+
+
+def limit_clause(limit: int) -> str:
+    """`` LIMIT n``, with ``n`` written into the text, not bound: with the page size known,
+    PostgreSQL costs a generic plan like the custom ones, so a prepared query is planned once,
+    not on every call (a bound LIMIT kept a listing re-planning, ~0.3 ms a query)."""
+    return f" LIMIT {_validate.integer('limit', limit, minimum=0):d}"
