@@ -5,13 +5,15 @@ tenacity is imported on first use, so ``import runcore`` does not pay for it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
 from runcore import _validate
+
+if TYPE_CHECKING:
+    from runcore.worker.cancel import Cancel
 
 T = TypeVar("T")
 
@@ -82,7 +84,7 @@ def retry_step(
     wait_before: Callable[[int], float],
     may_retry: Callable[[BaseException], bool],
     on_retry: Callable[[int, BaseException, float], None],
-    cancel: threading.Event,
+    cancel: Cancel,
 ) -> T:
     """Call ``call(attempt)`` (attempt counts from 1), retrying up to ``retries`` times.
 

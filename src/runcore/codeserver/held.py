@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from runcore.codeserver.client import RemoteRunState
+from runcore.worker.cancel import CancelEvent
 
 if TYPE_CHECKING:
     from runcore.definitions import Job
@@ -29,7 +30,7 @@ class HeldRun:
 
     run: Run
     job: Job | None  # None in process mode: the child loads it
-    cancel: threading.Event = attrs.field(factory=threading.Event)
+    cancel: CancelEvent = attrs.field(factory=CancelEvent)
     state: RemoteRunState = RemoteRunState.QUEUED
     dropped: bool = False  # canceled while queued: the worker that picks it up skips it
     worker: WorkerProcess | None = None  # process mode: the run's worker process

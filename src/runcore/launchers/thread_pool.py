@@ -13,6 +13,7 @@ from runcore.launchers.base import LaunchContext, RunLauncher, WorkerHealth, hos
 from runcore.launchers.processes import THREAD, process_handle, process_health
 from runcore.runs import FailureKind, RunsFilter, RunStatus
 from runcore.storage.base import WorkerRecord, move_run
+from runcore.worker.cancel import CancelEvent
 from runcore.worker.execution import execute_run
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class ThreadPoolRunLauncher(RunLauncher):
         self.max_workers = max_workers
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._active: dict[str, threading.Event] = {}
+        self._active: dict[str, CancelEvent] = {}
         self._launched: dict[str, None] = {}  # runs launched here, recent ones (ordered set)
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
@@ -73,7 +74,7 @@ class ThreadPoolRunLauncher(RunLauncher):
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.max_workers, thread_name_prefix="runcore-run"
                 )
-            cancel = threading.Event()
+            cancel = CancelEvent()
             self._active[run.run_id] = cancel
             self._launched[run.run_id] = None
             while len(self._launched) > _LAUNCHED_KEPT:
@@ -102,7 +103,7 @@ class ThreadPoolRunLauncher(RunLauncher):
             self._own_handle = process_handle(os.getpid())
         return dict(self._own_handle)
 
-    def _execute(self, context: LaunchContext, run: Run, cancel: threading.Event) -> None:
+    def _execute(self, context: LaunchContext, run: Run, cancel: CancelEvent) -> None:
         try:
             try:
                 job = context.resolve_job(run)

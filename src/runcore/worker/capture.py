@@ -54,6 +54,24 @@ class OutputSink:
     ``store`` writes a batch of events (``storage.store_events``). Thread-safe.
     """
 
+    __slots__ = (  # a code server holds one per run thread
+        "_closed",
+        "_flush_interval",
+        "_lock",
+        "_partial",
+        "_pending",
+        "_stop",
+        "_store",
+        "_store_lock",
+        "_thread",
+        "default_step",
+        "dropped_bytes",
+        "dropped_lines",
+        "max_bytes",
+        "run_id",
+        "used",
+    )
+
     def __init__(
         self,
         run_id: str,

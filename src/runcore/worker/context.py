@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from runcore.events import Event, EventType
+from runcore.worker.cancel import Cancel
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -113,7 +113,7 @@ class OpContext:
         tags: Mapping[str, str],
         op_tags: Mapping[str, str],
         log: StepLogger,
-        cancel: threading.Event,
+        cancel: Cancel,
         attempt: int = 1,
     ) -> None:
         self.run_id = run_id

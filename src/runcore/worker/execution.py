@@ -27,6 +27,7 @@ from runcore.executors.in_process import InProcessExecutor
 from runcore.runs import FailureKind, Run, RunStatus, check_user_tags
 from runcore.storage.base import move_run
 from runcore.worker import heartbeats as _heartbeats
+from runcore.worker.cancel import Cancel, CancelEvent
 from runcore.worker.capture import DEFAULT_MAX_BYTES, FdCapture, OutputSink
 from runcore.worker.hooks import HookCaller, RunHooks
 from runcore.worker.outputs import InMemoryOutputStore, OutputStore
@@ -67,25 +68,25 @@ class RunExecution:
         plan: ExecutionPlan,
         storage: InstanceStorage,
         output_store: OutputStore,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
         pools: StepPools | None = None,
         output: OutputSink | None = None,
         process_output: FdCapture | None = None,
         hooks: HookCaller | None = None,
     ) -> None:
         self.run = run
-        self.hooks = hooks or HookCaller()
+        self.hooks = hooks if hooks is not None else HookCaller()
         self.plan = plan
         # Output captured for the whole process is put down to the step running, when only
         # one runs (with several, a line cannot be told apart).
         self._process_output = process_output
-        self._running_steps: set[str] = set()
+        self._running_steps: dict[str, None] = {}  # an ordered set (a set is 216 bytes)
         self.storage = storage
         self.output_store = output_store
-        self.cancel = cancel or threading.Event()
+        self.cancel: Cancel = cancel if cancel is not None else CancelEvent()
         self.pools = pools
         self._holding: dict[str, str] = {}  # step key -> pool it holds a slot in
-        self._waiting: set[str] = set()
+        self._waiting: dict[str, None] = {}  # steps told they wait for a pool slot
         self.succeeded: set[str] = set()
         self.failed: set[str] = set()
         self.skipped: set[str] = set()
@@ -104,9 +105,9 @@ class RunExecution:
         if self._process_output is None or event.step_key is None:
             return
         if event.event_type is EventType.STEP_START:
-            self._running_steps.add(event.step_key)
+            self._running_steps[event.step_key] = None
         elif event.event_type in _STEP_ENDS or event.event_type is EventType.STEP_SKIPPED:
-            self._running_steps.discard(event.step_key)
+            self._running_steps.pop(event.step_key, None)
         else:
             return
         self._process_output.drain()  # lines already written belong to the step before
@@ -172,9 +173,9 @@ class RunExecution:
         )
         if granted:
             self._holding[step.key] = pool
-            self._waiting.discard(step.key)
+            self._waiting.pop(step.key, None)
         elif step.key not in self._waiting:
-            self._waiting.add(step.key)
+            self._waiting[step.key] = None
             holders = [
                 lease.run_id + (f"/{lease.step_key}" if lease.step_key else "")
                 for lease in self.storage.get_pool_leases(pool)
@@ -315,7 +316,7 @@ def execute_run(
     storage: InstanceStorage,
     output_store: OutputStore,
     executor: Executor | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     pools: StepPools | None = None,
     heartbeat_interval: float | None = None,
     capture: Literal["process", "thread"] | None = None,
@@ -381,7 +382,7 @@ class _Options:
     storage: InstanceStorage
     output_store: OutputStore
     executor: Executor | None
-    cancel: threading.Event | None
+    cancel: Cancel | None
     pools: StepPools | None
     capture: Literal["process", "thread"] | None
     capture_max_bytes: int | None
@@ -421,24 +422,6 @@ def _execute_started(
 
     storage = options.storage
     begun = time.monotonic()
-
-    def before_the_end() -> None:
-        # The run's output (and, in a worker process of its own, its resource metrics) is
-        # stored before its final status, so a reader that stops at the final status has
-        # seen all of it.
-        if options.capture is None:
-            return
-        with contextlib.suppress(Exception):
-            if fds is not None:
-                fds.flush()
-            elif sink is not None:
-                sink.flush(partial=True)
-        if options.capture == "process":
-            with contextlib.suppress(Exception):
-                event = resource_metrics_event(started.run_id, time.monotonic() - begun)
-                storage.store_event(event)
-                options.hooks.events(started, [event])
-
     execution: RunExecution | None = None
     try:
         plan = build_plan(
@@ -457,7 +440,7 @@ def _execute_started(
         )
         (options.executor or job.executor or InProcessExecutor()).execute(execution)
     except BaseException as exc:
-        before_the_end()
+        _before_the_end(started, options, sink, fds, begun)
         final = move_run(
             storage,
             started.run_id,
@@ -470,8 +453,33 @@ def _execute_started(
         if not isinstance(exc, Exception):
             raise
         return (final or storage.get_run(started.run_id) or started), execution
-    before_the_end()
+    _before_the_end(started, options, sink, fds, begun)
     return _finish(execution), execution
+
+
+def _before_the_end(
+    started: Run,
+    options: _Options,
+    sink: OutputSink | None,
+    fds: FdCapture | None,
+    begun: float,
+) -> None:
+    """Store the run's output (and, in a worker process of its own, its resource metrics)
+    before its final status, so that a reader that stops at the final status has seen all
+    of it. (Not a closure of :func:`_execute_started`: a code server holds one frame of it per
+    run thread, and a closure's cells are made on entry.)"""
+    if options.capture is None:
+        return
+    with contextlib.suppress(Exception):
+        if fds is not None:
+            fds.flush()
+        elif sink is not None:
+            sink.flush(partial=True)
+    if options.capture == "process":
+        with contextlib.suppress(Exception):
+            event = resource_metrics_event(started.run_id, time.monotonic() - begun)
+            options.storage.store_event(event)
+            options.hooks.events(started, [event])
 
 
 def resource_metrics_event(run_id: str, wall_seconds: float) -> Event:

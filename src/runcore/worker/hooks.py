@@ -49,6 +49,8 @@ class RunHooks:
 class HookCaller:
     """Calls every hook, logging (never raising) what a hook raises."""
 
+    __slots__ = ("hooks",)
+
     def __init__(self, hooks: Sequence[RunHooks] = ()) -> None:
         self.hooks = tuple(hooks)
 

@@ -18,6 +18,7 @@ from typing import Any
 from runcore.errors import Failure, OutputStoreError
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import Run
+from runcore.worker.cancel import Cancel
 from runcore.worker.capture import OutputSink, start_capture, stop_capture
 from runcore.worker.context import OpContext, StepLogger, jsonable_fields
 from runcore.worker.outputs import OutputStore
@@ -53,7 +54,7 @@ class StepRunner:
         plan: ExecutionPlan,
         output_store: OutputStore,
         emit: Callable[[Event], None],
-        cancel: threading.Event,
+        cancel: Cancel,
         parent_run_id: str | None = None,
         output: OutputSink | None = None,
     ) -> None:
