@@ -15,6 +15,7 @@ import attrs
 
 from runcore.events import ErrorInfo, Event, EventType
 from runcore.runs import FailureKind, Run, RunStatus
+from runcore.runs import _tags as copy_tags
 
 if TYPE_CHECKING:
     import cattrs
@@ -292,7 +293,8 @@ def _compile(cls: type[Any], keys: tuple[str, ...]) -> Any:
         else:
             scope[f"d{j}"] = field.default
             value = f"d{j}"
-        if field.converter is not None:
+        fresh_tags = field.name in keys and field.converter is copy_tags
+        if field.converter is not None and not fresh_tags:  # a parsed dict is the run's own
             scope[f"c{j}"] = field.converter
             value = f"c{j}({value})"
         lines.append(f"    set{j}(obj, {value})")

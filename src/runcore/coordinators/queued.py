@@ -102,6 +102,9 @@ def limits_from_config(
     )
 
 
+_NO_POOLS: frozenset[str] = frozenset()
+
+
 def _admission_view(
     run_id: str,
     order: int,
@@ -114,8 +117,8 @@ def _admission_view(
         order=order,
         priority=priority_of(tags),
         tags=tags,
-        pools=frozenset(pools),
-        root_pools=tuple(root_pools) if root_pools is not None else None,
+        pools=frozenset(pools) if pools else _NO_POOLS,
+        root_pools=None if root_pools is None else tuple(root_pools) if root_pools else (),
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import Any, ClassVar, NamedTuple, Self, TypeAlias
 
 import attrs
 
@@ -387,9 +387,9 @@ class HeartbeatStorage(ABC):
         """The latest heartbeat of every daemon that has sent one."""
 
 
-@attrs.frozen
-class QueuedRunRow:
-    """What admission reads of a queued run: no more than it needs."""
+class QueuedRunRow(NamedTuple):
+    """What admission reads of a queued run: no more than it needs. (A named tuple: a
+    daemon's first pass reads one per queued run, tens of thousands.)"""
 
     storage_id: int
     run_id: str

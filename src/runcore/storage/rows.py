@@ -164,7 +164,7 @@ def queued_row_ok(row: Sequence[Any]) -> bool:
     _, run_id, tags, pools, root_pools = row
     if not _validate.is_run_id(run_id) or (tags and stored_tags_problem(tags) is not None):
         return False
-    return _names_ok(pools) and _names_ok(root_pools)
+    return (not pools or _names_ok(pools)) and (not root_pools or _names_ok(root_pools))
 
 
 def _names_ok(names: object) -> bool:
