@@ -198,8 +198,9 @@ PG_NOTES = [
     "same run into the same schema / database. Total events over the time from the first "
     "start to the last end; median of 3 trials.",
     "Query: the SQLite rows' fill (N runs over 10 job names, statuses cycling "
-    "SUCCESS/FAILURE/STARTED/CANCELED, tag `team` cycling a..e, plus `env`), then `ANALYZE` "
-    "of the tables (untimed: the statistics autovacuum gathers soon after a bulk load); "
+    "SUCCESS/FAILURE/STARTED/CANCELED, tag `team` cycling a..e, plus `env`), then `VACUUM "
+    "ANALYZE` and a `CHECKPOINT` (untimed, both sides: what autovacuum and the checkpointer do "
+    "soon after a bulk load, so the timed calls meet a settled server); "
     "`get_run_records(RunsFilter(statuses=[SUCCESS], tags={'team': 'a'}), limit=100)`, median "
     "after warm-ups. runcore fills with `add_runs`, 1,000 a call; Dagster's fill writes rows "
     "built by its own run storage (`_get_run_insertion_values`, reused for runs of the same "
