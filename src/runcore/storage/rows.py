@@ -164,13 +164,12 @@ def queued_row_ok(row: Sequence[Any]) -> bool:
     _, run_id, tags, pools, root_pools = row
     if not _validate.is_run_id(run_id) or (tags and stored_tags_problem(tags) is not None):
         return False
+    # Null or empty pool lists (most runs) are fine without a call.
     return (not pools or _names_ok(pools)) and (not root_pools or _names_ok(root_pools))
 
 
 def _names_ok(names: object) -> bool:
-    """Whether ``names`` is null, empty or a list of strings (pool names read back)."""
-    if not names:
-        return True
+    """Whether ``names`` (pool names read back, not empty) is a list of strings."""
     if type(names) is not list:
         return False
     for name in names:  # noqa: SIM110 - a loop, not all(<generator>): 10,000 rows a pass
