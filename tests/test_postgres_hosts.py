@@ -16,6 +16,7 @@ signals, so each runs as pid 1 of a child pid namespace, and signals only proces
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import textwrap
@@ -113,6 +114,7 @@ with hosts(tag, bindir, ["a", "b"]) as net:
         "daemon_hosts": sorted(beats),
         "peak": peak,
         "clients": sorted(clients),
+        "daemon_logs": {name: net.log(f"daemon-{name}.log")[-3000:] for name in ("a", "b")},
     }))
     inst.close()
 """
@@ -141,6 +143,7 @@ def test_daemons_and_workers_on_two_hosts_share_one_database(tmp_path: Path) -> 
           runs: {max_concurrent_runs: 4}
         """,
     )
+    print(json.dumps(result, indent=1))  # shown if an assertion fails: the daemons' logs
     assert result["statuses"] == ["SUCCESS"]
     assert result["daemon_hosts"] == ["host-a", "host-b"], result
     assert result["worker_hosts"] == ["host-a", "host-b"], "both hosts ran workers"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests._postgres import URL, pg_schema  # noqa: F401 - the fixture
+from tests._postgres import URL, drop_schema, pg_schema  # noqa: F401 - the fixture
 
+from runcore.runs import Run
 from runcore.storage import InstanceStorage
 from runcore.storage.postgres import PostgresStorage
 from runcore.testing import StorageContract
@@ -32,3 +34,42 @@ class TestPostgresStorage(StorageContract):
         yield open_another
         for storage in opened:
             storage.close()
+
+
+def _start_together(storages: list[PostgresStorage]) -> list[BaseException]:
+    """``start`` every storage, each on its own thread, released together; what they raised."""
+    gate = threading.Barrier(len(storages))
+    errors: list[BaseException] = []
+
+    def start(storage: PostgresStorage) -> None:
+        gate.wait()
+        try:
+            storage.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(storage,)) for storage in storages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return errors
+
+
+def test_processes_opening_a_new_schema_at_once_all_start(pg_schema: str) -> None:  # noqa: F811
+    """Daemons and workers started together on a schema no one has made yet: each one's first
+    ``start`` creates the schema if missing, and two ``CREATE SCHEMA IF NOT EXISTS`` at the
+    same moment collide on PostgreSQL's catalog (a unique violation). The schema lock is taken
+    first, so exactly one creates it and the others find it; none fails."""
+    run = Run(run_id="0b9c6a36-5f7e-4b8e-9a55-2f1d2c3b4a59", job_name="j")
+    for attempt in range(5):
+        schema = f"{pg_schema}_{attempt}"
+        storages = [PostgresStorage(URL, schema=schema, pool_max=1) for _ in range(8)]
+        try:
+            assert _start_together(storages) == []
+            storages[0].add_run(run)
+            assert all(storage.get_run(run.run_id) == run for storage in storages)
+        finally:
+            for storage in storages:
+                storage.close()
+            drop_schema(schema)

@@ -298,23 +298,29 @@ class PostgresStorage(SqlStorage, StorageNotifier):
     # --- lifecycle --------------------------------------------------------------------------
 
     def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the schema if it is missing; called holding the schema lock."""
         found = conn.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
         ).fetchone()
         if found is None:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            # IF NOT EXISTS does not make two concurrent creations safe (both pass the check
+            # and one fails on the catalog's unique index); the lock does, against runcore.
+            # Another program creating it at the same moment is what the except is for.
+            with suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
 
     def _with_schema_lock(self, fn: Callable[[SqlConnection], T]) -> T:
         """Run ``fn`` on a fresh connection holding the schema's session advisory lock, so that
-        processes opening a new schema at once create it once; a server that is unreachable
-        for a while is retried (:attr:`retry`)."""
+        processes opening a new schema at once create it once (the lock is taken before the
+        schema is looked for); a server that is unreachable for a while is retried
+        (:attr:`retry`)."""
 
         def attempt() -> T:
             conn = psycopg.connect(self.url, **self._connect_kwargs())
             try:
-                self._ensure_schema(conn)
                 key = f"{self.schema}:runcore.schema"
                 conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                self._ensure_schema(conn)
                 return fn(PgConnection(conn))
             finally:
                 with suppress(psycopg.Error):
