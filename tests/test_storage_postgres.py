@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -12,6 +11,7 @@ from runcore.runs import Run
 from runcore.storage import InstanceStorage
 from runcore.storage.postgres import PostgresStorage
 from runcore.testing import StorageContract
+from runcore.testing.storage_contract._support import _in_threads
 
 
 class TestPostgresStorage(StorageContract):
@@ -36,26 +36,6 @@ class TestPostgresStorage(StorageContract):
             storage.close()
 
 
-def _start_together(storages: list[PostgresStorage]) -> list[BaseException]:
-    """``start`` every storage, each on its own thread, released together; what they raised."""
-    gate = threading.Barrier(len(storages))
-    errors: list[BaseException] = []
-
-    def start(storage: PostgresStorage) -> None:
-        gate.wait()
-        try:
-            storage.start()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(storage,)) for storage in storages]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return errors
-
-
 def test_processes_opening_a_new_schema_at_once_all_start(pg_schema: str) -> None:  # noqa: F811
     """Daemons and workers started together on a schema no one has made yet: each one's first
     ``start`` creates the schema if missing, and two ``CREATE SCHEMA IF NOT EXISTS`` at the
@@ -66,7 +46,8 @@ def test_processes_opening_a_new_schema_at_once_all_start(pg_schema: str) -> Non
         schema = f"{pg_schema}_{attempt}"
         storages = [PostgresStorage(URL, schema=schema, pool_max=1) for _ in range(8)]
         try:
-            assert _start_together(storages) == []
+            # Released together; any start's error fails the test, as does a hang.
+            _in_threads(len(storages), lambda i, opened=storages: opened[i].start())
             storages[0].add_run(run)
             assert all(storage.get_run(run.run_id) == run for storage in storages)
         finally:
